@@ -1,0 +1,272 @@
+"""The management REST API (`/api/v2/services...`, docs/api.md).
+
+Each call validates at the edge, writes the store and wakes the controller; it never
+waits for Ray. Answers use EAS's PascalCase fields so EAS tooling reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route as HttpRoute
+
+from eas import spec as specs
+from eas import store as st
+from eas.auth import AuthError, check_admin_auth, generate_token
+from eas.controller import Controller
+from processors import registry
+
+Handler = Callable[[Request], Awaitable[JSONResponse]]
+
+
+@dataclass
+class ApiContext:
+    store: st.Store
+    controller: Controller
+    access_id: str
+    access_key: str
+    region: str
+    endpoint: str
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ok(payload: dict[str, Any], request_id: str) -> JSONResponse:
+    return JSONResponse({"RequestId": request_id, **payload})
+
+
+def routes(ctx: ApiContext) -> list[HttpRoute]:
+    """Starlette routes for the API, closed over the server's context."""
+
+    def endpoint(fn: Callable[[Request, str], Awaitable[dict[str, Any]]]) -> Handler:
+        async def handler(request: Request) -> JSONResponse:
+            request_id = str(uuid.uuid4()).upper()
+            try:
+                check_admin_auth(request.headers.get("authorization"), ctx.access_id, ctx.access_key)
+                return _ok(await fn(request, request_id), request_id)
+            except AuthError as exc:
+                return _error(401, "Unauthorized", str(exc), request_id)
+            except ApiError as exc:
+                return _error(exc.status, exc.code, exc.message, request_id)
+            except specs.SpecError as exc:
+                return _error(400, "InvalidParameter", str(exc), request_id)
+            except st.NotFound as exc:
+                return _error(404, "ServiceNotFound", f"service '{exc.args[0]}' does not exist in region "
+                              f"{ctx.region}: list services with 'eascmd ls'", request_id)
+
+        return handler
+
+    def region_ok(request: Request) -> str:
+        region = request.path_params["region"]
+        if region != ctx.region:
+            raise ApiError(404, "RegionNotFound", f"this server serves region '{ctx.region}', not '{region}'")
+        return request.path_params["name"]
+
+    async def body_json(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw.strip():
+            raise ApiError(400, "InvalidParameter", "request body is empty: send the service JSON")
+        return specs.load_text(raw.decode("utf-8", errors="replace"), "request body")
+
+    async def create(request: Request, request_id: str) -> dict[str, Any]:
+        data = await body_json(request)
+        spec = specs.parse(data)
+        _check_processor(spec)
+        token = spec.token or generate_token()
+        try:
+            rec = ctx.store.create_service(spec.name, _stored_spec(spec), token)
+        except st.AlreadyExists:
+            raise ApiError(409, "ServiceAlreadyExists",
+                           f"service '{spec.name}' already exists: change it with 'eascmd modify' "
+                           "or pick another name") from None
+        ctx.controller.wake()
+        return {
+            "ServiceId": rec.service_id,
+            "ServiceName": rec.name,
+            "Region": ctx.region,
+            "Status": rec.status,
+            "InternetEndpoint": ctx.endpoint,
+            "IntranetEndpoint": ctx.endpoint,
+        }
+
+    async def list_services(request: Request, request_id: str) -> dict[str, Any]:
+        services = [describe(r) for r in ctx.store.list()]
+        return {"TotalCount": len(services), "Services": services}
+
+    async def get_service(request: Request, request_id: str) -> dict[str, Any]:
+        return describe(ctx.store.get(region_ok(request)))
+
+    async def update(request: Request, request_id: str) -> dict[str, Any]:
+        name = region_ok(request)
+        rec = ctx.store.get(name)
+        patch = await body_json(request)
+        if patch.get("name", name) != name:
+            raise ApiError(400, "InvalidParameter", "name: a service cannot be renamed; create a new one")
+        old = specs.parse({**rec.spec, "token": rec.token})
+        new = specs.parse(specs.merge({**rec.spec, "token": rec.token}, patch))
+        _check_processor(new)
+        new_version = new.model_version_fields() != old.model_version_fields()
+        if new.to_dict() == old.to_dict():
+            return {"Message": f"service '{name}' unchanged"}
+        if new.code_version() == old.code_version() and new.metadata.instance != old.metadata.instance:
+            event = f"scaled from {old.metadata.instance} to {new.metadata.instance} instances"
+        else:
+            event = "service updated" + (" (new version)" if new_version else "")
+        ctx.store.update_spec(name, _stored_spec(new), new_version, event,
+                              token=new.token if new.token != rec.token else None)
+        ctx.controller.retry(name)
+        return {"Message": f"service '{name}' is updating: {event}"}
+
+    async def delete(request: Request, request_id: str) -> dict[str, Any]:
+        name = region_ok(request)
+        ctx.store.set_desired(name, st.DELETED, "delete requested")
+        ctx.controller.wake()
+        return {"Message": f"service '{name}' in region {ctx.region} is terminating"}
+
+    async def stop(request: Request, request_id: str) -> dict[str, Any]:
+        name = region_ok(request)
+        _not_deleting(ctx.store.get(name))
+        ctx.store.set_desired(name, st.STOPPED, "stop requested")
+        ctx.controller.wake()
+        return {"Message": f"service '{name}' is stopping"}
+
+    async def start(request: Request, request_id: str) -> dict[str, Any]:
+        name = region_ok(request)
+        _not_deleting(ctx.store.get(name))
+        ctx.store.set_desired(name, st.RUNNING, "start requested")
+        ctx.controller.retry(name)
+        return {"Message": f"service '{name}' is starting"}
+
+    async def instances(request: Request, request_id: str) -> dict[str, Any]:
+        rec = ctx.store.get(region_ok(request))
+        app = ctx.controller.last_observed.get(rec.name)
+        items = [_instance(rec.name, r) for r in (app.replicas if app else [])]
+        return {"TotalCount": len(items), "Instances": items}
+
+    async def restart_instances(request: Request, request_id: str) -> dict[str, Any]:
+        rec = ctx.store.get(region_ok(request))
+        wanted = [i for i in request.query_params.get("InstanceList", "").split(",") if i]
+        if not wanted:
+            raise ApiError(400, "InvalidParameter", "InstanceList: name at least one instance (see 'eascmd w')")
+        ids = [_replica_id(rec.name, i) for i in wanted]
+        missing = await run_in_threadpool(ctx.controller.backend.restart_instances, rec.name, ids)
+        if missing:
+            raise ApiError(404, "InstanceNotFound",
+                           f"no such instance of '{rec.name}': {', '.join(f'{rec.name}-{m}' for m in missing)}"
+                           " (list them with 'eascmd w')")
+        ctx.store.add_event(rec.name, "Restart", f"restarting instances {', '.join(wanted)}")
+        ctx.controller.wake()
+        return {"Message": f"instances {', '.join(wanted)} of '{rec.name}' are restarting"}
+
+    async def events(request: Request, request_id: str) -> dict[str, Any]:
+        rec = ctx.store.get(region_ok(request))
+        items = [{"Time": _iso(e["at"]), "Type": e["type"], "Message": e["message"]}
+                 for e in ctx.store.events(rec.name)]
+        return {"TotalCount": len(items), "Events": items}
+
+    def describe(rec: st.ServiceRecord) -> dict[str, Any]:
+        spec = rec.spec
+        meta = spec.get("metadata", {})
+        app = ctx.controller.last_observed.get(rec.name)
+        running = app.running if app else 0
+        pending = app.pending if app else 0
+        total = meta.get("instance", 0) if rec.desired == st.RUNNING else 0
+        return {
+            "ServiceName": rec.name,
+            "ServiceId": rec.service_id,
+            "Region": ctx.region,
+            "Status": rec.status,
+            "Message": rec.message,
+            "AccessToken": rec.token,
+            "TotalInstance": total,
+            "RunningInstance": running,
+            "PendingInstance": pending,
+            "CPU": meta.get("cpu", 1),
+            "GPU": meta.get("gpu", 0),
+            "Memory": meta.get("memory", 0),
+            "Weight": 100,
+            "LatestVersion": ctx.store.latest_version(rec.name),
+            "CurrentVersion": rec.version,
+            "CreateTime": _iso(rec.created_at),
+            "UpdateTime": _iso(rec.updated_at),
+            "IntranetEndpoint": ctx.endpoint,
+            "InternetEndpoint": ctx.endpoint,
+            "ServicePath": f"/api/predict/{rec.name}",
+            "ServiceConfig": json.dumps(spec, sort_keys=True),
+        }
+
+    svc = "/api/v2/services/{region}/{name}"
+    return [
+        HttpRoute("/api/v2/services", endpoint(create), methods=["POST"]),
+        HttpRoute("/api/v2/services", endpoint(list_services), methods=["GET"]),
+        HttpRoute(svc, endpoint(get_service), methods=["GET"]),
+        HttpRoute(svc, endpoint(update), methods=["PUT"]),
+        HttpRoute(svc, endpoint(delete), methods=["DELETE"]),
+        HttpRoute(svc + "/stop", endpoint(stop), methods=["PUT", "POST"]),
+        HttpRoute(svc + "/start", endpoint(start), methods=["PUT", "POST"]),
+        HttpRoute(svc + "/instances", endpoint(instances), methods=["GET"]),
+        HttpRoute(svc + "/instances", endpoint(restart_instances), methods=["DELETE"]),
+        HttpRoute(svc + "/events", endpoint(events), methods=["GET"]),
+    ]
+
+
+def _error(status: int, code: str, message: str, request_id: str) -> JSONResponse:
+    return JSONResponse({"RequestId": request_id, "Code": code, "Message": message}, status_code=status)
+
+
+def _stored_spec(spec: specs.ServiceSpec) -> dict[str, Any]:
+    """The spec as kept in the store: the token lives in its own column, never in ServiceConfig."""
+    data = spec.to_dict()
+    data.pop("token", None)
+    data.pop("generate_token", None)
+    return data
+
+
+def _check_processor(spec: specs.ServiceSpec) -> None:
+    try:
+        registry.resolve(spec.processor, spec.processor_type)
+    except ValueError as exc:
+        raise specs.SpecError([("processor", str(exc))]) from None
+
+
+def _not_deleting(rec: st.ServiceRecord) -> None:
+    if rec.desired == st.DELETED:
+        raise ApiError(409, "ServiceDeleting", f"service '{rec.name}' is being deleted")
+
+
+def _instance(service: str, replica: Any) -> dict[str, Any]:
+    ready = 1 if replica.state == "RUNNING" else 0
+    status = {"RUNNING": "Running", "STOPPING": "Terminating"}.get(replica.state, "Pending")
+    return {
+        "InstanceName": f"{service}-{replica.replica_id}",
+        "InstanceIp": replica.node_ip,
+        "HostIp": replica.node_ip,
+        "StartAt": _iso(replica.start_time),
+        "Restarts": 0,
+        "Status": status,
+        "ReadyProcesses": ready,
+        "TotalProcesses": 1,
+        "Reason": "" if ready else replica.state.title(),
+        "LastState": "",
+        "Pid": replica.pid,
+    }
+
+
+def _replica_id(service: str, instance: str) -> str:
+    prefix = f"{service}-"
+    return instance[len(prefix):] if instance.startswith(prefix) else instance

@@ -1,0 +1,219 @@
+"""The controller: a reconcile loop from the store's desired state onto the backend.
+
+Every second (and at once after a change) it reads every service from the store,
+asks the backend what is running, acts on the difference and writes the observed
+status back. It keeps no state that cannot be rebuilt: after a restart the first
+pass redeploys whatever the store says should run, which is how `kill -9` of the
+server or of Ray loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from eas import modelsource, spec as specs, store as st
+from eas.routes import Route, RouteTable
+
+log = logging.getLogger("eas.controller")
+
+
+class Backend(Protocol):
+    """What the controller needs from the platform hosting instances (Ray Serve)."""
+
+    def deploy(self, name: str, spec: specs.ServiceSpec, cache_dir: str) -> None: ...
+    def delete(self, name: str) -> None: ...
+    def observe(self) -> dict[str, Any]: ...
+    def handle(self, name: str) -> Any: ...
+    def restart_instances(self, name: str, replica_ids: list[str]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """What was last handed to the backend for a service: code digest and instances."""
+
+    code: str
+    instances: int
+
+
+class Controller:
+    def __init__(self, store: st.Store, backend: Backend, routes: RouteTable, cache_dir: str,
+                 interval_s: float = 1.0) -> None:
+        self.store = store
+        self.backend = backend
+        self.routes = routes
+        self.cache_dir = cache_dir
+        self.interval_s = interval_s
+        self._applied: dict[str, _Applied] = {}
+        self._failed: dict[str, _Applied] = {}
+        self._preparing: dict[str, Future[None]] = {}
+        self._deleting: set[str] = set()
+        self._ever_running: set[str] = set()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="eas-deploy")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.last_observed: dict[str, Any] = {}
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="eas-controller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def wake(self) -> None:
+        """Reconcile now instead of at the next tick (called after every API change)."""
+        self._wake.set()
+
+    def retry(self, name: str) -> None:
+        """Forget a recorded failure so the next pass deploys again (start, modify)."""
+        with self._lock:
+            self._failed.pop(name, None)
+            self._applied.pop(name, None)
+        self.wake()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("reconcile pass failed; retrying")
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+
+    # -- one pass -----------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        observed = self.backend.observe()
+        self.last_observed = observed
+        records = self.store.list()
+        for rec in records:
+            try:
+                self._reconcile_one(rec, observed.get(rec.name))
+            except Exception as exc:
+                log.exception("reconciling %s failed", rec.name)
+                self.store.set_status(rec.name, "Failed", f"internal error: {exc}")
+        known = {r.name for r in records}
+        for name in list(self.routes.names()):
+            if name not in known:
+                self.routes.drop(name)
+
+    def _reconcile_one(self, rec: st.ServiceRecord, app: Any) -> None:
+        name = rec.name
+        if rec.desired == st.DELETED:
+            self._take_down(rec, app, "Deleting")
+            if app is None:
+                self.store.remove(name)
+                self.routes.drop(name)
+                self._forget(name)
+            return
+        if rec.desired == st.STOPPED:
+            self._take_down(rec, app, "Stopping")
+            if app is None:
+                self.store.set_status(name, "Stopped", "")
+                self._forget(name)
+            return
+        self._deleting.discard(name)
+        spec = specs.ServiceSpec.model_validate(rec.spec)
+        want = _Applied(spec.code_version(), spec.metadata.instance)
+        with self._lock:
+            failed = self._failed.get(name) == want
+            preparing = name in self._preparing
+            applied = self._applied.get(name)
+        if failed:
+            self.routes.set(self._route(rec, spec, app, "service failed: " + rec.message))
+            return
+        if applied != want and not preparing:
+            self._submit_deploy(rec, spec, want, first=applied is None)
+        self._observe(rec, spec, app, preparing or applied != want)
+
+    def _take_down(self, rec: st.ServiceRecord, app: Any, status: str) -> None:
+        self.routes.set(Route(rec.name, rec.token, None, f"service is {rec.desired.lower()}",
+                              _keepalive(rec.spec)))
+        if app is not None:
+            if rec.name not in self._deleting:
+                self.backend.delete(rec.name)
+                self._deleting.add(rec.name)
+            self.store.set_status(rec.name, status, "")
+
+    def _forget(self, name: str) -> None:
+        self._deleting.discard(name)
+        self._ever_running.discard(name)
+        with self._lock:
+            self._applied.pop(name, None)
+            self._failed.pop(name, None)
+
+    def _submit_deploy(self, rec: st.ServiceRecord, spec: specs.ServiceSpec, want: _Applied, first: bool) -> None:
+        def task() -> None:
+            try:
+                # Fetch here first: a bad path or archive fails in a second, with a clear
+                # reason, instead of after several instance start attempts.
+                modelsource.resolve(spec.model_path, f"{self.cache_dir}/models")
+                modelsource.resolve(spec.processor_path, f"{self.cache_dir}/code")
+                self.backend.deploy(rec.name, spec, self.cache_dir)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, modelsource.ModelSourceError) else f"deploy failed: {exc}"
+                with self._lock:
+                    self._failed[rec.name] = want
+                self.store.set_status(rec.name, "Failed", reason)
+                log.warning("service %s failed: %s", rec.name, reason)
+            else:
+                with self._lock:
+                    self._applied[rec.name] = want
+            finally:
+                with self._lock:
+                    self._preparing.pop(rec.name, None)
+                self.wake()
+
+        with self._lock:
+            self._preparing[rec.name] = self._pool.submit(task)
+        if rec.status in ("Failed", "Stopped"):
+            self.store.set_status(rec.name, "Creating" if rec.status == "Stopped" else "Updating", "")
+
+    def _observe(self, rec: st.ServiceRecord, spec: specs.ServiceSpec, app: Any, changing: bool) -> None:
+        name = rec.name
+        if app is None:
+            status = "Creating" if name not in self._ever_running else "Updating"
+            self.store.set_status(name, status, _progress(spec.metadata.instance, 0, 0))
+            self.routes.set(self._route(rec, spec, None, "service is deploying"))
+            return
+        if app.status == "DEPLOY_FAILED" and not changing:
+            reason = app.message
+            with self._lock:
+                self._failed[name] = _Applied(spec.code_version(), spec.metadata.instance)
+            self.store.set_status(name, "Failed", reason)
+            self.routes.set(self._route(rec, spec, app, "service failed: " + reason))
+            return
+        if app.status == "RUNNING" and not changing and app.running >= spec.metadata.instance:
+            self._ever_running.add(name)
+            self.store.set_status(name, "Running", "")
+        else:
+            status = "Updating" if name in self._ever_running or rec.status == "Running" else "Waiting"
+            self.store.set_status(name, status, _progress(spec.metadata.instance, app.pending, app.running))
+        self.routes.set(self._route(rec, spec, app, "no instance is ready yet"))
+
+    def _route(self, rec: st.ServiceRecord, spec: specs.ServiceSpec, app: Any, reason: str) -> Route:
+        """A route serves when at least one instance runs, whatever the app's status."""
+        handle = None
+        if app is not None and app.running > 0:
+            handle = self.routes.handle_for(rec.name) or self.backend.handle(rec.name)
+        return Route(rec.name, rec.token, handle, reason, spec.metadata.rpc.keepalive / 1000)
+
+
+def _progress(total: int, pending: int, running: int) -> str:
+    return f"Waiting [Total: {total}, Pending: {pending}, Running: {running}]"
+
+
+def _keepalive(spec: dict[str, Any]) -> float:
+    return float(spec.get("metadata", {}).get("rpc", {}).get("keepalive", 5000)) / 1000

@@ -1,0 +1,195 @@
+"""Model sources: turn a `model_path` / `processor_path` into a local path.
+
+Local files and directories are used in place. http(s) URLs are downloaded once into
+a content cache; archives (tar, tar.gz, tgz, tar.bz2, zip) are unpacked with every
+member checked first, so no archive can write outside its own directory.
+The same call runs in the controller (to fail fast with a clear reason) and on each
+instance (a no-op when this node already has the files).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+from urllib.parse import urlparse
+
+import httpx
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar", ".zip")
+#: Refuse archives that unpack to more than this (zip bombs); override per server.
+MAX_UNPACKED_BYTES = int(os.environ.get("EAS_MAX_UNPACKED_BYTES", str(20 * 1024**3)))
+DOWNLOAD_TIMEOUT_S = float(os.environ.get("EAS_DOWNLOAD_TIMEOUT_S", "600"))
+
+
+class ModelSourceError(Exception):
+    """The source cannot be made local; the text says why and what to fix."""
+
+
+def is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def resolve(source: str | None, cache_dir: str | Path) -> str | None:
+    """Return a local path for `source`, downloading and unpacking as needed."""
+    if not source:
+        return None
+    scheme = urlparse(source).scheme.lower()
+    if scheme in ("http", "https"):
+        return str(_fetch_url(source, Path(cache_dir)))
+    if scheme in ("oss", "s3"):
+        raise ModelSourceError(
+            f"{source}: object storage paths are not supported yet; use an http(s) URL or a local path"
+        )
+    if scheme == "file":
+        source = urlparse(source).path
+    elif scheme and len(scheme) > 1:
+        raise ModelSourceError(f"{source}: unsupported scheme '{scheme}' (use http, https or a local path)")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelSourceError(f"{source} does not exist on the server")
+    if path.is_file() and is_archive(path.name):
+        return str(_cached(Path(cache_dir), _file_key(path), lambda tmp: _unpack(path, tmp / "unpacked")))
+    return str(path.resolve())
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:24]
+
+
+def _fetch_url(url: str, cache_dir: Path) -> Path:
+    name = PurePosixPath(urlparse(url).path).name or "model"
+
+    def build(tmp: Path) -> Path:
+        downloaded = tmp / name
+        _download(url, downloaded)
+        if not is_archive(name):
+            return downloaded
+        target = _unpack(downloaded, tmp / "unpacked")
+        downloaded.unlink()
+        return target
+
+    return _cached(cache_dir, hashlib.sha256(url.encode()).hexdigest()[:24], build)
+
+
+def _cached(cache_dir: Path, key: str, build: Callable[[Path], Path]) -> Path:
+    """Build a cache entry once: in a temp dir, then renamed into place, under a lock.
+
+    `build` fills the temp dir and returns the model path inside it; the entry's
+    `.complete` marker records where that path landed, so a half-built entry (a crash
+    mid-download) is never mistaken for a finished one.
+    """
+    entry = cache_dir / key
+    done = entry / ".complete"
+    if done.exists():
+        return Path(done.read_text())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(cache_dir / f"{key}.lock"):
+        if done.exists():
+            return Path(done.read_text())
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}-"))
+        try:
+            target = build(tmp)
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        final = entry / target.relative_to(tmp)
+        done.write_text(str(final))
+        return final
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One download per URL per node even when several instances start at once."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _download(url: str, dest: Path) -> None:
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+            if resp.status_code != 200:
+                raise ModelSourceError(f"download of {url} failed: HTTP {resp.status_code}")
+            with open(dest, "wb") as fh:
+                for chunk in resp.iter_bytes(1 << 20):
+                    fh.write(chunk)
+    except httpx.HTTPError as exc:
+        raise ModelSourceError(f"download of {url} failed: {exc}") from None
+
+
+def _unpack(archive: Path, dest: Path) -> Path:
+    """Unpack after checking every member; return the model dir (a lone top dir is entered)."""
+    dest.mkdir(parents=True)
+    name = archive.name.lower()
+    try:
+        if name.endswith(".zip"):
+            _unpack_zip(archive, dest)
+        else:
+            _unpack_tar(archive, dest)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ModelSourceError(f"{archive.name} is not a readable archive: {exc}") from None
+    entries = [p for p in dest.iterdir()]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return dest
+
+
+def _safe_member_path(dest: Path, member: str, archive: str) -> Path:
+    pure = PurePosixPath(member.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or member.startswith("/"):
+        raise ModelSourceError(f"archive {archive} refused: member '{member}' would land outside its directory")
+    target = (dest / pure).resolve()
+    if not target.is_relative_to(dest.resolve()):
+        raise ModelSourceError(f"archive {archive} refused: member '{member}' would land outside its directory")
+    return target
+
+
+def _unpack_tar(archive: Path, dest: Path) -> None:
+    with tarfile.open(archive, "r:*") as tar:
+        members = tar.getmembers()
+        total = 0
+        for m in members:
+            _safe_member_path(dest, m.name, archive.name)
+            if m.issym() or m.islnk():
+                raise ModelSourceError(
+                    f"archive {archive.name} refused: member '{m.name}' is a link (links are not allowed in model archives)"
+                )
+            if not (m.isfile() or m.isdir()):
+                raise ModelSourceError(f"archive {archive.name} refused: member '{m.name}' is not a regular file")
+            total += m.size
+            if total > MAX_UNPACKED_BYTES:
+                raise ModelSourceError(f"archive {archive.name} refused: unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+        # Every member was checked above; the 'data' filter is a second guard.
+        tar.extractall(dest, members=members, filter="data")
+
+
+def _unpack_zip(archive: Path, dest: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        total = 0
+        for info in infos:
+            _safe_member_path(dest, info.filename, archive.name)
+            mode = info.external_attr >> 16
+            if mode and stat.S_ISLNK(mode):
+                raise ModelSourceError(
+                    f"archive {archive.name} refused: member '{info.filename}' is a link (links are not allowed in model archives)"
+                )
+            total += info.file_size
+            if total > MAX_UNPACKED_BYTES:
+                raise ModelSourceError(f"archive {archive.name} refused: unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+        zf.extractall(dest)

@@ -1,0 +1,208 @@
+"""Everything that talks to Ray lives here: start Ray, run services as Serve apps, observe them.
+
+Each service is its own Serve application (named after the service) with one
+deployment whose replicas are the service's instances. The deployment's version is
+the spec's code digest, so an instance-count change is a pure scale (no restart) and a
+model change is a rolling update, both done by Serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("eas.ray")
+
+DEPLOYMENT = "ServiceReplica"
+
+# Ray settings that keep it on loopback, quiet and quick to fail a broken model.
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "3",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+@dataclass
+class Replica:
+    replica_id: str
+    actor_name: str
+    state: str  # Serve's ReplicaState: STARTING, UPDATING, RECOVERING, RUNNING, STOPPING, PENDING_MIGRATION
+    node_ip: str
+    pid: int | None
+    start_time: float
+
+
+@dataclass
+class AppState:
+    status: str  # Serve's ApplicationStatus: DEPLOYING, RUNNING, DEPLOY_FAILED, UNHEALTHY, DELETING, NOT_STARTED
+    message: str  # for DEPLOY_FAILED, the user-facing reason only
+    target: int
+    replicas: list[Replica] = field(default_factory=list)
+    dead_replicas: int = 0
+    version: str | None = None
+
+    @property
+    def running(self) -> int:
+        return sum(1 for r in self.replicas if r.state == "RUNNING")
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for r in self.replicas if r.state in ("STARTING", "UPDATING", "RECOVERING"))
+
+
+def start_ray(address: str | None, num_cpus: int | None, temp_dir: str | None = None) -> None:
+    """Connect to a cluster, or start a local one kept on loopback with no dashboard."""
+    os.environ.update({k: v for k, v in RAY_ENV.items() if k not in os.environ})
+    import ray
+    from ray import serve
+
+    if address:
+        ray.init(address=address, log_to_driver=False, namespace="eas")
+    else:
+        kwargs: dict[str, Any] = dict(
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            namespace="eas",
+        )
+        if num_cpus:
+            kwargs["num_cpus"] = num_cpus
+        if temp_dir:
+            kwargs["_temp_dir"] = temp_dir
+        ray.init(**kwargs)
+    # No Serve proxies: our gateway is the ingress and calls replicas by handle.
+    serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False, "log_level": "WARNING"})
+
+
+def stop_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+class RayBackend:
+    """Runs services as Serve applications. Methods return quickly; Serve does the work."""
+
+    def __init__(self) -> None:
+        from ray import serve
+        from ray.serve.context import _get_global_client
+
+        from eas.runtime import ServiceRuntime
+
+        self._serve = serve
+        self._client = _get_global_client()
+
+        @serve.deployment(name=DEPLOYMENT)
+        class ServiceReplica:
+            """A Serve replica hosting one ServiceRuntime."""
+
+            def __init__(self, spec: dict[str, Any], cache_dir: str) -> None:
+                self.runtime = ServiceRuntime(spec, cache_dir)
+
+            async def __call__(self, request: Any) -> tuple[int, bytes, str]:
+                resp = await self.runtime.handle(request)
+                return resp.status, resp.body, resp.content_type
+
+        self._deployment = ServiceReplica
+
+    def deploy(self, name: str, spec: Any, cache_dir: str) -> None:
+        """Create or update the service's app; returns once Serve has accepted it."""
+        meta = spec.metadata
+        actor_options: dict[str, Any] = {"num_cpus": meta.cpu}
+        if meta.memory:
+            actor_options["memory"] = meta.memory * 1024 * 1024
+        if meta.gpu:
+            actor_options["num_gpus"] = meta.gpu
+        if meta.resource:
+            actor_options["resources"] = {meta.resource: 0.001}
+        app = self._deployment.options(
+            version=spec.code_version(),
+            num_replicas=meta.instance,
+            max_ongoing_requests=meta.concurrency,
+            ray_actor_options=actor_options,
+            health_check_period_s=5,
+            graceful_shutdown_timeout_s=max(5.0, meta.rpc.keepalive / 1000 * 2),
+            _internal=True,
+        ).bind(spec.to_dict(), cache_dir)
+        self._serve._run(app, name=name, route_prefix=None, _blocking=False)
+
+    def delete(self, name: str) -> None:
+        self._serve.delete(name, _blocking=False)
+
+    def observe(self) -> dict[str, AppState]:
+        """One call to the Serve controller for the state of every app."""
+        import ray
+
+        details = ray.get(self._client._controller.get_serve_instance_details.remote(), timeout=30)
+        out: dict[str, AppState] = {}
+        for name, app in (details.get("applications") or {}).items():
+            dep = (app.get("deployments") or {}).get(DEPLOYMENT) or {}
+            status = str(_enum_value(app.get("status")))
+            message = app.get("message") or dep.get("message") or ""
+            if status == "DEPLOY_FAILED":
+                message = failure_reason(message)
+            out[name] = AppState(
+                status=status,
+                message=message,
+                target=int(dep.get("target_num_replicas") or 0),
+                replicas=[_replica(r) for r in dep.get("replicas") or []],
+                dead_replicas=len(dep.get("recent_dead_replicas") or []),
+                version=(dep.get("deployment_config") or {}).get("version"),
+            )
+        return out
+
+    def handle(self, name: str) -> Any:
+        return self._serve.get_app_handle(name)
+
+    def restart_instances(self, name: str, replica_ids: list[str]) -> list[str]:
+        """Kill the named replicas; Serve starts replacements. Returns the ids not found."""
+        import ray
+
+        state = self.observe().get(name)
+        by_id = {r.replica_id: r for r in (state.replicas if state else [])}
+        missing = []
+        for rid in replica_ids:
+            rep = by_id.get(rid)
+            if rep is None:
+                missing.append(rid)
+                continue
+            try:
+                ray.kill(ray.get_actor(rep.actor_name, namespace="serve"), no_restart=True)
+            except ValueError:
+                missing.append(rid)
+        return missing
+
+
+def _enum_value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def _replica(r: dict[str, Any]) -> Replica:
+    return Replica(
+        replica_id=r.get("replica_id", ""),
+        actor_name=r.get("actor_name", ""),
+        state=str(_enum_value(r.get("state"))),
+        node_ip=r.get("node_ip") or "",
+        pid=r.get("pid"),
+        start_time=float(r.get("start_time_s") or time.time()),
+    )
+
+
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+
+
+def failure_reason(message: str) -> str:
+    """The user-facing reason inside Serve's deploy failure text (which ends in a traceback)."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        m = _ERROR_LINE.match(line)
+        if m:
+            kind, text = m.groups()
+            return text if kind == "ModelLoadError" else f"{kind}: {text}"
+    return lines[-1] if lines else "deployment failed"

@@ -1,0 +1,42 @@
+"""The routing table the gateway reads on every request, written by the controller.
+
+Lookups are plain dict reads: the hot path never touches the store or Ray's control
+plane. Entries are replaced whole, so a reader sees an old or a new route, never half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    token: str
+    handle: Any | None
+    """Callable into the service's instances; None while no instance can answer."""
+    unavailable: str
+    """Why requests get 503 while `handle` is None."""
+    keepalive_s: float
+
+
+class RouteTable:
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+
+    def get(self, name: str) -> Route | None:
+        return self._routes.get(name)
+
+    def set(self, route: Route) -> None:
+        self._routes[route.name] = route
+
+    def drop(self, name: str) -> None:
+        self._routes.pop(name, None)
+
+    def names(self) -> Iterable[str]:
+        return list(self._routes)
+
+    def handle_for(self, name: str) -> Any | None:
+        route = self._routes.get(name)
+        return route.handle if route else None

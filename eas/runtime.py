@@ -1,0 +1,77 @@
+"""The runtime: what one instance of a service does, free of Ray.
+
+It makes the model local, loads the processor once, then runs requests on a bounded
+worker pool (`rpc.worker_threads`) so a slow model never blocks the event loop that
+receives the next request. Ray Serve hosts it (see ray_backend.py), but it runs and
+is tested on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from eas import modelsource
+from eas.errors import error_body
+from eas.spec import ServiceSpec
+from processors import registry
+from processors.base import ModelContext, ModelLoadError, ProcessorError, Request, Response
+
+log = logging.getLogger("eas.runtime")
+
+
+class ServiceRuntime:
+    """Loads a service's processor and answers requests with it."""
+
+    def __init__(self, spec: dict[str, Any], cache_dir: str) -> None:
+        self.spec = ServiceSpec.model_validate(spec)
+        self.processor = load_processor(self.spec, cache_dir)
+        self.pool = ThreadPoolExecutor(
+            max_workers=self.spec.metadata.concurrency, thread_name_prefix=f"eas-{self.spec.name}"
+        )
+
+    async def handle(self, request: Request) -> Response:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, self.processor.predict, request)
+        except ProcessorError as exc:
+            return Response(error_body(exc.status, exc.message, request.request_id, exc.code), exc.status)
+        except Exception as exc:  # a processor bug is the request's 400, never the instance's death
+            log.warning("processor of %s raised on request %s: %s", self.spec.name, request.request_id,
+                        traceback.format_exc())
+            return Response(error_body(400, f"processor raised {type(exc).__name__}: {exc}", request.request_id), 400)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def load_processor(spec: ServiceSpec, cache_dir: str):  # -> processors.base.Processor
+    """Fetch the model and code, build the processor and load it.
+
+    Every failure becomes a ModelLoadError whose text is what the user reads in
+    `eascmd desc` (the controller shows the last line of it).
+    """
+    try:
+        cls = registry.resolve(spec.processor, spec.processor_type)
+        ctx = ModelContext(
+            model_dir=modelsource.resolve(spec.model_path, f"{cache_dir}/models"),
+            model_entry=spec.model_entry,
+            model_config=spec.model_config_,
+            processor_path=modelsource.resolve(spec.processor_path, f"{cache_dir}/code"),
+            processor_entry=spec.processor_entry,
+            processor_mainclass=spec.processor_mainclass,
+            workers=spec.metadata.concurrency,
+            options=spec.to_dict(),
+        )
+        processor = cls(ctx)
+        processor.load()
+        return processor
+    except ModelLoadError:
+        raise
+    except (modelsource.ModelSourceError, ValueError) as exc:
+        raise ModelLoadError(str(exc)) from None
+    except Exception as exc:
+        raise ModelLoadError(f"loading failed with {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,129 @@
+"""`eas-server`: the control plane and the predict gateway in one process.
+
+Start-up order matters: the store first (the truth), then Ray, then the controller
+(which redeploys whatever the store says should run), then the HTTP port. The port
+is checked before Ray starts so a taken port fails in a second, not after Ray's boot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from eas import __version__, config
+from eas.api import ApiContext, routes as api_routes
+from eas.controller import Controller
+from eas.gateway import Gateway
+from eas.routes import RouteTable
+from eas.store import Store
+
+log = logging.getLogger("eas.server")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="eas-server",
+        description="Serve models behind an EAS-compatible endpoint, managed with eascmd.",
+        epilog="Example: eas-server --data-dir ./eas-data --port 8080, then "
+        "eascmd -c ./eas-data/eascmd.conf ls",
+    )
+    p.add_argument("--data-dir", default=os.environ.get("EAS_DATA_DIR", "./eas-data"),
+                   help="state (SQLite store), model cache and eascmd.conf (default ./eas-data)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port for the API and the gateway (default 8080)")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster; without it a local Ray is started on loopback")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="logical CPUs of the embedded Ray (default 4 per core, so small "
+                   "services can share a laptop; on a cluster Ray's own count is used)")
+    p.add_argument("--region", default="local", help="region name shown by eascmd (default local)")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def admin_credentials(store: Store) -> tuple[str, str]:
+    """Env overrides, else the pair generated on first start and kept in the store."""
+    access_id = os.environ.get("EAS_ACCESS_ID") or store.setting("access_id")
+    access_key = os.environ.get("EAS_ACCESS_KEY") or store.setting("access_key")
+    if not access_id or not access_key:
+        access_id, access_key = f"eas-admin-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
+        store.set_setting("access_id", access_id)
+        store.set_setting("access_key", access_key)
+    return access_id, access_key
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"eas-server: cannot listen on {host}:{port} ({exc.strerror}); "
+                             "stop what uses it or pick another --port") from None
+
+
+def build_app(api: ApiContext, gateway: Gateway) -> Starlette:
+    async def healthz(request):  # noqa: ANN001, ANN202
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    predict = ["POST"]
+    return Starlette(routes=[
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/api/predict/{service}", gateway.predict, methods=predict),
+        Route("/api/predict/{service}/{sub_path:path}", gateway.predict, methods=predict),
+        *api_routes(api),
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    check_port_free(args.host, args.port)
+
+    store = Store(data_dir / "eas.db")
+    access_id, access_key = admin_credentials(store)
+    public_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    endpoint = f"http://{public_host}:{args.port}"
+
+    from eas import ray_backend  # Ray is imported only here, after the cheap checks
+
+    num_cpus = args.num_cpus or (None if args.ray_address else 4 * (os.cpu_count() or 1))
+    log.info("starting Ray (%s)", args.ray_address or f"local, {num_cpus} logical CPUs")
+    ray_backend.start_ray(args.ray_address, num_cpus)
+    routes = RouteTable()
+    controller = Controller(store, ray_backend.RayBackend(), routes, str(data_dir / "cache"))
+    controller.start()
+
+    api = ApiContext(store, controller, access_id, access_key, args.region, endpoint)
+    app = build_app(api, Gateway(routes))
+    config.write(data_dir / "eascmd.conf", config.ClientConfig(endpoint, access_id, access_key, args.region))
+    log.info("eas-server %s listening on %s (eascmd config: %s)", __version__, endpoint,
+             data_dir / "eascmd.conf")
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=10,
+    ))
+    try:
+        server.run()
+    finally:
+        log.info("shutting down")
+        controller.stop()
+        if not args.ray_address:
+            ray_backend.stop_ray()
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The EAS service description: parse, validate, fill EAS defaults, merge partial updates.
+
+The service JSON is the user's contract with us (shared/eas-contract.md section 4).
+Validation happens here, at the edge, so everything behind it can trust a `ServiceSpec`.
+Unknown fields are refused by name: a typo such as `metdata` must not silently deploy
+a service with default settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class SpecError(ValueError):
+    """The service description is invalid; `problems` holds (field, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {reason}" if field else reason for field, reason in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RpcConfig(_Strict):
+    batching: bool = False
+    max_batch_size: int = Field(16, ge=1, le=4096)
+    max_batch_timeout: int = Field(50, ge=0, description="ms")
+    keepalive: int = Field(5000, ge=1, description="ms a request may run before 408")
+    io_threads: int = Field(4, ge=1, le=256)
+    max_queue_size: int = Field(64, ge=1)
+    worker_threads: int = Field(5, ge=1, le=1024)
+    rate_limit: int | None = Field(None, ge=1, description="QPS per service")
+
+
+class RollingStrategy(_Strict):
+    max_unavailable: int | str = 1
+    max_surge: int | str | None = None
+
+
+class Metadata(_Strict):
+    instance: int = Field(..., ge=0, le=1000)
+    cpu: float = Field(1, gt=0)
+    memory: int | None = Field(None, ge=1, description="MB")
+    gpu: int = Field(0, ge=0)
+    gpu_memory: int | None = Field(None, ge=0)
+    workers: int = Field(5, ge=1, le=1024)
+    resource: str | None = None
+    enable_grpc: bool = False
+    enable_webservice: bool = False
+    rpc: RpcConfig = Field(default_factory=RpcConfig)
+    rolling_strategy: RollingStrategy = Field(default_factory=RollingStrategy)
+
+    @property
+    def concurrency(self) -> int:
+        """Requests one instance serves at once: `rpc.worker_threads` if set, else `workers`."""
+        if "worker_threads" in self.rpc.model_fields_set:
+            return self.rpc.worker_threads
+        return self.workers
+
+
+class ServiceSpec(_Strict):
+    name: str
+    token: str | None = None
+    generate_token: bool | None = None
+    model_path: str | None = None
+    oss_endpoint: str | None = None
+    model_entry: str | None = None
+    model_config_: Any = Field(None, alias="model_config")
+    processor: str | None = None
+    processor_path: str | None = None
+    processor_entry: str | None = None
+    processor_mainclass: str | None = None
+    processor_type: Literal["python", "cpp", "java"] | None = None
+    warm_up_data_path: str | None = None
+    metadata: Metadata
+    autoscaler: dict[str, Any] | None = None
+    containers: list[dict[str, Any]] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(
+                "must start with a lower-case letter and hold only lower-case letters, "
+                "digits and underscores (at most 63 characters)"
+            )
+        return v
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) < 8 or any(c.isspace() for c in v)):
+            raise ValueError("must be at least 8 characters with no white space")
+        return v
+
+    @field_validator("processor_type", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _processor(self) -> "ServiceSpec":
+        if self.containers:
+            raise ValueError(
+                "'containers' (custom images) is not supported: use 'processor' or "
+                "'processor_type': 'python' with 'processor_path'"
+            )
+        if self.processor_type in ("cpp", "java"):
+            raise ValueError(
+                f"processor_type '{self.processor_type}' is not supported: use 'python' "
+                "or a built-in 'processor'"
+            )
+        if self.processor_type == "python":
+            if not self.processor_path:
+                raise ValueError("processor_type 'python' needs 'processor_path' (your code)")
+        elif not self.processor:
+            raise ValueError(
+                "set 'processor' (a built-in code such as sklearn or onnx) or "
+                "'processor_type': 'python' with 'processor_path'"
+            )
+        return self
+
+    # -- derived views -------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The service JSON with EAS defaults filled in (what `desc` shows)."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+    def code_version(self) -> str:
+        """A digest of everything that needs new instances when it changes.
+
+        Instance count, autoscaler and token changes are applied to running
+        instances; anything else (model, processor, resources, rpc settings) rolls.
+        """
+        data = self.to_dict()
+        data.pop("token", None)
+        data.pop("generate_token", None)
+        data.pop("autoscaler", None)
+        data["metadata"].pop("instance", None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def model_version_fields(self) -> dict[str, Any]:
+        """Fields whose change makes a new service version (model or processor)."""
+        keys = (
+            "model_path", "model_entry", "model_config", "processor", "processor_path",
+            "processor_entry", "processor_mainclass", "processor_type", "warm_up_data_path",
+        )
+        data = self.to_dict()
+        return {k: data.get(k) for k in keys}
+
+
+def load_text(text: str, source: str = "service description") -> dict[str, Any]:
+    """Parse JSON, or YAML when it is not JSON; errors say where the text is broken."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as json_exc:
+        stripped = text.lstrip()
+        if stripped.startswith(("{", "[")):
+            raise SpecError([("", f"{source} is not valid JSON: {json_exc.msg} at line {json_exc.lineno} column {json_exc.colno}")]) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as yaml_exc:
+            raise SpecError([("", f"{source} is neither valid JSON nor YAML: {yaml_exc}")]) from None
+    if not isinstance(data, dict):
+        raise SpecError([("", f"{source} must be a JSON object, got {type(data).__name__}")])
+    return data
+
+
+def parse(data: dict[str, Any] | str | bytes) -> ServiceSpec:
+    """Validate a service description (a dict, or JSON/YAML text)."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode()
+        except UnicodeDecodeError:
+            raise SpecError([("", "service description is not UTF-8 text")]) from None
+    if isinstance(data, str):
+        data = load_text(data)
+    if not isinstance(data, dict):
+        raise SpecError([("", "service description must be a JSON object")])
+    try:
+        return ServiceSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError([_problem(e) for e in exc.errors()]) from None
+
+
+def _problem(err: Any) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return loc, "unknown field (check the spelling against the service JSON reference)"
+    if kind == "missing":
+        return loc, "required field is missing"
+    msg = err.get("msg", "invalid")
+    msg = msg.removeprefix("Value error, ")
+    return loc, msg
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge a partial service description into a full one (what `modify` sends)."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -1,0 +1,176 @@
+"""eascmd entry point: the command group, the `config` command and error reporting.
+
+Every failure ends as `[ERROR] <what happened>: <what to do>` on stderr with a non-zero
+exit status, never a traceback (set EASCMD_DEBUG=1 to see one for unexpected errors).
+Reporting lives in EasGroup so CliRunner, `python -m eascmd` and the console script
+behave the same.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from importlib import metadata
+from typing import Any, NoReturn, Sequence
+
+import click
+
+from eas import config
+from eas.client import EasApiError, PredictError, ServiceFailedError
+from eascmd.common import Settings, ok, pass_settings
+from eascmd.lifecycle import (
+    create_command,
+    delete_command,
+    dw_command,
+    modify_command,
+    start_command,
+    stop_command,
+)
+from eascmd.views import desc_command, events_command, ls_command, w_command
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+
+
+def _version() -> str:
+    """The installed distribution's version; eascmd also runs from a source checkout."""
+    try:
+        return metadata.version("eas-serving")
+    except metadata.PackageNotFoundError:
+        return "0+unknown (not installed)"
+
+
+def _error(message: str) -> None:
+    click.echo(f"[ERROR] {message}", err=True)
+
+
+def _api_error_text(exc: EasApiError, settings: Settings | None) -> str:
+    """The server's message plus the next step for the errors an operator can fix."""
+    where = settings.config_path if settings else "your eascmd config"
+    if exc.status == 401:
+        return (
+            f"{exc}: the access id or key is wrong; check {where} "
+            "(it must match <data-dir>/eascmd.conf of the server) or rewrite it with 'eascmd config -i <id> -k <key>'"
+        )
+    if exc.status == 404:
+        return f"{exc}: run 'eascmd ls' to see the services"
+    if exc.status == 409:
+        return f"{exc}: pick another name, or change the existing service with 'eascmd modify'"
+    return str(exc)
+
+
+class EasGroup(click.Group):
+    """A click group that reports every error as `[ERROR] ...` instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EasApiError as exc:
+            raise click.ClickException(_api_error_text(exc, ctx.find_object(Settings))) from None
+        except config.ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        except PredictError as exc:
+            raise click.ClickException(str(exc)) from None
+        except ServiceFailedError as exc:
+            name = exc.service.get("ServiceName") or "<name>"
+            click.echo(f"[FAIL] Service failed: {exc.message}", err=True)
+            raise click.ClickException(
+                f"see 'eascmd events {name}' for what happened; fix the description and run "
+                f"'eascmd modify {name} -s FILE', or 'eascmd delete {name}'"
+            ) from None
+        except OSError as exc:
+            raise click.ClickException(f"{exc}: check the path and its permissions") from None
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        code = 1
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "eascmd"
+            _error(f"{exc.format_message()} (see '{command} --help')")
+            code = exc.exit_code
+        except click.ClickException as exc:
+            _error(exc.format_message())
+            code = exc.exit_code
+        except click.Abort:
+            _error("aborted: the command did not finish (a change already sent keeps going on the server)")
+        except Exception as exc:  # noqa: BLE001 - last resort: an operator should never see a traceback
+            if os.environ.get("EASCMD_DEBUG"):
+                traceback.print_exc()
+            _error(
+                f"unexpected {type(exc).__name__}: {exc}. This is a bug in eascmd: please report it "
+                "(set EASCMD_DEBUG=1 to print the traceback)"
+            )
+        sys.exit(code)
+
+
+@click.group("eascmd", cls=EasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="eascmd config file [default: $EASCMD_CONFIG or ~/.eascmd/eascmd.conf].",
+)
+@click.option("--json", "json_output", is_flag=True, help="Read commands print raw JSON instead of tables.")
+@click.version_option(_version(), message="eascmd %(version)s", help="Show the version.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, json_output: bool) -> None:
+    """eascmd: deploy and manage model services on eas-server (PAI-EAS compatible).
+
+    \b
+    Example:
+      eascmd config -i <id> -k <key> -e http://127.0.0.1:8080
+      eascmd create iris.json
+    """
+    ctx.obj = Settings(config_path=config_path or str(config.default_path()), json_output=json_output)
+
+
+@cli.command("config")
+@click.option("-i", "--access-id", required=True, help="Admin access id (from <data-dir>/eascmd.conf).")
+@click.option("-k", "--access-key", required=True, help="Admin access key.")
+@click.option("-e", "--endpoint", help=f"Server URL [default: kept, or {DEFAULT_ENDPOINT}].")
+@click.option("-r", "--region", help="Region of the server [default: kept, or local].")
+@pass_settings
+def config_command(
+    settings: Settings, access_id: str, access_key: str, endpoint: str | None, region: str | None
+) -> None:
+    """Write the config file: server endpoint and admin credentials.
+
+    \b
+    Example:
+      eascmd config -i admin -k s3cret -e http://127.0.0.1:8080
+    """
+    try:
+        previous: config.ClientConfig | None = config.read(settings.config_path)
+    except config.ConfigError:
+        previous = None
+    endpoint = (endpoint or (previous.endpoint if previous else DEFAULT_ENDPOINT)).rstrip("/")
+    if not endpoint.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{endpoint!r} is not a URL: write it like {DEFAULT_ENDPOINT}", param_hint="-e")
+    region = region or (previous.region if previous else "local")
+    config.write(settings.config_path, config.ClientConfig(endpoint, access_id, access_key, region))
+    ok(f"Configuration saved to {settings.config_path}")
+
+
+for _command in (
+    create_command, modify_command, start_command, stop_command, delete_command, dw_command,
+    ls_command, desc_command, w_command, events_command,
+):  # fmt: skip
+    cli.add_command(_command)
+
+
+def main() -> NoReturn:
+    """Console script `eascmd`."""
+    cli.main(prog_name="eascmd")
+    raise SystemExit(0)  # not reached: EasGroup.main always exits

@@ -1,0 +1,97 @@
+"""What every eascmd command shares: settings, the client, options, prompts and waiting."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, TypeVar
+
+import click
+
+from eas.client import ManagementClient
+from eascmd.progress import ProgressPrinter
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Default --timeout of the commands that wait, in seconds.
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Settings:
+    """Global options, and the client built from them on first use (so `config` needs no config)."""
+
+    config_path: str
+    json_output: bool = False
+    _client: ManagementClient | None = field(default=None, repr=False)
+
+    def client(self) -> ManagementClient:
+        if self._client is None:
+            self._client = ManagementClient.from_config(self.config_path)
+        return self._client
+
+    def wants_json(self, flag: bool) -> bool:
+        return flag or self.json_output
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+def ok(message: str) -> None:
+    click.echo(f"[OK] {message}")
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "json_output", is_flag=True, help="Print the raw JSON instead of a table.")(func)
+
+
+def yes_option(func: F) -> F:
+    return click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")(func)
+
+
+def timeout_option(func: F) -> F:
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0),
+        default=DEFAULT_TIMEOUT_S,
+        show_default=True,
+        help="Seconds to wait for the service before giving up (it keeps going on the server).",
+    )(func)
+
+
+class Cancelled(click.ClickException):
+    """The operator answered no; exit 1 and say nothing was done."""
+
+
+def confirm(question: str, yes: bool, nothing_done: str) -> None:
+    """Ask `question [Y/n]` on stdin (default yes) unless -y; raise Cancelled on no."""
+    if yes:
+        return
+    if not click.confirm(question, default=True, prompt_suffix=" "):
+        raise Cancelled(f"cancelled: {nothing_done}")
+
+
+def wait_for(settings: Settings, name: str, goal: Literal["running", "stopped", "deleted"], timeout: float) -> None:
+    """The one wait used by create/modify/start/stop/delete, printing progress lines as it goes.
+
+    A Failed service raises ServiceFailedError (reported as `[FAIL] Service failed: ...`);
+    a timeout becomes an error saying how to keep watching.
+    """
+    client = settings.client()
+    printer = ProgressPrinter(click.echo)
+    try:
+        if goal == "deleted":
+            client.wait_until_deleted(name, printer, timeout)
+        elif goal == "stopped":
+            client.wait_for_status(name, {"Stopped"}, printer, timeout)
+        else:
+            client.wait_until_running(name, printer, timeout)
+    except TimeoutError as exc:
+        raise click.ClickException(
+            f"{exc}: the server keeps working on it; follow it with 'eascmd desc {name}' and "
+            f"'eascmd events {name}', or wait longer with --timeout"
+        ) from None

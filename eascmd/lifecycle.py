@@ -1,0 +1,170 @@
+"""Commands that change a service: create, modify, start, stop, delete, dw.
+
+Each prints `[OK] ...` lines and, where the change takes time, waits for it through
+common.wait_for so every command shows progress and honours --timeout the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from eas.client import EasApiError
+from eascmd import table
+from eascmd.common import Settings, confirm, ok, pass_settings, timeout_option, wait_for, yes_option
+from eascmd.specfile import deep_merge, load_spec, parse_defines
+from eascmd.views import intranet_url
+
+
+def _print_request_id(answer: dict[str, Any]) -> None:
+    click.echo(f"[RequestId]: {answer.get('RequestId', '')}")
+
+
+@click.command("create")
+@click.argument("file", metavar="FILE.json|FILE.yaml")
+@yes_option
+@timeout_option
+@pass_settings
+def create_command(settings: Settings, file: str, yes: bool, timeout: float) -> None:
+    """Create a service from a JSON/YAML file and wait until it runs.
+
+    If a service of that name already exists, asks whether to update it with the file
+    instead (-y answers yes).
+
+    \b
+    Example:
+      eascmd create iris.json
+    """
+    spec = load_spec(file)
+    client = settings.client()
+    action = "Creating service"
+    try:
+        answer = client.create_service(spec)
+    except EasApiError as exc:
+        name = spec.get("name")
+        if exc.status != 409 or not name:
+            raise
+        confirm(
+            f"Service [{name}] already exists in [{client.region}]. Update it with {file}?",
+            yes,
+            f"service [{name}] was not changed; pick another name or delete it first",
+        )
+        answer = client.update_service(name, spec)
+        action = "Updating service"
+    name = str(answer.get("ServiceName") or spec.get("name"))
+    _print_request_id(answer)
+    service = client.describe_service(name)
+    service["IntranetEndpoint"] = service.get("IntranetEndpoint") or answer.get("IntranetEndpoint")
+    click.echo(table.render_pairs([("Intranet Endpoint", intranet_url(service)), ("Token", service.get("AccessToken"))]))
+    ok(action)
+    wait_for(settings, name, "running", timeout)
+    ok("Service is running")
+
+
+@click.command("modify")
+@click.argument("name")
+@click.option("-D", "defines", multiple=True, metavar="KEY.PATH=VALUE", help="Set one field, e.g. -Dmetadata.instance=2.")
+@click.option("-s", "--spec", "spec_file", metavar="FILE", help="A partial service description (JSON or YAML).")
+@timeout_option
+@pass_settings
+def modify_command(settings: Settings, name: str, defines: tuple[str, ...], spec_file: str | None, timeout: float) -> None:
+    """Change a service (-D fields or -s file) and wait until it runs.
+
+    Values are JSON when they parse (numbers, true/false, objects), strings otherwise;
+    -D options are applied on top of -s.
+
+    \b
+    Example:
+      eascmd modify iris -Dmetadata.instance=2 -Dmetadata.cpu=2
+      eascmd modify iris -s patch.json
+    """
+    if not defines and not spec_file:
+        raise click.UsageError("nothing to change: give -Dkey.path=value options or -s FILE")
+    partial = load_spec(spec_file) if spec_file else {}
+    deep_merge(partial, parse_defines(defines))
+    client = settings.client()
+    _print_request_id(client.update_service(name, partial))
+    ok(f"Service [{name}] is updating")
+    wait_for(settings, name, "running", timeout)
+    ok("Service is running")
+
+
+@click.command("start")
+@click.argument("name")
+@timeout_option
+@pass_settings
+def start_command(settings: Settings, name: str, timeout: float) -> None:
+    """Start a stopped service and wait until it runs.
+
+    \b
+    Example:
+      eascmd start iris
+    """
+    _print_request_id(settings.client().start_service(name))
+    ok(f"Service [{name}] is starting")
+    wait_for(settings, name, "running", timeout)
+    ok("Service is running")
+
+
+@click.command("stop")
+@click.argument("name")
+@timeout_option
+@pass_settings
+def stop_command(settings: Settings, name: str, timeout: float) -> None:
+    """Stop a service and wait until it is stopped.
+
+    Its instances are released; its configuration and token are kept.
+
+    \b
+    Example:
+      eascmd stop iris
+    """
+    _print_request_id(settings.client().stop_service(name))
+    ok(f"Service [{name}] is stopping")
+    wait_for(settings, name, "stopped", timeout)
+    ok(f"Service [{name}] is stopped")
+
+
+@click.command("delete")
+@click.argument("name")
+@yes_option
+@timeout_option
+@pass_settings
+def delete_command(settings: Settings, name: str, yes: bool, timeout: float) -> None:
+    """Delete a service and wait until it is gone.
+
+    \b
+    Example:
+      eascmd delete iris -y
+    """
+    client = settings.client()
+    region = client.region
+    confirm(f"Are you sure to delete the service [{name}] in [{region}]?", yes, f"service [{name}] was not deleted")
+    _print_request_id(client.delete_service(name))
+    ok(f"Service [{name}] in region [{region}] is terminating")
+    wait_for(settings, name, "deleted", timeout)
+    ok(f"Service [{name}] is deleted")
+
+
+@click.command("dw")
+@click.argument("name")
+@click.argument("instances", nargs=-1, required=True)
+@yes_option
+@pass_settings
+def dw_command(settings: Settings, name: str, instances: tuple[str, ...], yes: bool) -> None:
+    """Restart instances of a service (names from 'eascmd w').
+
+    \b
+    Example:
+      eascmd dw iris iris-7f3a2
+    """
+    client = settings.client()
+    listed = ", ".join(instances)
+    confirm(
+        f"Are you sure to restart the instances [{listed}] of service [{name}] in [{client.region}]?",
+        yes,
+        "no instance was restarted",
+    )
+    _print_request_id(client.restart_instances(name, list(instances)))
+    ok(f"Instances [{listed}] of service [{name}] are restarting")

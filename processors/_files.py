@@ -1,0 +1,84 @@
+"""Finding a model's main file and reading `model_config`, shared by built-in processors.
+
+EAS unpacks `model_path` into a directory whose layout the user chose; these rules
+(explicit `model_entry`, else the one file with the framework's suffix) keep simple
+archives working without configuration while refusing to guess between two models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from .base import ModelContext, ModelLoadError
+
+_LISTED = 20
+
+
+def _describe_dir(directory: Path) -> str:
+    names = sorted(
+        str(p.relative_to(directory)) + ("/" if p.is_dir() else "")
+        for p in directory.rglob("*")
+        if not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
+    if not names:
+        return "it is empty"
+    more = f" ... and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    return "it holds: " + ", ".join(names[:_LISTED]) + more
+
+
+def _with_suffix(paths: Any, suffixes: Sequence[str]) -> list[Path]:
+    return sorted(p for p in paths if p.is_file() and p.suffix.lower() in suffixes
+                  and not p.name.startswith("."))
+
+
+def find_model_file(ctx: ModelContext, suffixes: Sequence[str], framework: str) -> Path:
+    """The file to load: `model_dir` itself, `model_entry` inside it, or its only `suffixes` file.
+
+    Files at the top level win; only when there are none is the tree searched, so an
+    archive that wraps everything in one folder still works.
+    """
+    suffixes = tuple(s.lower() for s in suffixes)
+    wanted = ", ".join(f"*{s}" for s in suffixes)
+    if not ctx.model_dir:
+        raise ModelLoadError(f"no model_path given: the {framework} processor needs a {wanted} file")
+    root = Path(ctx.model_dir)
+    if root.is_file():
+        return root
+    if not root.is_dir():
+        raise ModelLoadError(f"model path {root} does not exist")
+
+    if ctx.model_entry:
+        entry = (root / ctx.model_entry.lstrip("/")).resolve()
+        if not entry.is_relative_to(root.resolve()):
+            raise ModelLoadError(f"model_entry {ctx.model_entry!r} points outside the model directory")
+        if not entry.is_file():
+            raise ModelLoadError(
+                f"model_entry {ctx.model_entry!r} not found in {root} ({_describe_dir(root)})")
+        return entry
+
+    found = _with_suffix(root.iterdir(), suffixes) or _with_suffix(root.rglob("*"), suffixes)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ModelLoadError(f"no {wanted} file in {root} ({_describe_dir(root)})")
+    names = ", ".join(str(p.relative_to(root)) for p in found)
+    raise ModelLoadError(f"several {framework} model files in {root}: {names}; "
+                         "set model_entry to the one to serve")
+
+
+def model_config_dict(value: Any) -> dict[str, Any]:
+    """`model_config` as a dict: the service JSON may carry an object or a JSON string."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, (str, bytes)):
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise ModelLoadError(f"model_config is not valid JSON: {exc}") from None
+        if isinstance(parsed, dict):
+            return parsed
+    raise ModelLoadError(f"model_config must be a JSON object, got {type(value).__name__}: {value!r:.80}")

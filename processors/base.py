@@ -1,0 +1,123 @@
+"""The one small interface every processor implements.
+
+A processor turns request bytes into a model call and the answer back into bytes.
+It knows nothing of HTTP, Ray or the gateway: the runtime hands it a `Request` and
+sends back the `Response`, so every processor can be tested in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a processor needs to load: paths are already local (fetched and unpacked)."""
+
+    model_dir: str | None = None
+    """Local directory (or single file) the service's `model_path` resolved to."""
+    model_entry: str | None = None
+    """Main file inside `model_dir`, from the service JSON's `model_entry`."""
+    model_config: Any = None
+    """Free-form `model_config` from the service JSON (string or mapping)."""
+    processor_path: str | None = None
+    """Local directory (or file) of user code, from `processor_path`."""
+    processor_entry: str | None = None
+    processor_mainclass: str | None = None
+    workers: int = 5
+    """Concurrent requests this instance serves (`rpc.worker_threads`)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Other service JSON fields a processor may want (read-only)."""
+
+
+@dataclass
+class Request:
+    body: bytes
+    content_type: str | None = None
+    sub_path: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
+
+
+@dataclass
+class Response:
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+
+
+class ProcessorError(Exception):
+    """A request the processor cannot serve: bad body, wrong dtype or shape.
+
+    The runtime turns it into an error response with `status` and `message`;
+    it is the processor's way to say "your fault" (4xx) without a traceback.
+    """
+
+    def __init__(self, message: str, status: int = 400, code: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code if code is not None else status
+
+
+class ModelLoadError(Exception):
+    """The model or user code cannot be loaded; the service goes Failed with this text."""
+
+
+class Processor(ABC):
+    """Load once, then answer requests, possibly from several threads at once."""
+
+    #: True when `predict_batch` is a real batched call (server-side batching uses it).
+    supports_batching: bool = False
+
+    def __init__(self, ctx: ModelContext) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model; raise `ModelLoadError` with a reason a user can act on."""
+
+    @abstractmethod
+    def predict(self, request: Request) -> Response:
+        """Answer one request; raise `ProcessorError` for bad input."""
+
+    def predict_batch(self, requests: Sequence[Request]) -> list[Response]:
+        """Answer several requests; processors with a vectorised path override this."""
+        return [self.predict(r) for r in requests]
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")).encode(), status, "application/json")
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Decode a JSON body, or raise a 400 that says what is wrong with it."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProcessorError(f"request body is not valid JSON: {exc}") from None
+
+
+def error_response(error: ProcessorError, request_id: str = "") -> Response:
+    """One failed request inside `predict_batch`, where raising would fail the whole batch.
+
+    Same JSON shape as the gateway's own error answers (docs/api.md), so a client
+    cannot tell a batched failure from an unbatched one.
+    """
+    return json_response(
+        {"code": error.code, "message": error.message, "request_id": request_id}, error.status
+    )
+
+
+def predict_or_error(processor: Processor, request: Request) -> Response:
+    """`processor.predict(request)`, with a `ProcessorError` turned into its error response.
+
+    For batch paths that fall back to answering requests one by one.
+    """
+    try:
+        return processor.predict(request)
+    except ProcessorError as exc:
+        return error_response(exc, request.request_id)

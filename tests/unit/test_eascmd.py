@@ -1,0 +1,360 @@
+"""eascmd driven with click's CliRunner (and once as a real subprocess) against the stand-in server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+from tests.unit.test_client_standin import (  # noqa: F401 - fixtures are used by name
+    ACCESS_ID,
+    FAIL_REASON,
+    StandIn,
+    conf_file,
+    free_port,
+    standin,
+    standin_server,
+)
+
+from eas import config
+from eascmd import table
+from eascmd.cli import cli
+from eascmd.progress import ProgressPrinter
+from eascmd.specfile import parse_defines
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(conf: str, *args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, ["-c", conf, *args], input=input)
+
+
+def write_spec(tmp_path: Path, spec: dict, name: str = "svc.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(spec, indent=2))
+    return str(path)
+
+
+# -- pure helpers -----------------------------------------------------------------------
+
+
+def test_parse_defines_nests_merges_and_parses_json() -> None:
+    assert parse_defines(
+        ["metadata.instance=2", "metadata.cpu=4", "metadata.rpc.batching=true", "processor=sklearn",
+         "metadata.rpc.keepalive=5000", 'autoscaler={"min": 1, "max": 3}', "model_config=a=b", "name=01x"]
+    ) == {
+        "metadata": {"instance": 2, "cpu": 4, "rpc": {"batching": True, "keepalive": 5000}},
+        "processor": "sklearn",
+        "autoscaler": {"min": 1, "max": 3},
+        "model_config": "a=b",
+        "name": "01x",
+    }  # fmt: skip
+    assert parse_defines(["a.b=1", 'a={"c": 2}']) == {"a": {"b": 1, "c": 2}}
+
+
+@pytest.mark.parametrize("bad", [["metadata.instance"], ["=3"], ["a..b=1"], ["a=1", "a.b=2"], ["a.b=2", "a=1"]])
+def test_parse_defines_rejects_bad_input(bad: list[str]) -> None:
+    with pytest.raises(click.BadParameter):
+        parse_defines(bad)
+
+
+def test_table_render() -> None:
+    assert table.render([["iris", 1], ["a-longer-name", None]], ["NAME", "N"]) == (
+        "+---------------+---+\n"
+        "| NAME          | N |\n"
+        "+---------------+---+\n"
+        "| iris          | 1 |\n"
+        "| a-longer-name |   |\n"
+        "+---------------+---+"
+    )
+    assert table.render_pairs([("Status", "Running"), ("ServiceConfig", '{\n  "a": 1\n}')]) == (
+        "+---------------+----------+\n"
+        "|        Status | Running  |\n"
+        "| ServiceConfig | {        |\n"
+        "|               |   \"a\": 1 |\n"
+        "|               | }        |\n"
+        "+---------------+----------+"
+    )
+    assert table.render([["模型", "x"]], ["AB", "C"]).splitlines()[3] == "| 模型 | x |"
+    assert table.render([], ["A", "B"]) == "+---+---+\n| A | B |\n+---+---+\n+---+---+"
+
+
+def test_progress_printer_prints_on_change_and_heartbeat() -> None:
+    lines: list[str] = []
+    now = [0.0]
+    printer = ProgressPrinter(lines.append, heartbeat_s=5, clock=lambda: now[0])
+    waiting = {"Status": "Waiting", "TotalInstance": 1, "PendingInstance": 1, "RunningInstance": 0}
+    printer(waiting)
+    now[0] = 1
+    printer(waiting)
+    now[0] = 6
+    printer(waiting)
+    printer({**waiting, "Message": "pulling", "PendingInstance": 0, "RunningInstance": 1, "Status": "Running"})
+    assert lines == [
+        "[OK] Waiting [Total: 1, Pending: 1, Running: 0]",
+        "[OK] Waiting [Total: 1, Pending: 1, Running: 0]",
+        "[OK] pulling",
+        "[OK] Running [Total: 1, Pending: 0, Running: 1]",
+    ]
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for name, command in cli.commands.items():
+        result = CliRunner().invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Example:" in result.output and f"eascmd {name}" in result.output, name
+        assert command.get_short_help_str(limit=80).strip(), name
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def test_config_writes_a_readable_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "sub" / "eascmd.conf")
+    result = run(path, "config", "-i", "me", "-k", "key", "-e", "http://10.0.0.1:9000/", "-r", "bj")
+    assert result.exit_code == 0, result.output
+    assert f"[OK] Configuration saved to {path}" in result.output
+    assert config.read(path) == config.ClientConfig("http://10.0.0.1:9000", "me", "key", "bj")
+    run(path, "config", "-i", "me2", "-k", "key2")  # endpoint and region are kept
+    assert config.read(path) == config.ClientConfig("http://10.0.0.1:9000", "me2", "key2", "bj")
+    bad = run(path, "config", "-i", "me", "-k", "key", "-e", "localhost:8080")
+    assert bad.exit_code == 2 and "[ERROR]" in bad.stderr and "is not a URL" in bad.stderr
+
+
+def test_create_streams_progress_until_running(conf_file: str, standin: StandIn, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, {"name": "iris", "processor": "sklearn", "token": "tok123", "metadata": {"instance": 2}})
+    result = run(conf_file, "create", spec)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("[RequestId]: ") and len(lines[0]) > len("[RequestId]: ")
+    assert f"| Intranet Endpoint | {standin.url}/api/predict/iris |" in lines
+    assert any(line.startswith("|             Token | tok123 ") for line in lines)
+    progress = lines[lines.index("[OK] Creating service") + 1 :]
+    assert progress == [
+        "[OK] loading the model",
+        "[OK] Waiting [Total: 2, Pending: 2, Running: 0]",  # printed once although polled twice
+        "[OK] Waiting [Total: 2, Pending: 1, Running: 1]",
+        "[OK] Running [Total: 2, Pending: 0, Running: 2]",
+        "[OK] Service is running",
+    ]
+
+
+def test_create_yaml(conf_file: str, standin: StandIn, tmp_path: Path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text("name: iris\nprocessor: sklearn\nmetadata:\n  instance: 1\n")
+    result = run(conf_file, "create", str(path))
+    assert result.exit_code == 0, result.output
+    assert standin.services["iris"].spec == {"name": "iris", "processor": "sklearn", "metadata": {"instance": 1}}
+
+
+def test_create_failed_exits_1_with_reason(conf_file: str, tmp_path: Path) -> None:
+    result = run(conf_file, "create", write_spec(tmp_path, {"name": "bad", "processor": "broken"}))
+    assert result.exit_code == 1
+    assert f"[FAIL] Service failed: {FAIL_REASON}" in result.stderr
+    assert "[ERROR] see 'eascmd events bad'" in result.stderr
+    assert "[OK] Service is running" not in result.output and "Traceback" not in result.output
+
+
+def test_create_existing_asks_before_updating(conf_file: str, standin: StandIn, tmp_path: Path) -> None:
+    standin.add_running("iris")
+    spec = write_spec(tmp_path, {"name": "iris", "metadata": {"instance": 1, "cpu": 2}})
+    refused = run(conf_file, "create", spec, input="n\n")
+    assert refused.exit_code == 1 and "Service [iris] already exists in [local]" in refused.output
+    assert "[ERROR] cancelled: service [iris] was not changed" in refused.stderr and standin.updates == []
+    accepted = run(conf_file, "create", spec, "-y")
+    assert accepted.exit_code == 0, accepted.output
+    assert "[OK] Updating service" in accepted.output and standin.updates[0]["metadata"]["cpu"] == 2
+
+
+def test_create_timeout(conf_file: str, tmp_path: Path) -> None:
+    result = run(conf_file, "create", write_spec(tmp_path, {"name": "slow"}), "--timeout", "0")
+    assert result.exit_code == 1
+    assert "[ERROR] service slow is not Running after 0 s" in result.stderr
+    assert "eascmd desc slow" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{\n  "name": "iris",\n}\n', "is not valid JSON: Expecting property name enclosed in double quotes at line 3, column 1"),
+        ("[1, 2]", "must hold an object"),
+        ("", "is empty"),
+    ],
+)
+def test_bad_json_file(conf_file: str, tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "svc.json"
+    path.write_text(content)
+    result = run(conf_file, "create", str(path))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"[ERROR] {path} ") and expected in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_bad_yaml_and_missing_file(conf_file: str, tmp_path: Path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text("name: iris\nmetadata: [1,\n")
+    result = run(conf_file, "create", str(path))
+    assert result.exit_code == 1 and "is not valid YAML" in result.stderr and "line 3" in result.stderr
+    missing = run(conf_file, "create", str(tmp_path / "nope.json"))
+    assert missing.exit_code == 1 and "[ERROR] no such file:" in missing.stderr
+
+
+def test_delete_confirmation(conf_file: str, standin: StandIn) -> None:
+    standin.add_running("iris")
+    refused = run(conf_file, "delete", "iris", input="n\n")
+    assert refused.exit_code == 1
+    assert "Are you sure to delete the service [iris] in [local]? [Y/n]" in refused.output
+    assert "[ERROR] cancelled: service [iris] was not deleted" in refused.stderr
+    assert "iris" in standin.services
+
+    accepted = run(conf_file, "delete", "iris", input="Y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert "[OK] Service [iris] in region [local] is terminating" in accepted.output
+    assert accepted.output.rstrip().endswith("[OK] Service [iris] is deleted")
+    assert "iris" not in standin.services
+
+    standin.add_running("iris2")
+    default = run(conf_file, "delete", "iris2", input="\n")  # Enter takes the default: yes
+    assert default.exit_code == 0 and "iris2" not in standin.services
+
+    standin.add_running("iris3")
+    forced = run(conf_file, "delete", "iris3", "-y")
+    assert forced.exit_code == 0 and "Are you sure" not in forced.output
+    assert "[OK] Service [iris3] is deleted" in forced.output
+
+
+def test_modify_with_defines_and_file(conf_file: str, standin: StandIn, tmp_path: Path) -> None:
+    standin.add_running("iris")
+    result = run(conf_file, "modify", "iris", "-Dmetadata.instance=2", "-Dmetadata.rpc.batching=true")
+    assert result.exit_code == 0, result.output
+    assert standin.updates == [{"metadata": {"instance": 2, "rpc": {"batching": True}}}]
+    assert "[OK] Service [iris] is updating" in result.output
+    assert "[OK] Waiting [Total: 2, Pending: 1, Running: 1]" in result.output
+    assert result.output.rstrip().endswith("[OK] Service is running")
+
+    patch = write_spec(tmp_path, {"metadata": {"cpu": 2, "instance": 5}}, "patch.json")
+    result = run(conf_file, "modify", "iris", "-s", patch, "-Dmetadata.instance=1")
+    assert result.exit_code == 0, result.output
+    assert standin.updates[-1] == {"metadata": {"cpu": 2, "instance": 1}}
+
+    nothing = run(conf_file, "modify", "iris")
+    assert nothing.exit_code == 2 and "[ERROR] nothing to change" in nothing.stderr
+    bad = run(conf_file, "modify", "iris", "-Dmetadata.instance")
+    assert bad.exit_code == 2 and "is not key.path=value" in bad.stderr
+
+
+def test_stop_and_start(conf_file: str, standin: StandIn) -> None:
+    standin.add_running("iris")
+    stopped = run(conf_file, "stop", "iris")
+    assert stopped.exit_code == 0, stopped.output
+    assert "[OK] Service [iris] is stopping" in stopped.output and "[OK] Service [iris] is stopped" in stopped.output
+    started = run(conf_file, "start", "iris")
+    assert started.exit_code == 0, started.output
+    assert "[OK] Service [iris] is starting" in started.output
+    assert started.output.rstrip().endswith("[OK] Service is running")
+
+
+def test_read_commands_tables_and_json(conf_file: str, standin: StandIn) -> None:
+    standin.add_running("iris", instance=2)
+    ls = run(conf_file, "ls")
+    assert ls.exit_code == 0, ls.output
+    assert ls.output.splitlines()[1].split() == [
+        "|", "SERVICENAME", "|", "REGION", "|", "INSTANCE", "|", "CREATETIME", "|", "UPDATETIME", "|",
+        "STATUS", "|", "WEIGHT", "|", "SERVICEPATH", "|",
+    ]  # fmt: skip
+    assert ls.output.splitlines()[3].split("|")[1:-1] == [
+        " iris        ", " local  ", " 2        ", " 2026-11-23T09:00:00Z ", " 2026-11-23T09:00:00Z ",
+        " Running ", " 100    ", " /api/predict/iris ",
+    ]  # fmt: skip
+    assert json.loads(run(conf_file, "ls", "--json").output)[0]["ServiceName"] == "iris"
+    assert json.loads(CliRunner().invoke(cli, ["-c", conf_file, "--json", "ls"]).output)[0]["Region"] == "local"
+
+    desc = run(conf_file, "desc", "iris")
+    assert desc.exit_code == 0, desc.output
+    keys = [line.split("|")[1].strip() for line in desc.output.splitlines() if line.startswith("|")]
+    assert [k for k in keys if k] == [
+        "Status", "ServiceName", "CreateTime", "UpdateTime", "AccessToken", "TotalInstance", "RunningInstance",
+        "PendingInstance", "CPU", "GPU", "Memory", "Weight", "LatestVersion", "CurrentVersion", "Message",
+        "IntranetEndpoint", "ServiceConfig",
+    ]  # fmt: skip
+    assert f"| {standin.url}/api/predict/iris" in desc.output
+    assert '|                  |   "name": "iris",' in desc.output  # pretty ServiceConfig, one line per row
+    assert json.loads(run(conf_file, "desc", "iris", "--json").output)["AccessToken"] == "token-iris"
+
+    w = run(conf_file, "w", "iris")
+    assert w.exit_code == 0, w.output
+    assert w.output.splitlines()[1].split("|")[1:-1] == [
+        " INSTANCENAME ", " INNERIP   ", " HOSTIP   ", " STARTAT              ", " RESTARTS ", " STATUS  ",
+        " READY ", " REASON ", " LASTSTATE ",
+    ]  # fmt: skip
+    assert "| iris-1       | 127.0.0.1 | 10.0.0.1 | 2026-11-23T09:00:03Z | 1        | Running | 1/2   |" in w.output
+    assert len(json.loads(run(conf_file, "w", "iris", "--json").output)) == 2
+
+    events = run(conf_file, "events", "iris")
+    assert events.exit_code == 0 and "| Normal | service iris created |" in events.output
+    assert "TIME" in events.output and "TYPE" in events.output and "MESSAGE" in events.output
+    assert json.loads(run(conf_file, "events", "iris", "--json").output)[0]["Type"] == "Normal"
+
+
+def test_dw_restarts_after_confirmation(conf_file: str, standin: StandIn) -> None:
+    standin.add_running("iris", instance=2)
+    refused = run(conf_file, "dw", "iris", "iris-0", input="n\n")
+    assert refused.exit_code == 1 and standin.restarted == []
+    result = run(conf_file, "dw", "iris", "iris-0", "iris-1", input="y\n")
+    assert result.exit_code == 0, result.output
+    assert "restart the instances [iris-0, iris-1] of service [iris] in [local]? [Y/n]" in result.output
+    assert "[OK] Instances [iris-0, iris-1] of service [iris] are restarting" in result.output
+    assert standin.restarted == ["iris-0", "iris-1"]
+
+
+def test_not_found_says_what_to_do(conf_file: str) -> None:
+    result = run(conf_file, "desc", "nope")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("[ERROR] service nope does not exist") and "eascmd ls" in result.stderr
+
+
+def test_unreachable_server_message(tmp_path: Path) -> None:
+    path = str(tmp_path / "eascmd.conf")
+    url = f"http://127.0.0.1:{free_port()}"
+    config.write(path, config.ClientConfig(url, "a", "b"))
+    result = run(path, "ls")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"[ERROR] the EAS server at {url} is not reachable")
+    assert "check it is running" in result.stderr and "Traceback" not in result.output
+
+
+def test_wrong_credentials_message(standin: StandIn, tmp_path: Path) -> None:
+    path = str(tmp_path / "eascmd.conf")
+    config.write(path, config.ClientConfig(standin.url, ACCESS_ID, "wrong-key"))
+    result = run(path, "ls")
+    assert result.exit_code == 1
+    assert "[ERROR] wrong access id or key [HTTP 401, Unauthorized" in result.stderr
+    assert f"check {path}" in result.stderr and "eascmd config -i" in result.stderr
+
+
+def test_missing_config_and_usage_errors(tmp_path: Path) -> None:
+    result = run(str(tmp_path / "none.conf"), "ls")
+    assert result.exit_code == 1 and result.stderr.startswith("[ERROR] no eascmd config at")
+    unknown = CliRunner().invoke(cli, ["frobnicate"])
+    assert unknown.exit_code == 2 and unknown.stderr.startswith("[ERROR] No such command 'frobnicate'")
+    assert "eascmd --help" in unknown.stderr
+
+
+def test_real_subprocess(conf_file: str, standin: StandIn) -> None:
+    standin.add_running("iris")
+    env = {**os.environ, "EASCMD_CONFIG": conf_file}
+    ok = subprocess.run(
+        [sys.executable, "-m", "eascmd", "ls", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=20
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)[0]["ServiceName"] == "iris"
+    failed = subprocess.run(
+        [sys.executable, "-m", "eascmd", "desc", "nope"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=20
+    )
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.startswith("[ERROR] service nope does not exist") and "Traceback" not in failed.stderr
