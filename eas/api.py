@@ -129,26 +129,36 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
             event = "service updated" + (" (new version)" if new_version else "")
         ctx.store.update_spec(name, _stored_spec(new), new_version, event,
                               token=new.token if new.token != rec.token else None)
+        if rec.desired == st.RUNNING:
+            # Visible at once, so a client waiting for Running cannot see the old state.
+            ctx.store.set_status(name, "Updating", "")
         ctx.controller.retry(name)
         return {"Message": f"service '{name}' is updating: {event}"}
 
     async def delete(request: Request, request_id: str) -> dict[str, Any]:
         name = region_ok(request)
         ctx.store.set_desired(name, st.DELETED, "delete requested")
+        ctx.store.set_status(name, "Deleting", "")
         ctx.controller.wake()
         return {"Message": f"service '{name}' in region {ctx.region} is terminating"}
 
     async def stop(request: Request, request_id: str) -> dict[str, Any]:
         name = region_ok(request)
-        _not_deleting(ctx.store.get(name))
+        rec = ctx.store.get(name)
+        _not_deleting(rec)
         ctx.store.set_desired(name, st.STOPPED, "stop requested")
+        if rec.status != "Stopped":
+            ctx.store.set_status(name, "Stopping", "")
         ctx.controller.wake()
         return {"Message": f"service '{name}' is stopping"}
 
     async def start(request: Request, request_id: str) -> dict[str, Any]:
         name = region_ok(request)
-        _not_deleting(ctx.store.get(name))
+        rec = ctx.store.get(name)
+        _not_deleting(rec)
         ctx.store.set_desired(name, st.RUNNING, "start requested")
+        if rec.status != "Running":
+            ctx.store.set_status(name, "Creating", "")
         ctx.controller.retry(name)
         return {"Message": f"service '{name}' is starting"}
 

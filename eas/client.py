@@ -9,9 +9,11 @@ so our own tools exercise the gateway exactly like real users.
 
 from __future__ import annotations
 
-import json
+import functools
 import time
-from typing import Any, Callable, Collection
+from collections.abc import Callable, Collection
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -19,6 +21,8 @@ from eas import auth, config
 
 #: How often the wait helpers poll a service, in seconds.
 POLL_INTERVAL_S = 0.5
+#: Consecutive 5xx / network errors a wait rides out (a server restarting) before giving up.
+POLL_TRANSIENT_ERRORS = 3
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -108,7 +112,7 @@ class ManagementClient:
         )
 
     @classmethod
-    def from_config(cls, path: str | None = None, timeout: float = 30) -> "ManagementClient":
+    def from_config(cls, path: str | None = None, timeout: float = 30) -> ManagementClient:
         """Build from an eascmd.conf (default: $EASCMD_CONFIG or ~/.eascmd/eascmd.conf)."""
         cfg = config.read(path)
         return cls(cfg.endpoint, cfg.access_id, cfg.access_key, cfg.region, timeout)
@@ -116,7 +120,7 @@ class ManagementClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ManagementClient":
+    def __enter__(self) -> ManagementClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -188,7 +192,8 @@ class ManagementClient:
             return False
 
         goal = " or ".join(sorted(targets))
-        result = self._poll(lambda: self.describe_service(name), done, on_progress, timeout, interval, name, goal)
+        fetch = functools.partial(self.describe_service, name)
+        result = self._poll(fetch, done, on_progress, timeout, interval, name, goal)
         assert result is not None
         return result
 
@@ -200,7 +205,8 @@ class ManagementClient:
         interval: float = POLL_INTERVAL_S,
     ) -> None:
         """Poll until describe answers 404: the server has released everything."""
-        self._poll(lambda: self._describe_or_none(name), lambda s: s is None, on_progress, timeout, interval, name, "deleted")
+        fetch = functools.partial(self._describe_or_none, name)
+        self._poll(fetch, lambda s: s is None, on_progress, timeout, interval, name, "deleted")
 
     def _describe_or_none(self, name: str) -> dict[str, Any] | None:
         try:
@@ -220,24 +226,37 @@ class ManagementClient:
         name: str,
         goal: str,
     ) -> dict[str, Any] | None:
-        """The one polling loop: fetch, report, stop when done, give up at the deadline."""
+        """The one polling loop: fetch, report, stop when done, give up at the deadline.
+
+        A few consecutive 5xx or connection errors are ridden out, since a long deployment
+        should not be reported as failed because the server restarted once meanwhile.
+        """
         deadline = time.monotonic() + timeout
+        errors = 0
+        last = "no answer"
         while True:
-            service = fetch()
-            if service is not None and on_progress is not None:
-                on_progress(service)
-            if done(service):
-                return service
+            try:
+                service = fetch()
+            except EasApiError as exc:
+                errors += 1
+                if (exc.status and exc.status < 500) or errors >= POLL_TRANSIENT_ERRORS:
+                    raise
+            else:
+                errors = 0
+                last = f"status {service.get('Status')}" if service is not None else "gone"
+                if service is not None and on_progress is not None:
+                    on_progress(service)
+                if done(service):
+                    return service
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                last = f"status {service.get('Status')}" if service else "no answer"
                 raise TimeoutError(f"service {name} is not {goal} after {timeout:g} s (last seen: {last})")
             time.sleep(min(interval, remaining))
 
     # -- plumbing ---------------------------------------------------------------------
 
     def _service_path(self, name: str, suffix: str = "") -> str:
-        return f"/api/v2/services/{self.region}/{name}{suffix}"
+        return f"/api/v2/services/{quote(self.region, safe='')}/{quote(name, safe='')}{suffix}"
 
     def _call(
         self,
@@ -249,6 +268,13 @@ class ManagementClient:
         """One API call; every failure comes out as EasApiError with a message a person can act on."""
         try:
             response = self._http.request(method, path, json=body, params=params)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+            raise EasApiError(
+                0,
+                "InvalidEndpoint",
+                f"{self.endpoint!r} is not a server URL: write it like http://127.0.0.1:8080 "
+                "('eascmd config -e <url>' or the endpoint line of eascmd.conf)",
+            ) from None
         except httpx.TimeoutException:
             raise EasApiError(
                 0, "Timeout", f"the EAS server at {self.endpoint} did not answer in time: check it is healthy"
@@ -311,7 +337,7 @@ class PredictClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "PredictClient":
+    def __enter__(self) -> PredictClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -144,7 +144,7 @@ class RayBackend:
         for name, app in (details.get("applications") or {}).items():
             dep = (app.get("deployments") or {}).get(DEPLOYMENT) or {}
             status = str(_enum_value(app.get("status")))
-            message = app.get("message") or dep.get("message") or ""
+            message = dep.get("message") or app.get("message") or ""
             if status == "DEPLOY_FAILED":
                 message = failure_reason(message)
             out[name] = AppState(

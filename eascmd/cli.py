@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from importlib import metadata
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
 import click
 
+import eas
 from eas import config
-from eas.client import EasApiError, PredictError, ServiceFailedError
+from eas.client import EasApiError, ServiceFailedError
 from eascmd.common import Settings, ok, pass_settings
 from eascmd.lifecycle import (
     create_command,
@@ -32,12 +34,20 @@ from eascmd.views import desc_command, events_command, ls_command, w_command
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
 
+# click >= 8.2 raises this for a bare `eascmd`; older versions print the help themselves.
+class _NeverRaised(click.UsageError):
+    pass
+
+
+_NoArgsIsHelp: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHelpError", _NeverRaised)
+
+
 def _version() -> str:
     """The installed distribution's version; eascmd also runs from a source checkout."""
     try:
         return metadata.version("eas-serving")
     except metadata.PackageNotFoundError:
-        return "0+unknown (not installed)"
+        return str(getattr(eas, "__version__", "0+unknown"))
 
 
 def _error(message: str) -> None:
@@ -47,6 +57,10 @@ def _error(message: str) -> None:
 def _api_error_text(exc: EasApiError, settings: Settings | None) -> str:
     """The server's message plus the next step for the errors an operator can fix."""
     where = settings.config_path if settings else "your eascmd config"
+    if exc.code == "RegionNotFound":
+        return f"{exc}: set the region in {where} with 'eascmd config -i <id> -k <key> -r <region>'"
+    if "eascmd" in exc.message:  # the server already says what to do
+        return str(exc)
     if exc.status == 401:
         return (
             f"{exc}: the access id or key is wrong; check {where} "
@@ -69,8 +83,6 @@ class EasGroup(click.Group):
             raise click.ClickException(_api_error_text(exc, ctx.find_object(Settings))) from None
         except config.ConfigError as exc:
             raise click.ClickException(str(exc)) from None
-        except PredictError as exc:
-            raise click.ClickException(str(exc)) from None
         except ServiceFailedError as exc:
             name = exc.service.get("ServiceName") or "<name>"
             click.echo(f"[FAIL] Service failed: {exc.message}", err=True)
@@ -81,7 +93,7 @@ class EasGroup(click.Group):
         except OSError as exc:
             raise click.ClickException(f"{exc}: check the path and its permissions") from None
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,
@@ -95,6 +107,9 @@ class EasGroup(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
+        except _NoArgsIsHelp as exc:  # plain `eascmd`: the help, not an error
+            exc.show()
+            code = exc.exit_code
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx else "eascmd"
             _error(f"{exc.format_message()} (see '{command} --help')")
@@ -104,7 +119,7 @@ class EasGroup(click.Group):
             code = exc.exit_code
         except click.Abort:
             _error("aborted: the command did not finish (a change already sent keeps going on the server)")
-        except Exception as exc:  # noqa: BLE001 - last resort: an operator should never see a traceback
+        except Exception as exc:  # last resort: an operator should never see a traceback
             if os.environ.get("EASCMD_DEBUG"):
                 traceback.print_exc()
             _error(

@@ -21,6 +21,22 @@ def _print_request_id(answer: dict[str, Any]) -> None:
     click.echo(f"[RequestId]: {answer.get('RequestId', '')}")
 
 
+def _update(settings: Settings, name: str, partial: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """PUT a change; also says whether the service is stopped, where there is nothing to wait for."""
+    client = settings.client()
+    stopped = client.describe_service(name).get("Status") == "Stopped"
+    return client.update_service(name, partial), stopped
+
+
+def _wait_running(settings: Settings, name: str, timeout: float, stopped: bool = False) -> None:
+    """Wait for Running with progress, except after changing a stopped service (it stays stopped)."""
+    if stopped:
+        ok(f"Service [{name}] is stopped: the change applies when it starts ('eascmd start {name}')")
+        return
+    wait_for(settings, name, "running", timeout)
+    ok("Service is running")
+
+
 @click.command("create")
 @click.argument("file", metavar="FILE.json|FILE.yaml")
 @yes_option
@@ -38,7 +54,7 @@ def create_command(settings: Settings, file: str, yes: bool, timeout: float) -> 
     """
     spec = load_spec(file)
     client = settings.client()
-    action = "Creating service"
+    action, stopped = "Creating service", False
     try:
         answer = client.create_service(spec)
     except EasApiError as exc:
@@ -50,25 +66,27 @@ def create_command(settings: Settings, file: str, yes: bool, timeout: float) -> 
             yes,
             f"service [{name}] was not changed; pick another name or delete it first",
         )
-        answer = client.update_service(name, spec)
+        answer, stopped = _update(settings, name, spec)
         action = "Updating service"
     name = str(answer.get("ServiceName") or spec.get("name"))
     _print_request_id(answer)
     service = client.describe_service(name)
     service["IntranetEndpoint"] = service.get("IntranetEndpoint") or answer.get("IntranetEndpoint")
-    click.echo(table.render_pairs([("Intranet Endpoint", intranet_url(service)), ("Token", service.get("AccessToken"))]))
+    pairs = [("Intranet Endpoint", intranet_url(service)), ("Token", service.get("AccessToken"))]
+    click.echo(table.render_pairs(pairs))
     ok(action)
-    wait_for(settings, name, "running", timeout)
-    ok("Service is running")
+    _wait_running(settings, name, timeout, stopped)
 
 
 @click.command("modify")
 @click.argument("name")
-@click.option("-D", "defines", multiple=True, metavar="KEY.PATH=VALUE", help="Set one field, e.g. -Dmetadata.instance=2.")
+@click.option("-D", "defines", multiple=True, metavar="KEY.PATH=VALUE", help="Set a field: -Dmetadata.instance=2.")
 @click.option("-s", "--spec", "spec_file", metavar="FILE", help="A partial service description (JSON or YAML).")
 @timeout_option
 @pass_settings
-def modify_command(settings: Settings, name: str, defines: tuple[str, ...], spec_file: str | None, timeout: float) -> None:
+def modify_command(
+    settings: Settings, name: str, defines: tuple[str, ...], spec_file: str | None, timeout: float
+) -> None:
     """Change a service (-D fields or -s file) and wait until it runs.
 
     Values are JSON when they parse (numbers, true/false, objects), strings otherwise;
@@ -83,11 +101,11 @@ def modify_command(settings: Settings, name: str, defines: tuple[str, ...], spec
         raise click.UsageError("nothing to change: give -Dkey.path=value options or -s FILE")
     partial = load_spec(spec_file) if spec_file else {}
     deep_merge(partial, parse_defines(defines))
-    client = settings.client()
-    _print_request_id(client.update_service(name, partial))
-    ok(f"Service [{name}] is updating")
-    wait_for(settings, name, "running", timeout)
-    ok("Service is running")
+    answer, stopped = _update(settings, name, partial)
+    _print_request_id(answer)
+    if not stopped:
+        ok(f"Service [{name}] is updating")
+    _wait_running(settings, name, timeout, stopped)
 
 
 @click.command("start")
@@ -103,8 +121,7 @@ def start_command(settings: Settings, name: str, timeout: float) -> None:
     """
     _print_request_id(settings.client().start_service(name))
     ok(f"Service [{name}] is starting")
-    wait_for(settings, name, "running", timeout)
-    ok("Service is running")
+    _wait_running(settings, name, timeout)
 
 
 @click.command("stop")

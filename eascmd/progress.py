@@ -8,7 +8,8 @@ sees the command is alive without a flood of identical lines every poll.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: Seconds between repeats of an unchanged progress line.
 HEARTBEAT_S = 5.0

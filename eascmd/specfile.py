@@ -7,8 +7,9 @@ for JSON and YAML, the line and column, and says how to fix it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import click
 import yaml
@@ -45,9 +46,7 @@ def load_spec(path: str) -> dict[str, Any]:
                 ) from None
             data = _parse_yaml(path, text)
     if not isinstance(data, dict):
-        raise SpecError(
-            f"{path} must hold an object ({{\"name\": ..., ...}}), not a {type(data).__name__}"
-        )
+        raise SpecError(f'{path} must hold an object ({{"name": ..., ...}}), not a {type(data).__name__}')
     return data
 
 

@@ -7,7 +7,8 @@ several lines (desc's ServiceConfig), and wide (CJK) characters count as two col
 from __future__ import annotations
 
 import unicodedata
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def display_width(text: str) -> int:

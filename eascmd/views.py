@@ -24,7 +24,7 @@ def pretty_config(raw: Any) -> str:
         try:
             raw = json.loads(raw)
         except ValueError:
-            return raw
+            return str(raw)
     return json.dumps(raw, indent=2, ensure_ascii=False) if raw not in (None, "") else ""
 
 
@@ -69,7 +69,8 @@ def desc_command(settings: Settings, name: str, json_output: bool) -> None:
         print_json(service)
         return
     pairs = [(f, service.get(f)) for f in DESC_FIELDS]
-    pairs += [("IntranetEndpoint", intranet_url(service)), ("ServiceConfig", pretty_config(service.get("ServiceConfig")))]
+    pairs.append(("IntranetEndpoint", intranet_url(service)))
+    pairs.append(("ServiceConfig", pretty_config(service.get("ServiceConfig"))))
     click.echo(table.render_pairs(pairs))
 
 
@@ -115,4 +116,5 @@ def events_command(settings: Settings, name: str, json_output: bool) -> None:
     if settings.wants_json(json_output):
         print_json(events)
         return
-    click.echo(table.render([[e.get("Time"), e.get("Type"), e.get("Message")] for e in events], ["TIME", "TYPE", "MESSAGE"]))
+    rows = [[e.get("Time"), e.get("Type"), e.get("Message")] for e in events]
+    click.echo(table.render(rows, ["TIME", "TYPE", "MESSAGE"]))

@@ -20,7 +20,7 @@ def _describe_dir(directory: Path) -> str:
     names = sorted(
         str(p.relative_to(directory)) + ("/" if p.is_dir() else "")
         for p in directory.rglob("*")
-        if not any(part.startswith(".") for part in p.relative_to(directory).parts)
+        if _visible(p, directory)
     )
     if not names:
         return "it is empty"
@@ -28,9 +28,14 @@ def _describe_dir(directory: Path) -> str:
     return "it holds: " + ", ".join(names[:_LISTED]) + more
 
 
-def _with_suffix(paths: Any, suffixes: Sequence[str]) -> list[Path]:
-    return sorted(p for p in paths if p.is_file() and p.suffix.lower() in suffixes
-                  and not p.name.startswith("."))
+def _visible(path: Path, root: Path) -> bool:
+    """Skip `.hidden` files and folders: macOS `._x` copies, `.ipynb_checkpoints`, ..."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _with_suffix(paths: Any, root: Path, suffixes: Sequence[str]) -> list[Path]:
+    return sorted(p for p in paths
+                  if p.is_file() and p.suffix.lower() in suffixes and _visible(p, root))
 
 
 def find_model_file(ctx: ModelContext, suffixes: Sequence[str], framework: str) -> Path:
@@ -58,7 +63,8 @@ def find_model_file(ctx: ModelContext, suffixes: Sequence[str], framework: str) 
                 f"model_entry {ctx.model_entry!r} not found in {root} ({_describe_dir(root)})")
         return entry
 
-    found = _with_suffix(root.iterdir(), suffixes) or _with_suffix(root.rglob("*"), suffixes)
+    found = (_with_suffix(root.iterdir(), root, suffixes)
+             or _with_suffix(root.rglob("*"), root, suffixes))
     if len(found) == 1:
         return found[0]
     if not found:

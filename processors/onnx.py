@@ -110,16 +110,25 @@ def _mismatch(spec: TensorSpec, array: np.ndarray, reason: str) -> ProcessorErro
         f"received {received} with shape {list(array.shape)}: {reason}")
 
 
+def _as_str_array(array: np.ndarray) -> np.ndarray:
+    """onnxruntime string tensors take an object array of str (protobuf sends bytes)."""
+    out = np.empty(array.shape, dtype=object)
+    out.flat[:] = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.flat]
+    return out
+
+
 def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     """Cast to the model's dtype where no value changes meaning (float64 -> float32 allowed)."""
     target = spec.dtype
-    if target is None or array.dtype == target:
-        return array
     kind = array.dtype.kind
-    if target.kind == "O":
+    if target is None or (array.dtype == target and kind != "O"):
+        return array
+    if target.kind == "O":  # even object arrays: protobuf strings arrive as bytes
         if kind in "US" or (kind == "O" and all(isinstance(v, (str, bytes)) for v in array.flat)):
-            return np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else v,
-                                otypes=[object])(array) if array.size else array.astype(object)
+            try:
+                return _as_str_array(array)
+            except UnicodeDecodeError:
+                raise _mismatch(spec, array, "a string is not valid UTF-8") from None
         raise _mismatch(spec, array, "the model takes strings")
     if kind not in "biuf":
         raise _mismatch(spec, array, "the model takes numbers")
@@ -214,9 +223,9 @@ class OnnxProcessor(Processor):
             spec = self.inputs.get(name)
             if spec is None:
                 raise ProcessorError(f"unknown input {name!r}; model inputs: {self._inputs_text()}")
-            array = _cast(spec, to_array(spec, value))
-            _check_shape(spec, array)
-            feeds[name] = array
+            array = to_array(spec, value)
+            _check_shape(spec, array)  # before casting, so errors show what the client sent
+            feeds[name] = _cast(spec, array)
         missing = [n for n in self.inputs if n not in feeds]
         if missing:
             raise ProcessorError(
@@ -244,6 +253,10 @@ class OnnxProcessor(Processor):
                         f'"inputs" must map input names to values; model inputs: {self._inputs_text()}')
                 raw = {next(iter(self.inputs)): raw}
             return _Call(self._feeds(raw, _from_json), self._output_names(wanted), "inputs")
+        if isinstance(payload, dict) and "instances" not in payload:
+            raise ProcessorError(
+                'expected {"inputs": {name: values}} or {"instances": [...]}; the object has keys: '
+                + (", ".join(sorted(map(str, payload))) or "none"))
         if len(self.inputs) != 1:
             raise ProcessorError(
                 f'"instances" works for single-input models only; this one has {len(self.inputs)} '

@@ -45,6 +45,8 @@ def find_entry(processor_path: str | None, processor_entry: str | None) -> Path:
         raise ModelLoadError("processor_type python needs processor_path (the user code)")
     root = Path(processor_path)
     if root.is_file():
+        if root.suffix != ".py":
+            raise ModelLoadError(f"processor_path {root} is not a .py file or a folder")
         return root
     if not root.is_dir():
         raise ModelLoadError(f"processor_path {root} does not exist")
@@ -79,11 +81,11 @@ def _load_failure(what: str, exc: BaseException, user_dir: Path) -> ModelLoadErr
     return ModelLoadError(f"{what}: {type(exc).__name__}: {exc}{_user_location(exc, user_dir)}")
 
 
-def _import_file(path: Path) -> ModuleType:
-    """Import `path` as a fresh module; its folder goes on sys.path for sibling imports."""
-    folder = str(path.parent.resolve())
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+def _import_file(path: Path, code_root: Path) -> ModuleType:
+    """Import `path` as a fresh module; its folder and `code_root` go on sys.path."""
+    for folder in dict.fromkeys((str(code_root.resolve()), str(path.parent.resolve()))):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # the entry's own folder ends up first
     _install_allspark_shim()
     name = f"eas_user_{next(_module_ids)}_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -95,7 +97,7 @@ def _import_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:  # sys.exit() at import is a load failure too
         sys.modules.pop(name, None)
-        raise _load_failure(f"importing {path.name} failed", exc, path.parent) from None
+        raise _load_failure(f"importing {path.name} failed", exc, code_root) from None
     return module
 
 
@@ -151,7 +153,10 @@ def _positional_count(func: Any) -> tuple[int, int]:
 
 def _io_threads(ctx: ModelContext) -> int:
     rpc = (ctx.options.get("metadata") or {}).get("rpc") or {}
-    return int(rpc.get("io_threads") or DEFAULT_IO_THREADS)
+    try:
+        return int(rpc.get("io_threads") or DEFAULT_IO_THREADS)
+    except (TypeError, ValueError):
+        return DEFAULT_IO_THREADS
 
 
 class PythonProcessor(Processor):
@@ -179,7 +184,9 @@ class PythonProcessor(Processor):
 
     def load(self) -> None:
         entry = find_entry(self.ctx.processor_path, self.ctx.processor_entry)
-        module = _import_file(entry)
+        code_root = entry.parent if Path(str(self.ctx.processor_path)).is_file() \
+            else Path(str(self.ctx.processor_path))
+        module = _import_file(entry, code_root)
         cls = pick_class(module, self.ctx.processor_mainclass, entry.name)
 
         kwargs: dict[str, Any] = {}
@@ -190,7 +197,7 @@ class PythonProcessor(Processor):
         try:
             instance = cls(**kwargs)
         except Exception as exc:
-            raise _load_failure(f"{cls.__name__}() failed", exc, entry.parent) from None
+            raise _load_failure(f"{cls.__name__}() failed", exc, code_root) from None
 
         model_entry = self._model_entry_path()
         for attr, value in (("model_path", self.ctx.model_dir), ("model_entry", model_entry),
@@ -210,7 +217,7 @@ class PythonProcessor(Processor):
         try:
             instance.initialize(*args)
         except (Exception, SystemExit) as exc:
-            raise _load_failure(f"{cls.__name__}.initialize() failed", exc, entry.parent) from None
+            raise _load_failure(f"{cls.__name__}.initialize() failed", exc, code_root) from None
         self.instance, self.entry_file = instance, entry
 
     def predict(self, request: Request) -> Response:

@@ -14,6 +14,7 @@ import numpy as np
 from ._files import find_model_file, model_config_dict
 from ._jsonio import instances_of, to_jsonable
 from .base import (
+    ModelContext,
     ModelLoadError,
     Processor,
     ProcessorError,
@@ -42,7 +43,7 @@ class SklearnProcessor(Processor):
 
     supports_batching = True
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: ModelContext) -> None:
         super().__init__(ctx)
         self.model: Any = None
         self.return_proba = False
@@ -93,7 +94,14 @@ class SklearnProcessor(Processor):
         except (TypeError, ValueError):
             # Mixed text/number rows, for pipelines with their own encoders.
             features = np.empty((len(rows), width or 0), dtype=object)
-            features[:] = rows
+            try:
+                features[:] = rows
+            except ValueError:
+                nested = True
+            else:
+                nested = any(isinstance(v, (list, dict)) for v in features.flat)
+            if nested:
+                raise ProcessorError("instances must be flat lists of feature values")
             return features
 
     # ------------------------------------------------------------------ inference
@@ -121,14 +129,15 @@ class SklearnProcessor(Processor):
 
     def predict_batch(self, requests: Sequence[Request]) -> list[Response]:
         """One model call for all well-formed requests; a bad one fails alone."""
-        responses: list[Response] = [json_response({"predictions": []})] * len(requests)
+        responses: list[Response] = []
         parsed: list[tuple[int, np.ndarray]] = []
         for i, request in enumerate(requests):
             try:
                 features = self._features(request)
             except ProcessorError as exc:
-                responses[i] = error_response(exc, request.request_id)
+                responses.append(error_response(exc, request.request_id))
                 continue
+            responses.append(json_response({"predictions": []}))  # replaced below unless empty
             if len(features):
                 parsed.append((i, features))
         if not parsed:

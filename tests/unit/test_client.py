@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-from tests.unit.test_client_standin import (  # noqa: F401 - fixtures are used by name
+
+from eas.client import EasApiError, ManagementClient, PredictClient, PredictError, ServiceFailedError
+from tests.unit.test_client_standin import (  # noqa: F401 - the *_fixture names register the fixtures
     ACCESS_ID,
     ACCESS_KEY,
     FAIL_REASON,
     StandIn,
-    conf_file,
+    conf_file_fixture,
     free_port,
-    standin,
-    standin_server,
+    standin_fixture,
+    standin_server_fixture,
 )
-
-from eas.client import EasApiError, ManagementClient, PredictClient, PredictError, ServiceFailedError
 
 
 @pytest.fixture
@@ -37,9 +37,11 @@ def test_service_lifecycle(client: ManagementClient, standin: StandIn) -> None:
     assert [s["ServiceName"] for s in client.list_services()] == ["iris"]
 
     seen: list[tuple[str, int, int]] = []
-    final = client.wait_until_running(
-        "iris", lambda s: seen.append((s["Status"], s["PendingInstance"], s["RunningInstance"])), timeout=10, interval=0.01
-    )
+
+    def record(s: dict) -> None:
+        seen.append((s["Status"], s["PendingInstance"], s["RunningInstance"]))
+
+    final = client.wait_until_running("iris", record, timeout=10, interval=0.01)
     assert final["Status"] == "Running" and final["RunningInstance"] == 2
     assert seen[0] == ("Waiting", 2, 0) and ("Waiting", 1, 1) in seen and seen[-1] == ("Running", 0, 2)
 
@@ -74,8 +76,18 @@ def test_wait_raises_service_failed(client: ManagementClient) -> None:
 
 def test_wait_times_out(client: ManagementClient) -> None:
     client.create_service({"name": "slow", "metadata": {"instance": 1}})
-    with pytest.raises(TimeoutError, match="slow is not Running after 0.05 s"):
+    with pytest.raises(TimeoutError, match=r"slow is not Running after 0\.05 s"):
         client.wait_until_running("slow", timeout=0.05, interval=0.5)
+
+
+def test_wait_rides_out_transient_server_errors(client: ManagementClient, standin: StandIn) -> None:
+    standin.add_running("iris")
+    standin.describe_failures = 2
+    assert client.wait_until_running("iris", timeout=10, interval=0.01)["Status"] == "Running"
+    standin.describe_failures = 3
+    with pytest.raises(EasApiError) as err:
+        client.wait_until_running("iris", timeout=10, interval=0.01)
+    assert err.value.status == 500 and err.value.message == "the server is restarting"
 
 
 def test_api_errors_are_readable(client: ManagementClient, standin: StandIn) -> None:
@@ -105,6 +117,12 @@ def test_unreachable_server() -> None:
     assert err.value.status == 0 and err.value.code == "ConnectionError"
     assert f"the EAS server at {url} is not reachable" in str(err.value)
     assert "check it is running" in str(err.value)
+
+
+def test_endpoint_without_scheme_is_explained() -> None:
+    with ManagementClient("localhost:8080", ACCESS_ID, ACCESS_KEY) as c, pytest.raises(EasApiError) as err:
+        c.list_services()
+    assert err.value.code == "InvalidEndpoint" and "write it like http://127.0.0.1:8080" in str(err.value)
 
 
 # -- PredictClient --------------------------------------------------------------------
@@ -154,7 +172,7 @@ def test_predict_gives_up_after_retries(standin: StandIn) -> None:
 
 
 def test_predict_connection_error_after_retries() -> None:
-    with PredictClient(f"http://127.0.0.1:{free_port()}", "echo", token="t", retries=1) as pc:
-        with pytest.raises(PredictError) as err:
-            pc.predict(b"x")
+    url = f"http://127.0.0.1:{free_port()}"
+    with PredictClient(url, "echo", token="t", retries=1) as pc, pytest.raises(PredictError) as err:
+        pc.predict(b"x")
     assert err.value.status == 0 and "cannot reach" in str(err.value)

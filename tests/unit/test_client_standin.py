@@ -17,8 +17,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -110,6 +112,7 @@ class StandIn:
             self.restarted: list[str] = []
             self.predict_failures = 0  # answer the next N predicts with 503
             self.predict_calls = 0
+            self.describe_failures = 0  # answer the next N describes with 500
             self.auth_schemes: list[str] = []
 
     # -- helpers for tests --------------------------------------------------------------
@@ -194,6 +197,9 @@ class StandIn:
             svc = self._find(request)
             if isinstance(svc, JSONResponse):
                 return svc
+            if self.describe_failures > 0:
+                self.describe_failures -= 1
+                return self._error(500, "InternalError", "the server is restarting")
             if svc.phases[0].status == "Deleted":
                 del self.services[svc.name]
                 return self._error(404, "ServiceNotFound", f"service {svc.name} does not exist in region {REGION}")
@@ -210,7 +216,8 @@ class StandIn:
                 return svc
             self.updates.append(partial)
             _deep_merge(svc.spec, partial)
-            svc.phases = _deploy_phases(svc.spec)
+            if svc.phases[0].status != "Stopped":  # a stopped service stays stopped, as on eas-server
+                svc.phases = _deploy_phases(svc.spec)
         return self._ok(f"service {svc.name} is updating")
 
     async def delete(self, request: Request) -> JSONResponse:
@@ -295,8 +302,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def standin_server() -> Iterator[StandIn]:
+@pytest.fixture(name="standin_server", scope="session")
+def standin_server_fixture() -> Iterator[StandIn]:
     standin = StandIn()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -314,15 +321,15 @@ def standin_server() -> Iterator[StandIn]:
     sock.close()
 
 
-@pytest.fixture
-def standin(standin_server: StandIn) -> StandIn:
+@pytest.fixture(name="standin")
+def standin_fixture(standin_server: StandIn) -> StandIn:
     """The shared stand-in, emptied for each test."""
     standin_server.reset()
     return standin_server
 
 
-@pytest.fixture
-def conf_file(standin: StandIn, tmp_path: Any) -> str:
+@pytest.fixture(name="conf_file")
+def conf_file_fixture(standin: StandIn, tmp_path: Path) -> str:
     """An eascmd.conf pointing at the stand-in with the right credentials."""
     path = tmp_path / "eascmd.conf"
     config.write(path, config.ClientConfig(standin.url, ACCESS_ID, ACCESS_KEY, REGION))

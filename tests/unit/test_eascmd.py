@@ -11,21 +11,22 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner, Result
-from tests.unit.test_client_standin import (  # noqa: F401 - fixtures are used by name
-    ACCESS_ID,
-    FAIL_REASON,
-    StandIn,
-    conf_file,
-    free_port,
-    standin,
-    standin_server,
-)
 
 from eas import config
 from eascmd import table
 from eascmd.cli import cli
 from eascmd.progress import ProgressPrinter
 from eascmd.specfile import parse_defines
+from tests.unit.test_client_standin import (  # noqa: F401 - the *_fixture names register the fixtures
+    ACCESS_ID,
+    FAIL_REASON,
+    Phase,
+    StandIn,
+    conf_file_fixture,
+    free_port,
+    standin_fixture,
+    standin_server_fixture,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +77,7 @@ def test_table_render() -> None:
         "+---------------+----------+\n"
         "|        Status | Running  |\n"
         "| ServiceConfig | {        |\n"
-        "|               |   \"a\": 1 |\n"
+        '|               |   "a": 1 |\n'
         "|               | }        |\n"
         "+---------------+----------+"
     )
@@ -127,7 +128,8 @@ def test_config_writes_a_readable_file(tmp_path: Path) -> None:
 
 
 def test_create_streams_progress_until_running(conf_file: str, standin: StandIn, tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, {"name": "iris", "processor": "sklearn", "token": "tok123", "metadata": {"instance": 2}})
+    spec = {"name": "iris", "processor": "sklearn", "token": "tok123", "metadata": {"instance": 2}}
+    spec = write_spec(tmp_path, spec)
     result = run(conf_file, "create", spec)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -181,7 +183,10 @@ def test_create_timeout(conf_file: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ('{\n  "name": "iris",\n}\n', "is not valid JSON: Expecting property name enclosed in double quotes at line 3, column 1"),
+        (
+            '{\n  "name": "iris",\n}\n',
+            "is not valid JSON: Expecting property name enclosed in double quotes at line 3, column 1",
+        ),
         ("[1, 2]", "must hold an object"),
         ("", "is empty"),
     ],
@@ -241,6 +246,12 @@ def test_modify_with_defines_and_file(conf_file: str, standin: StandIn, tmp_path
     result = run(conf_file, "modify", "iris", "-s", patch, "-Dmetadata.instance=1")
     assert result.exit_code == 0, result.output
     assert standin.updates[-1] == {"metadata": {"cpu": 2, "instance": 1}}
+
+    standin.services["iris"].phases = [Phase("Stopped", 0, 0)]
+    stopped = run(conf_file, "modify", "iris", "-Dmetadata.cpu=3", "--timeout", "0")
+    assert stopped.exit_code == 0, stopped.output
+    assert "[OK] Service [iris] is stopped: the change applies when it starts" in stopped.output
+    assert "Waiting" not in stopped.output and standin.updates[-1] == {"metadata": {"cpu": 3}}
 
     nothing = run(conf_file, "modify", "iris")
     assert nothing.exit_code == 2 and "[ERROR] nothing to change" in nothing.stderr
