@@ -15,9 +15,8 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response as HttpResponse
 
 from eas.auth import AuthError, check_service_auth
-from eas.errors import error_body
 from eas.routes import RouteTable
-from processors.base import Request
+from processors.base import Request, error_body
 
 log = logging.getLogger("eas.gateway")
 

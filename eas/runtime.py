@@ -15,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from eas import modelsource
-from eas.errors import error_body
 from eas.spec import ServiceSpec
-from processors import registry
-from processors.base import ModelContext, ModelLoadError, ProcessorError, Request, Response
+from processors import create_processor
+from processors.base import ModelLoadError, Processor, ProcessorError, Request, Response, error_body, error_response
 
 log = logging.getLogger("eas.runtime")
 
@@ -38,7 +37,7 @@ class ServiceRuntime:
         try:
             return await loop.run_in_executor(self.pool, self.processor.predict, request)
         except ProcessorError as exc:
-            return Response(error_body(exc.status, exc.message, request.request_id, exc.code), exc.status)
+            return error_response(exc, request.request_id)
         except Exception as exc:  # a processor bug is the request's 400, never the instance's death
             log.warning("processor of %s raised on request %s: %s", self.spec.name, request.request_id,
                         traceback.format_exc())
@@ -48,27 +47,19 @@ class ServiceRuntime:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def load_processor(spec: ServiceSpec, cache_dir: str):  # -> processors.base.Processor
+def load_processor(spec: ServiceSpec, cache_dir: str) -> Processor:
     """Fetch the model and code, build the processor and load it.
 
     Every failure becomes a ModelLoadError whose text is what the user reads in
     `eascmd desc` (the controller shows the last line of it).
     """
     try:
-        cls = registry.resolve(spec.processor, spec.processor_type)
-        ctx = ModelContext(
+        return create_processor(
+            spec.to_dict(),
             model_dir=modelsource.resolve(spec.model_path, f"{cache_dir}/models"),
-            model_entry=spec.model_entry,
-            model_config=spec.model_config_,
             processor_path=modelsource.resolve(spec.processor_path, f"{cache_dir}/code"),
-            processor_entry=spec.processor_entry,
-            processor_mainclass=spec.processor_mainclass,
             workers=spec.metadata.concurrency,
-            options=spec.to_dict(),
         )
-        processor = cls(ctx)
-        processor.load()
-        return processor
     except ModelLoadError:
         raise
     except (modelsource.ModelSourceError, ValueError) as exc:

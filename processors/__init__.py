@@ -48,7 +48,11 @@ def _workers(spec: Mapping[str, Any]) -> int:
 
 
 def context_from_spec(
-    spec: Mapping[str, Any], *, model_dir: str | None = None, processor_path: str | None = None
+    spec: Mapping[str, Any],
+    *,
+    model_dir: str | None = None,
+    processor_path: str | None = None,
+    workers: int | None = None,
 ) -> ModelContext:
     """A ModelContext from a service JSON; pass the *local* paths model/code were fetched to.
 
@@ -62,7 +66,7 @@ def context_from_spec(
         processor_path=processor_path if processor_path is not None else spec.get("processor_path"),
         processor_entry=spec.get("processor_entry") or None,
         processor_mainclass=spec.get("processor_mainclass") or None,
-        workers=_workers(spec),
+        workers=workers if workers is not None else _workers(spec),
         options=MappingProxyType(dict(spec)),
     )
 
@@ -72,6 +76,7 @@ def create_processor(
     *,
     model_dir: str | None = None,
     processor_path: str | None = None,
+    workers: int | None = None,
     load: bool = True,
 ) -> Processor:
     """Resolve, build and (unless load=False) load the processor a service JSON asks for.
@@ -80,7 +85,8 @@ def create_processor(
     ModelLoadError when the model or user code cannot be loaded.
     """
     cls = resolve(spec.get("processor"), spec.get("processor_type"))
-    processor = cls(context_from_spec(spec, model_dir=model_dir, processor_path=processor_path))
+    ctx = context_from_spec(spec, model_dir=model_dir, processor_path=processor_path, workers=workers)
+    processor = cls(ctx)
     if load:
         processor.load()
     return processor

@@ -101,15 +101,19 @@ def parse_json_body(body: bytes) -> Any:
         raise ProcessorError(f"request body is not valid JSON: {exc}") from None
 
 
-def error_response(error: ProcessorError, request_id: str = "") -> Response:
-    """One failed request inside `predict_batch`, where raising would fail the whole batch.
+def error_body(status: int, message: str, request_id: str = "", code: Any = None) -> bytes:
+    """The one shape of every data-plane error: `{"code", "message", "request_id"}`.
 
-    Same JSON shape as the gateway's own error answers (docs/api.md), so a client
-    cannot tell a batched failure from an unbatched one.
+    The gateway, the runtime and batched processors all answer errors with it, so a
+    client cannot tell where a request failed from the body's shape.
     """
-    return json_response(
-        {"code": error.code, "message": error.message, "request_id": request_id}, error.status
-    )
+    payload = {"code": code if code is not None else status, "message": message, "request_id": request_id}
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def error_response(error: ProcessorError, request_id: str = "") -> Response:
+    """One failed request inside `predict_batch`, where raising would fail the whole batch."""
+    return Response(error_body(error.status, error.message, request_id, error.code), error.status)
 
 
 def predict_or_error(processor: Processor, request: Request) -> Response:

@@ -146,7 +146,7 @@ class SklearnProcessor(Processor):
         try:
             outputs = self._infer(np.concatenate([f for _, f in parsed]))
             joint = all(len(v) == total for v in outputs.values())
-        except (ProcessorError, ValueError):
+        except (ProcessorError, ValueError, TypeError):
             joint = False
         if not joint:
             # The joint call failed (or its output does not line up with the rows):

@@ -133,3 +133,47 @@ def test_invalid_specs_name_the_field(server, tmp_path):
             assert field in resp.json()["Message"], (field, resp.json())
         assert client.post("/api/v2/services", content=b"{not json").status_code == 400
         assert client.get("/api/v2/services/local/ghost").status_code == 404
+
+
+def test_modify_with_a_new_model_makes_a_version_and_dw_restarts(server, iris, tmp_path):
+    import joblib
+    from sklearn.tree import DecisionTreeClassifier
+
+    server.eascmd("create", str(write_json(tmp_path / "v.json", sklearn_service("versioned", iris["path"]))))
+    token = server.desc("versioned")["AccessToken"]
+    rows = iris["rows"]
+    # A second model that answers differently from the first: the constant 1 - y.
+    flipped = DecisionTreeClassifier().fit(rows, [1 - p for p in iris["expected"]])
+    new_path = tmp_path / "flipped.joblib"
+    joblib.dump(flipped, new_path)
+
+    patch = write_json(tmp_path / "patch.json", {"model_path": str(new_path)})
+    server.eascmd("modify", "versioned", "-s", str(patch))
+    info = server.desc("versioned")
+    assert (info["LatestVersion"], info["CurrentVersion"]) == (2, 2)
+    assert json.loads(info["ServiceConfig"])["model_path"] == str(new_path)
+    resp = server.predict("versioned", json.dumps({"instances": rows}), token)
+    assert resp.json()["predictions"] == [1 - p for p in iris["expected"]]
+    assert info["AccessToken"] == token, "a new version keeps the token"
+
+    before = json.loads(server.eascmd("w", "versioned", "--json").stdout)
+    assert len(before) == 1
+    server.eascmd("dw", "versioned", before[0]["InstanceName"], "-y")
+    deadline = time.monotonic() + 90
+    while True:
+        now = json.loads(server.eascmd("w", "versioned", "--json").stdout)
+        names = {i["InstanceName"] for i in now if i["Status"] == "Running"}
+        if names and before[0]["InstanceName"] not in names:
+            break
+        assert time.monotonic() < deadline, f"instance was not replaced: {now}"
+        time.sleep(0.5)
+    resp = server.predict("versioned", json.dumps({"instances": rows}), token)
+    assert resp.status_code == 200
+
+    events = json.loads(server.eascmd("events", "versioned", "--json").stdout)
+    kinds = [e["Type"] for e in events]
+    assert "Created" in kinds and "Restart" in kinds and "Updated" in kinds
+    assert "MESSAGE" in server.eascmd("events", "versioned").stdout
+    res = server.eascmd("dw", "versioned", "versioned-nosuch", "-y", check=False)
+    assert res.returncode != 0 and "no such instance" in res.stdout + res.stderr
+    server.eascmd("delete", "versioned", "-y")

@@ -19,7 +19,8 @@ import allspark
 
 class EchoProcessor(allspark.BaseProcessor):
     def initialize(self):
-        self.prefix = open(self.get_model_path() + "/prefix.txt").read()
+        with open(self.get_model_path() + "/prefix.txt") as f:
+            self.prefix = f.read()
 
     def process(self, data):
         body = json.loads(data)
@@ -272,7 +273,8 @@ def test_syntax_error_location(tmp_path: Path) -> None:
 
 
 def test_initialize_failure_names_the_user_line(tmp_path: Path) -> None:
-    write(tmp_path, "eas_test_model_utils.py", "def load(path):\n    raise FileNotFoundError('no weights at ' + path)\n")
+    write(tmp_path, "eas_test_model_utils.py",
+          "def load(path):\n    raise FileNotFoundError('no weights at ' + path)\n")
     write(tmp_path, "app.py", '''
         import eas_test_model_utils
         class P:
