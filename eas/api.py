@@ -135,32 +135,26 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
         ctx.controller.retry(name)
         return {"Message": f"service '{name}' is updating: {event}"}
 
-    async def delete(request: Request, request_id: str) -> dict[str, Any]:
+    def change_desired(request: Request, desired: str, status: str, verb: str) -> dict[str, Any]:
+        """Record a new desired state and show its transition status at once."""
         name = region_ok(request)
-        ctx.store.set_desired(name, st.DELETED, "delete requested")
-        ctx.store.set_status(name, "Deleting", "")
-        ctx.controller.wake()
-        return {"Message": f"service '{name}' in region {ctx.region} is terminating"}
+        rec = ctx.store.get(name)
+        if rec.desired == st.DELETED:
+            raise ApiError(409, "ServiceDeleting", f"service '{name}' is being deleted")
+        ctx.store.set_desired(name, desired, f"{verb} requested")
+        if rec.status != {st.RUNNING: "Running", st.STOPPED: "Stopped"}.get(desired):
+            ctx.store.set_status(name, status, "")
+        ctx.controller.retry(name)
+        return {"Message": f"service '{name}' in region {ctx.region} is {status.lower()}"}
+
+    async def delete(request: Request, request_id: str) -> dict[str, Any]:
+        return change_desired(request, st.DELETED, "Deleting", "delete")
 
     async def stop(request: Request, request_id: str) -> dict[str, Any]:
-        name = region_ok(request)
-        rec = ctx.store.get(name)
-        _not_deleting(rec)
-        ctx.store.set_desired(name, st.STOPPED, "stop requested")
-        if rec.status != "Stopped":
-            ctx.store.set_status(name, "Stopping", "")
-        ctx.controller.wake()
-        return {"Message": f"service '{name}' is stopping"}
+        return change_desired(request, st.STOPPED, "Stopping", "stop")
 
     async def start(request: Request, request_id: str) -> dict[str, Any]:
-        name = region_ok(request)
-        rec = ctx.store.get(name)
-        _not_deleting(rec)
-        ctx.store.set_desired(name, st.RUNNING, "start requested")
-        if rec.status != "Running":
-            ctx.store.set_status(name, "Creating", "")
-        ctx.controller.retry(name)
-        return {"Message": f"service '{name}' is starting"}
+        return change_desired(request, st.RUNNING, "Creating", "start")
 
     async def instances(request: Request, request_id: str) -> dict[str, Any]:
         rec = ctx.store.get(region_ok(request))
@@ -252,11 +246,6 @@ def _check_processor(spec: specs.ServiceSpec) -> None:
         registry.resolve(spec.processor, spec.processor_type)
     except ValueError as exc:
         raise specs.SpecError([("processor", str(exc))]) from None
-
-
-def _not_deleting(rec: st.ServiceRecord) -> None:
-    if rec.desired == st.DELETED:
-        raise ApiError(409, "ServiceDeleting", f"service '{rec.name}' is being deleted")
 
 
 def _instance(service: str, replica: Any) -> dict[str, Any]:

@@ -120,10 +120,13 @@ def test_user_processor_errors_are_400_and_isolated(server, tmp_path):
         "        req = json.loads(data)\n"
         "        if req.get('boom'):\n"
         "            raise RuntimeError('asked to fail')\n"
+        "        if req.get('sleep'):\n"
+        "            import time; time.sleep(req['sleep'])\n"
         "        return json.dumps({'y': req['x'] * self.factor}).encode(), 200\n"
     )
     spec = {"name": "doubler", "processor_type": "python", "processor_path": str(code),
-            "processor_entry": "app.py", "metadata": {"instance": 1, "cpu": 0.5}}
+            "processor_entry": "app.py",
+            "metadata": {"instance": 1, "cpu": 0.5, "rpc": {"keepalive": 1000}}}
     server.eascmd("create", str(write_json(tmp_path / "d.json", spec)))
     token = server.desc("doubler")["AccessToken"]
     assert server.predict("doubler", json.dumps({"x": 21}), token).json() == {"y": 42}
@@ -131,6 +134,8 @@ def test_user_processor_errors_are_400_and_isolated(server, tmp_path):
     assert failed.status_code == 400
     assert "asked to fail" in failed.json()["message"] and failed.json()["request_id"]
     assert server.predict("doubler", b"not json", token).status_code == 400
+    hung = server.predict("doubler", json.dumps({"sleep": 3}), token)
+    assert hung.status_code == 408 and "keepalive" in hung.json()["message"]
     # The instance survived its processor's errors.
     assert server.predict("doubler", json.dumps({"x": 1}), token).json() == {"y": 2}
 
