@@ -185,7 +185,7 @@ class Controller:
         name = rec.name
         if app is None:
             status = "Creating" if name not in self._ever_running else "Updating"
-            self.store.set_status(name, status, _progress(spec.metadata.instance, 0, 0))
+            self.store.set_status(name, status, "")
             self.routes.set(self._route(rec, spec, None, "service is deploying"))
             return
         if app.status == "DEPLOY_FAILED" and not changing:
@@ -200,7 +200,7 @@ class Controller:
             self.store.set_status(name, "Running", "")
         else:
             status = "Updating" if name in self._ever_running or rec.status == "Running" else "Waiting"
-            self.store.set_status(name, status, _progress(spec.metadata.instance, app.pending, app.running))
+            self.store.set_status(name, status, "")
         self.routes.set(self._route(rec, spec, app, "no instance is ready yet"))
 
     def _route(self, rec: st.ServiceRecord, spec: specs.ServiceSpec, app: Any, reason: str) -> Route:
@@ -209,10 +209,6 @@ class Controller:
         if app is not None and app.running > 0:
             handle = self.routes.handle_for(rec.name) or self.backend.handle(rec.name)
         return Route(rec.name, rec.token, handle, reason, spec.metadata.rpc.keepalive / 1000)
-
-
-def _progress(total: int, pending: int, running: int) -> str:
-    return f"Waiting [Total: {total}, Pending: {pending}, Running: {running}]"
 
 
 def _keepalive(spec: dict[str, Any]) -> float:
