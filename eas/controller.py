@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from eas import modelsource, spec as specs, store as st
-from eas.routes import Route, RouteTable
+from eas.routes import Endpoint, Route, RouteTable
 
 log = logging.getLogger("eas.controller")
 
@@ -24,28 +24,29 @@ log = logging.getLogger("eas.controller")
 class Backend(Protocol):
     """What the controller needs from the platform hosting instances (Ray Serve)."""
 
-    def deploy(self, name: str, spec: specs.ServiceSpec, cache_dir: str) -> None: ...
+    def deploy(self, name: str, spec: specs.ServiceSpec, cache_dir: str, secrets: dict[str, str]) -> None: ...
     def delete(self, name: str) -> None: ...
     def observe(self) -> dict[str, Any]: ...
-    def handle(self, name: str) -> Any: ...
     def restart_instances(self, name: str, replica_ids: list[str]) -> list[str]: ...
 
 
 @dataclass(frozen=True)
 class _Applied:
-    """What was last handed to the backend for a service: code digest and instances."""
+    """What was last handed to the backend for a service: code digest, instances, token."""
 
     code: str
     instances: int
+    token: str
 
 
 class Controller:
     def __init__(self, store: st.Store, backend: Backend, routes: RouteTable, cache_dir: str,
-                 interval_s: float = 1.0) -> None:
+                 internal_key: str, interval_s: float = 1.0) -> None:
         self.store = store
         self.backend = backend
         self.routes = routes
         self.cache_dir = cache_dir
+        self.internal_key = internal_key
         self.interval_s = interval_s
         self._applied: dict[str, _Applied] = {}
         self._failed: dict[str, _Applied] = {}
@@ -126,7 +127,7 @@ class Controller:
             return
         self._deleting.discard(name)
         spec = specs.ServiceSpec.model_validate(rec.spec)
-        want = _Applied(spec.code_version(), spec.metadata.instance)
+        want = _Applied(spec.code_version(), spec.metadata.instance, rec.token)
         with self._lock:
             failed = self._failed.get(name) == want
             preparing = name in self._preparing
@@ -139,7 +140,7 @@ class Controller:
         self._observe(rec, spec, app, preparing or applied != want)
 
     def _take_down(self, rec: st.ServiceRecord, app: Any, status: str) -> None:
-        self.routes.set(Route(rec.name, rec.token, None, f"service is {rec.desired.lower()}",
+        self.routes.set(Route(rec.name, rec.token, (), f"service is {rec.desired.lower()}",
                               _keepalive(rec.spec)))
         if app is not None:
             if rec.name not in self._deleting:
@@ -161,7 +162,8 @@ class Controller:
                 # reason, instead of after several instance start attempts.
                 modelsource.resolve(spec.model_path, f"{self.cache_dir}/models")
                 modelsource.resolve(spec.processor_path, f"{self.cache_dir}/code")
-                self.backend.deploy(rec.name, spec, self.cache_dir)
+                self.backend.deploy(rec.name, spec, self.cache_dir,
+                                    {"token": rec.token, "internal_key": self.internal_key})
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, modelsource.ModelSourceError) else f"deploy failed: {exc}"
                 with self._lock:
@@ -191,7 +193,7 @@ class Controller:
         if app.status == "DEPLOY_FAILED" and not changing:
             reason = app.message
             with self._lock:
-                self._failed[name] = _Applied(spec.code_version(), spec.metadata.instance)
+                self._failed[name] = _Applied(spec.code_version(), spec.metadata.instance, rec.token)
             self.store.set_status(name, "Failed", reason)
             self.routes.set(self._route(rec, spec, app, "service failed: " + reason))
             return
@@ -205,10 +207,12 @@ class Controller:
 
     def _route(self, rec: st.ServiceRecord, spec: specs.ServiceSpec, app: Any, reason: str) -> Route:
         """A route serves when at least one instance runs, whatever the app's status."""
-        handle = None
-        if app is not None and app.running > 0:
-            handle = self.routes.handle_for(rec.name) or self.backend.handle(rec.name)
-        return Route(rec.name, rec.token, handle, reason, spec.metadata.rpc.keepalive / 1000)
+        endpoints = tuple(
+            Endpoint(f"{rec.name}-{r.replica_id}", *r.endpoint)
+            for r in (app.replicas if app is not None else [])
+            if r.state == "RUNNING" and r.endpoint
+        )
+        return Route(rec.name, rec.token, endpoints, reason, spec.metadata.rpc.keepalive / 1000)
 
 
 def _keepalive(spec: dict[str, Any]) -> float:

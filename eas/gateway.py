@@ -1,39 +1,71 @@
 """The predict gateway: `POST /api/predict/{service}[/{sub_path}]`.
 
 On the hot path it does only what must be done per request: look the route up in
-memory, check the token, hand the bytes to an instance and copy the answer back.
-Status codes are the ones EAS clients already act on (contract section 1).
+memory, check the token, forward the bytes to one instance's own HTTP server over a
+pooled keep-alive connection and copy the answer back. Status codes are the ones EAS
+clients already act on (contract section 1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 
+import aiohttp
 from starlette.requests import Request as HttpRequest
-from starlette.responses import Response as HttpResponse
+from starlette.responses import JSONResponse, Response as HttpResponse
 
 from eas.auth import AuthError, check_service_auth
+from eas.instance import INSTANCE_HEADER, INTERNAL_KEY_HEADER, MAX_BODY_BYTES, REQUEST_ID_HEADER
 from eas.routes import RouteTable
-from processors.base import Request, error_body
+from processors.base import error_body
 
 log = logging.getLogger("eas.gateway")
 
-REQUEST_ID_HEADER = "X-Request-Id"
-#: Largest request body accepted (bytes); larger ones get 413 before reaching a model.
-MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Extra time the gateway waits beyond the instance's own keepalive before a 504.
+UPSTREAM_GRACE_S = 2.0
 
 
 class Gateway:
-    def __init__(self, routes: RouteTable, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, routes: RouteTable, internal_key: str, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.routes = routes
+        self.internal_key = internal_key
         self.max_body_bytes = max_body_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self._turn = itertools.count()
+
+    def session(self) -> aiohttp.ClientSession:
+        # Created inside the serving loop: aiohttp binds a session to the loop it starts on.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def upstreams(self, http: HttpRequest) -> JSONResponse:
+        """Service discovery for SDKs in DIRECT mode: the instances to call themselves.
+
+        Open like EAS's (the SDKs send no credentials here); every instance still
+        checks the service token on each request.
+        """
+        name = http.path_params["service"]
+        route = self.routes.get(name)
+        if route is None:
+            return JSONResponse({"code": 404, "message": f"service '{name}' does not exist"}, 404)
+        items = [{"ip": e.host, "port": e.port, "weight": 100} for e in route.endpoints]
+        return JSONResponse({"endpoints": {"items": items}})
 
     async def predict(self, http: HttpRequest) -> HttpResponse:
         request_id = uuid.uuid4().hex
         name = http.path_params["service"]
-        sub_path = http.path_params.get("sub_path", "")
         route = self.routes.get(name)
         if route is None:
             return _error(404, f"service '{name}' does not exist", request_id)
@@ -47,30 +79,42 @@ class Gateway:
             check_service_auth(route.token, http.headers, http.url.path, body)
         except AuthError as exc:
             return _error(401, str(exc), request_id)
-        if route.handle is None:
+        if not route.endpoints:
             return _error(503, f"service '{name}' is not available: {route.unavailable}", request_id)
-        request = Request(
-            body=body,
-            content_type=http.headers.get("content-type"),
-            sub_path=sub_path.lstrip("/"),
-            headers={},
-            request_id=request_id,
-        )
-        response = route.handle.remote(request)
-        try:
-            status, payload, content_type = await asyncio.wait_for(_result(response), route.keepalive_s)
-        except asyncio.TimeoutError:
-            response.cancel()
-            return _error(408, f"request ran longer than the keepalive of {route.keepalive_s * 1000:.0f} ms",
-                          request_id)
-        except Exception as exc:  # instance died or went away mid-request: clients retry 5xx
-            log.warning("request %s to %s failed upstream: %s", request_id, name, exc)
-            return _error(503, f"no instance of '{name}' could answer: {type(exc).__name__}", request_id)
-        return HttpResponse(payload, status, media_type=content_type, headers={REQUEST_ID_HEADER: request_id})
+        headers = {REQUEST_ID_HEADER: request_id, INTERNAL_KEY_HEADER: self.internal_key}
+        if "content-type" in http.headers:
+            headers["Content-Type"] = http.headers["content-type"]
+        path = http.url.path
+        timeout = aiohttp.ClientTimeout(total=route.keepalive_s + UPSTREAM_GRACE_S)
+        start = next(self._turn)
+        # Try each instance at most once: a refused connection (an instance that just
+        # went away) moves on to the next; anything after the request was sent does not.
+        for attempt in range(len(route.endpoints)):
+            endpoint = route.endpoints[(start + attempt) % len(route.endpoints)]
+            try:
+                async with self.session().post(endpoint.url + path, data=body, headers=headers,
+                                               timeout=timeout) as resp:
+                    payload = await resp.read()
+                    return HttpResponse(payload, resp.status, headers=_answer_headers(resp, request_id))
+            except aiohttp.ClientConnectorError as exc:
+                log.info("instance %s of %s refused the connection: %s", endpoint.instance, name, exc)
+                continue
+            except asyncio.TimeoutError:
+                return _error(504, f"no answer from instance {endpoint.instance} within "
+                              f"{route.keepalive_s + UPSTREAM_GRACE_S:.1f} s", request_id)
+            except aiohttp.ClientError as exc:
+                log.warning("request %s to %s failed upstream: %s", request_id, name, exc)
+                return _error(503, f"instance {endpoint.instance} of '{name}' failed: {type(exc).__name__}",
+                              request_id)
+        return _error(503, f"no instance of '{name}' accepted the request", request_id)
 
 
-async def _result(response):  # noqa: ANN001, ANN202 - a Serve DeploymentResponse
-    return await response
+def _answer_headers(resp: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
+    headers = {REQUEST_ID_HEADER: request_id}
+    for key in ("Content-Type", INSTANCE_HEADER):
+        if key in resp.headers:
+            headers[key] = resp.headers[key]
+    return headers
 
 
 def _error(status: int, message: str, request_id: str) -> HttpResponse:

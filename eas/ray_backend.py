@@ -18,6 +18,12 @@ from typing import Any
 log = logging.getLogger("eas.ray")
 
 DEPLOYMENT = "ServiceReplica"
+#: Ray internal-KV namespace and key prefix where instances publish their HTTP endpoint.
+KV_NAMESPACE = "eas"
+KV_PREFIX = b"endpoint/"
+#: Seconds a stopping instance keeps serving after unpublishing, so gateways (which
+#: refresh their routes every second) stop sending to it before it closes.
+DRAIN_S = 2.0
 
 # Ray settings that keep it on loopback, quiet and quick to fail a broken model.
 RAY_ENV = {
@@ -36,6 +42,8 @@ class Replica:
     node_ip: str
     pid: int | None
     start_time: float
+    endpoint: tuple[str, int] | None = None
+    """(host, port) of the instance's own HTTP server, once it has published it."""
 
 
 @dataclass
@@ -93,26 +101,17 @@ class RayBackend:
         from ray import serve
         from ray.serve.context import _get_global_client
 
-        from eas.runtime import ServiceRuntime
-
         self._serve = serve
         self._client = _get_global_client()
 
-        @serve.deployment(name=DEPLOYMENT)
-        class ServiceReplica:
-            """A Serve replica hosting one ServiceRuntime."""
+        self._deployment = serve.deployment(name=DEPLOYMENT)(ServiceReplica)
 
-            def __init__(self, spec: dict[str, Any], cache_dir: str) -> None:
-                self.runtime = ServiceRuntime(spec, cache_dir)
+    def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str]) -> None:
+        """Create or update the service's app; returns once Serve has accepted it.
 
-            async def __call__(self, request: Any) -> tuple[int, bytes, str]:
-                resp = await self.runtime.handle(request)
-                return resp.status, resp.body, resp.content_type
-
-        self._deployment = ServiceReplica
-
-    def deploy(self, name: str, spec: Any, cache_dir: str) -> None:
-        """Create or update the service's app; returns once Serve has accepted it."""
+        `secrets` (token, internal key) travel as Serve's user_config: changing them
+        reconfigures running instances instead of replacing them.
+        """
         meta = spec.metadata
         actor_options: dict[str, Any] = {"num_cpus": meta.cpu}
         if meta.memory:
@@ -126,8 +125,9 @@ class RayBackend:
             num_replicas=meta.instance,
             max_ongoing_requests=meta.concurrency,
             ray_actor_options=actor_options,
+            user_config=secrets,
             health_check_period_s=5,
-            graceful_shutdown_timeout_s=max(5.0, meta.rpc.keepalive / 1000 * 2),
+            graceful_shutdown_timeout_s=max(5.0, meta.rpc.keepalive / 1000 * 2) + DRAIN_S,
             _internal=True,
         ).bind(spec.to_dict(), cache_dir)
         self._serve._run(app, name=name, route_prefix=None, _blocking=False)
@@ -140,6 +140,7 @@ class RayBackend:
         import ray
 
         details = ray.get(self._client._controller.get_serve_instance_details.remote(), timeout=30)
+        endpoints = published_endpoints()
         out: dict[str, AppState] = {}
         for name, app in (details.get("applications") or {}).items():
             dep = (app.get("deployments") or {}).get(DEPLOYMENT) or {}
@@ -151,14 +152,11 @@ class RayBackend:
                 status=status,
                 message=message,
                 target=int(dep.get("target_num_replicas") or 0),
-                replicas=[_replica(r) for r in dep.get("replicas") or []],
+                replicas=[_replica(r, endpoints.get((name, r.get("replica_id", "")))) for r in dep.get("replicas") or []],
                 dead_replicas=len(dep.get("recent_dead_replicas") or []),
                 version=(dep.get("deployment_config") or {}).get("version"),
             )
         return out
-
-    def handle(self, name: str) -> Any:
-        return self._serve.get_app_handle(name)
 
     def restart_instances(self, name: str, replica_ids: list[str]) -> list[str]:
         """Kill the named replicas; Serve starts replacements. Returns the ids not found."""
@@ -183,8 +181,9 @@ def _enum_value(v: Any) -> Any:
     return getattr(v, "value", v)
 
 
-def _replica(r: dict[str, Any]) -> Replica:
+def _replica(r: dict[str, Any], endpoint: tuple[str, int] | None) -> Replica:
     return Replica(
+        endpoint=endpoint,
         replica_id=r.get("replica_id", ""),
         actor_name=r.get("actor_name", ""),
         state=str(_enum_value(r.get("state"))),
@@ -206,3 +205,78 @@ def failure_reason(message: str) -> str:
             kind, text = m.groups()
             return text if kind == "ModelLoadError" else f"{kind}: {text}"
     return lines[-1] if lines else "deployment failed"
+
+
+def published_endpoints() -> dict[tuple[str, str], tuple[str, int]]:
+    """(service, replica id) -> (host, port) for every instance that published one."""
+    from ray.experimental import internal_kv
+
+    out: dict[tuple[str, str], tuple[str, int]] = {}
+    for key in internal_kv._internal_kv_list(KV_PREFIX, namespace=KV_NAMESPACE):
+        value = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+        if not value:
+            continue
+        service, _, replica_id = key[len(KV_PREFIX):].decode().rpartition("/")
+        host, _, port = value.decode().rpartition(":")
+        out[(service, replica_id)] = (host, int(port))
+    return out
+
+
+class ServiceReplica:
+    """A Serve replica: one ServiceRuntime behind its own HTTP server (eas/instance.py).
+
+    Serve places, counts, health-checks and replaces replicas; the requests themselves
+    go straight to the instance server, from the gateway or from SDKs in DIRECT mode.
+    """
+
+    def __init__(self, spec: dict[str, Any], cache_dir: str) -> None:
+        import ray
+        from ray import serve
+
+        from eas.instance import Credentials, InstanceApp, InstanceServer
+        from eas.runtime import ServiceRuntime
+
+        self.runtime = ServiceRuntime(spec, cache_dir)
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.creds = Credentials(token="", internal_key="")
+        app = InstanceApp(self.runtime, f"{self.runtime.spec.name}-{self.replica_id}", self.creds)
+        self.server = InstanceServer(app, ray.util.get_node_ip_address())
+        self.server.start()
+        self._key = KV_PREFIX + f"{self.runtime.spec.name}/{self.replica_id}".encode()
+        self._closed = False
+
+    def reconfigure(self, secrets: dict[str, str]) -> None:
+        """Serve calls this with user_config at start and on every secrets change."""
+        from ray.experimental import internal_kv
+
+        self.creds.token = secrets["token"]
+        self.creds.internal_key = secrets["internal_key"]
+        # Published only once credentials are set, so no request arrives before them.
+        internal_kv._internal_kv_put(self._key, f"{self.server.host}:{self.server.port}".encode(),
+                                     namespace=KV_NAMESPACE)
+
+    def check_health(self) -> None:
+        if not self.server.alive:
+            raise RuntimeError("instance HTTP server stopped")
+
+    def __del__(self) -> None:
+        """Unpublish, let routes refresh and requests in flight finish, then close.
+
+        Serve calls this on graceful shutdown; Python may call it again at collection,
+        or on a replica whose constructor failed, hence the guard.
+        """
+        if getattr(self, "_closed", True) is True or not hasattr(self, "server"):
+            return
+        self._closed = True
+        try:
+            from ray.experimental import internal_kv
+
+            internal_kv._internal_kv_del(self._key, namespace=KV_NAMESPACE)
+        except Exception:  # the cluster may already be going away
+            pass
+        deadline = time.monotonic() + DRAIN_S + self.runtime.spec.metadata.rpc.keepalive / 1000
+        time.sleep(DRAIN_S)
+        while self.server.app.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.server.stop()
+        self.runtime.close()

@@ -7,17 +7,29 @@ plane. Entries are replaced whole, so a reader sees an old or a new route, never
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One instance's own HTTP server."""
+
+    instance: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
 class Route:
     name: str
     token: str
-    handle: Any | None
-    """Callable into the service's instances; None while no instance can answer."""
+    endpoints: tuple[Endpoint, ...]
+    """Instances ready to answer; empty while none can (then `unavailable` says why)."""
     unavailable: str
-    """Why requests get 503 while `handle` is None."""
     keepalive_s: float
 
 
@@ -36,7 +48,3 @@ class RouteTable:
 
     def names(self) -> Iterable[str]:
         return list(self._routes)
-
-    def handle_for(self, name: str) -> Any | None:
-        route = self._routes.get(name)
-        return route.handle if route else None

@@ -8,12 +8,14 @@ is checked before Ray starts so a taken port fails in a second, not after Ray's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import AsyncIterator
 
 import uvicorn
 from starlette.applications import Starlette
@@ -51,6 +53,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def internal_key(store: Store) -> str:
+    """The key the gateway presents to instances; kept so instances outlive a restart."""
+    key = store.setting("internal_key")
+    if not key:
+        key = secrets.token_urlsafe(32)
+        store.set_setting("internal_key", key)
+    return key
+
+
 def admin_credentials(store: Store) -> tuple[str, str]:
     """Env overrides, else the pair generated on first start and kept in the store."""
     access_id = os.environ.get("EAS_ACCESS_ID") or store.setting("access_id")
@@ -77,12 +88,28 @@ def build_app(api: ApiContext, gateway: Gateway) -> Starlette:
         return JSONResponse({"status": "ok", "version": __version__})
 
     predict = ["POST"]
-    return Starlette(routes=[
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/api/predict/{service}", gateway.predict, methods=predict),
-        Route("/api/predict/{service}/{sub_path:path}", gateway.predict, methods=predict),
-        *api_routes(api),
-    ])
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/api/predict/{service}", gateway.predict, methods=predict),
+            Route("/api/predict/{service}/{sub_path:path}", gateway.predict, methods=predict),
+            # DIRECT-mode discovery, at the paths the Python and Go SDKs ask.
+            Route("/api/v1/servicediscovery/upstreams/{service}", gateway.upstreams, methods=["GET"]),
+            Route("/exported/apis/eas.alibaba-inc.k8s.io/v1/upstreams/{service}", gateway.upstreams,
+                  methods=["GET"]),
+            *api_routes(api),
+        ],
+        lifespan=gateway_lifespan(gateway),
+    )
+
+
+def gateway_lifespan(gateway: Gateway):  # noqa: ANN202
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await gateway.close()
+
+    return lifespan
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,11 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     log.info("starting Ray (%s)", args.ray_address or f"local, {num_cpus} logical CPUs")
     ray_backend.start_ray(args.ray_address, num_cpus)
     routes = RouteTable()
-    controller = Controller(store, ray_backend.RayBackend(), routes, str(data_dir / "cache"))
+    key = internal_key(store)
+    controller = Controller(store, ray_backend.RayBackend(), routes, str(data_dir / "cache"), key)
     controller.start()
 
     api = ApiContext(store, controller, access_id, access_key, args.region, endpoint)
-    app = build_app(api, Gateway(routes))
+    app = build_app(api, Gateway(routes, key))
     config.write(data_dir / "eascmd.conf", config.ClientConfig(endpoint, access_id, access_key, args.region))
     log.info("eas-server %s listening on %s (eascmd config: %s)", __version__, endpoint,
              data_dir / "eascmd.conf")

@@ -6,6 +6,7 @@ import json
 import time
 from email.utils import formatdate
 
+import httpx
 import pytest
 
 from eas.auth import sign_headers
@@ -51,6 +52,23 @@ def test_create_predict_stop_start_scale_delete(server, iris, tmp_path):
     assert len(two) == 2 and all(i["Status"] == "Running" for i in two)
     assert first_names <= {i["InstanceName"] for i in two}, "scaling up must not restart instances"
     assert "READY" in server.eascmd("w", "iris").stdout
+    # DIRECT mode: discovery lists both instances and each answers the token itself.
+    deadline = time.monotonic() + 10
+    while True:
+        items = httpx.get(f"{server.url}/api/v1/servicediscovery/upstreams/iris").json()["endpoints"]["items"]
+        if len(items) == 2:
+            break
+        assert time.monotonic() < deadline, items
+        time.sleep(0.2)
+    answered_by = set()
+    for item in items:
+        direct = httpx.post(f"http://{item['ip']}:{item['port']}/api/predict/iris", content=body,
+                            headers={"Authorization": token})
+        assert _predictions(direct) == iris["expected"]
+        answered_by.add(direct.headers["x-eas-instance"])
+    assert answered_by == {i["InstanceName"] for i in two}
+    go_path = f"{server.url}/exported/apis/eas.alibaba-inc.k8s.io/v1/upstreams/iris?internal=false"
+    assert len(httpx.get(go_path).json()["endpoints"]["items"]) == 2
     server.eascmd("modify", "iris", "-Dmetadata.instance=1")
     deadline = time.monotonic() + 60
     while len(json.loads(server.eascmd("w", "iris", "--json").stdout)) != 1:

@@ -1,0 +1,136 @@
+"""The HTTP face of one instance: `POST /api/predict/{service}` served by the instance itself.
+
+Every request reaches a model through here: the gateway forwards to it, and SDKs in
+DIRECT mode call it straight from the upstream list. So per-instance rules (keepalive,
+and later the queue limit and batching) live in one place whatever the path.
+Requests from the gateway carry the server's internal key (the gateway already
+checked the client); direct callers must present the service token or signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, Response as HttpResponse
+from starlette.routing import Route
+
+from eas.auth import AuthError, check_service_auth
+from eas.runtime import ServiceRuntime
+from processors.base import Request, error_body
+
+log = logging.getLogger("eas.instance")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+INSTANCE_HEADER = "X-Eas-Instance"
+INTERNAL_KEY_HEADER = "X-Eas-Internal-Key"
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Credentials:
+    """Mutable so a token change reaches a running instance without a restart."""
+
+    token: str
+    internal_key: str
+
+
+class InstanceApp:
+    def __init__(self, runtime: ServiceRuntime, instance: str, creds: Credentials,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.runtime = runtime
+        self.service = runtime.spec.name
+        self.instance = instance
+        self.creds = creds
+        self.max_body_bytes = max_body_bytes
+        self.keepalive_s = runtime.spec.metadata.rpc.keepalive / 1000
+        self.in_flight = 0
+        self.app = Starlette(routes=[
+            Route("/api/predict/{service}", self.predict, methods=["POST"]),
+            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+        ])
+
+    async def healthz(self, http: HttpRequest) -> JSONResponse:
+        return JSONResponse({"service": self.service, "instance": self.instance, "in_flight": self.in_flight})
+
+    def _error(self, status: int, message: str, request_id: str) -> HttpResponse:
+        return HttpResponse(error_body(status, message, request_id), status, media_type="application/json",
+                            headers={REQUEST_ID_HEADER: request_id, INSTANCE_HEADER: self.instance})
+
+    async def predict(self, http: HttpRequest) -> HttpResponse:
+        request_id = http.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        if http.path_params["service"] != self.service:
+            return self._error(404, f"this instance serves '{self.service}', not "
+                               f"'{http.path_params['service']}'", request_id)
+        body = await http.body()
+        if len(body) > self.max_body_bytes:
+            return self._error(413, f"request body over {self.max_body_bytes} bytes", request_id)
+        internal = http.headers.get(INTERNAL_KEY_HEADER)
+        if internal is None or not hmac.compare_digest(internal.encode(), self.creds.internal_key.encode()):
+            try:
+                check_service_auth(self.creds.token, http.headers, http.url.path, body)
+            except AuthError as exc:
+                return self._error(401, str(exc), request_id)
+        request = Request(
+            body=body,
+            content_type=http.headers.get("content-type"),
+            sub_path=http.path_params.get("sub_path", "").lstrip("/"),
+            headers={},
+            request_id=request_id,
+        )
+        self.in_flight += 1
+        try:
+            response = await asyncio.wait_for(self.runtime.handle(request), self.keepalive_s)
+        except asyncio.TimeoutError:
+            return self._error(408, f"request ran longer than the keepalive of {self.keepalive_s * 1000:.0f} ms",
+                               request_id)
+        finally:
+            self.in_flight -= 1
+        return HttpResponse(response.body, response.status, media_type=response.content_type,
+                            headers={REQUEST_ID_HEADER: request_id, INSTANCE_HEADER: self.instance})
+
+
+class InstanceServer:
+    """Runs an InstanceApp on its own thread and event loop, on a port picked by the OS."""
+
+    def __init__(self, app: InstanceApp, host: str) -> None:
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.server = uvicorn.Server(uvicorn.Config(
+            app.app, log_level="warning", access_log=False, lifespan="off",
+            timeout_graceful_shutdown=5,
+        ))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name=f"eas-instance-{app.instance}", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.01)):
+            if self.server.started:
+                return
+            if not self.thread.is_alive():
+                break
+            deadline.wait(0.01)
+        raise RuntimeError(f"instance server for {self.app.instance} did not start")
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive() and not self.server.should_exit
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()

@@ -1,0 +1,116 @@
+"""The data plane without Ray: gateway -> instance HTTP server -> runtime -> user processor.
+
+Everything here is real (the instance server listens on 127.0.0.1, the processor is
+user code loaded from a file); only Ray Serve, which places instances, is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route as HttpRoute
+from starlette.testclient import TestClient
+
+from eas.auth import sign_headers
+from eas.gateway import Gateway
+from eas.instance import Credentials, InstanceApp, InstanceServer
+from eas.routes import Endpoint, Route, RouteTable
+from eas.runtime import ServiceRuntime
+from eas.server import gateway_lifespan
+
+TOKEN = "a-service-token-123"
+CODE = """
+import json, time
+class Echo:
+    def initialize(self):
+        pass
+    def process(self, data):
+        req = json.loads(data)
+        time.sleep(req.get("sleep", 0))
+        return json.dumps({"echo": req}), 200
+"""
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory):
+    code = tmp_path_factory.mktemp("code")
+    (code / "app.py").write_text(CODE)
+    spec = {"name": "echo", "processor_type": "python", "processor_path": str(code),
+            "metadata": {"instance": 1, "rpc": {"keepalive": 300}}}
+    runtime = ServiceRuntime(spec, str(tmp_path_factory.mktemp("cache")))
+    server = InstanceServer(InstanceApp(runtime, "echo-abc", Credentials(TOKEN, "internal")), "127.0.0.1")
+    server.start()
+    yield server
+    server.stop()
+    runtime.close()
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gateway(instance):
+    routes = RouteTable()
+    gw = Gateway(routes, internal_key="internal", max_body_bytes=1024)
+    app = Starlette(routes=[
+        HttpRoute("/api/predict/{service}", gw.predict, methods=["POST"]),
+        HttpRoute("/api/predict/{service}/{sub_path:path}", gw.predict, methods=["POST"]),
+        HttpRoute("/api/v1/servicediscovery/upstreams/{service}", gw.upstreams, methods=["GET"]),
+    ], lifespan=gateway_lifespan(gw))
+    live = Endpoint("echo-abc", instance.host, instance.port)
+    dead = Endpoint("echo-gone", "127.0.0.1", _dead_port())
+    routes.set(Route("echo", TOKEN, (dead, live), "", keepalive_s=0.3))
+    routes.set(Route("down", TOKEN, (), "service is stopped", keepalive_s=0.3))
+    with TestClient(app) as client:
+        yield client
+
+
+def test_gateway_status_paths(gateway):
+    auth = {"Authorization": TOKEN}
+    for _ in range(2):  # round robin starts on the dead instance once: it must fall through
+        ok = gateway.post("/api/predict/echo/v1", content=b'{"x": 1}', headers=auth)
+        assert ok.status_code == 200 and ok.json() == {"echo": {"x": 1}}
+        assert ok.headers["x-eas-instance"] == "echo-abc" and len(ok.headers["x-request-id"]) == 32
+
+    signed = sign_headers(TOKEN, "/api/predict/echo", b'{"y": 2}')
+    assert gateway.post("/api/predict/echo", content=b'{"y": 2}', headers=signed).json() == {"echo": {"y": 2}}
+
+    cases = [
+        (gateway.post("/api/predict/nope", content=b"{}", headers=auth), 404, "does not exist"),
+        (gateway.post("/api/predict/echo", content=b"{}"), 401, "missing"),
+        (gateway.post("/api/predict/echo", content=b"{}", headers={"Authorization": "bad"}), 401, "wrong token"),
+        (gateway.post("/api/predict/echo", content=b"x" * 2048, headers=auth), 413, "over"),
+        (gateway.post("/api/predict/down", content=b"{}", headers=auth), 503, "stopped"),
+        (gateway.post("/api/predict/echo", content=b'{"sleep": 1}', headers=auth), 408, "keepalive"),
+        (gateway.post("/api/predict/echo", content=b"not json", headers=auth), 400, "processor raised"),
+    ]
+    for resp, status, words in cases:
+        assert resp.status_code == status, resp.text
+        body = resp.json()
+        assert body["code"] == status and words in body["message"], body
+        assert body["request_id"] == resp.headers["x-request-id"]
+
+
+def test_discovery_lists_instances(gateway, instance):
+    items = gateway.get("/api/v1/servicediscovery/upstreams/echo").json()["endpoints"]["items"]
+    assert {"ip": instance.host, "port": instance.port, "weight": 100} in items
+    assert gateway.get("/api/v1/servicediscovery/upstreams/nope").status_code == 404
+
+
+def test_instance_checks_the_token_itself(instance):
+    url = f"http://{instance.host}:{instance.port}/api/predict/echo"
+    assert httpx.post(url, content=b'{"a": 1}').status_code == 401
+    assert httpx.post(url, content=b'{"a": 1}', headers={"X-Eas-Internal-Key": "guess"}).status_code == 401
+    assert httpx.post(url, content=b'{"a": 1}', headers={"Authorization": TOKEN}).json() == {"echo": {"a": 1}}
+    body = json.dumps({"b": 2}).encode()
+    signed = sign_headers(TOKEN, "/api/predict/echo", body)
+    assert httpx.post(url, content=body, headers=signed).status_code == 200
+    wrong_service = httpx.post(url.replace("/echo", "/other"), content=body, headers={"Authorization": TOKEN})
+    assert wrong_service.status_code == 404
