@@ -212,7 +212,8 @@ class Controller:
             for r in (app.replicas if app is not None else [])
             if r.state == "RUNNING" and r.endpoint
         )
-        return Route(rec.name, rec.token, endpoints, reason, spec.metadata.rpc.keepalive / 1000)
+        rpc = spec.metadata.rpc
+        return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit)
 
 
 def _keepalive(spec: dict[str, Any]) -> float:

@@ -11,15 +11,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
+import time
 import uuid
+from dataclasses import dataclass
+from typing import Callable
 
 import aiohttp
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response as HttpResponse
 
 from eas.auth import AuthError, check_service_auth
-from eas.instance import INSTANCE_HEADER, INTERNAL_KEY_HEADER, MAX_BODY_BYTES, REQUEST_ID_HEADER
-from eas.routes import RouteTable
+from eas.instance import (
+    INSTANCE_HEADER,
+    INTERNAL_KEY_HEADER,
+    MAX_BODY_BYTES,
+    REQUEST_ID_HEADER,
+    ClientGone,
+    until_disconnect,
+)
+from eas.routes import Route, RouteTable
 from processors.base import error_body
 
 log = logging.getLogger("eas.gateway")
@@ -35,6 +46,7 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
         self._turn = itertools.count()
+        self.limiter = RateLimiter()
 
     def session(self) -> aiohttp.ClientSession:
         # Created inside the serving loop: aiohttp binds a session to the loop it starts on.
@@ -79,12 +91,30 @@ class Gateway:
             check_service_auth(route.token, http.headers, http.url.path, body)
         except AuthError as exc:
             return _error(401, str(exc), request_id)
+        wait = self.limiter.admit(route)
+        if wait is not None:
+            return _error(429, f"over the rate limit of {route.rate_limit} requests/s for '{name}'", request_id,
+                          {"Retry-After": str(max(1, math.ceil(wait)))})
+        try:
+            answer = await until_disconnect(http, self.forward(
+                route, http.url.path, body, http.headers.get("content-type"), request_id))
+        except ClientGone:
+            log.info("499 client went away: request %s to %s cancelled", request_id, name)
+            return _error(499, "client closed the connection", request_id)
+        return HttpResponse(answer.body, answer.status, headers=answer.headers)
+
+    async def forward(self, route: Route, path: str, body: bytes, content_type: str | None,
+                      request_id: str) -> Answer:
+        """Send an authenticated request to one of the route's instances and return its answer.
+
+        Every transport (HTTP here, gRPC and the v2 protocol elsewhere) calls this after
+        its own auth, so routing, failover and upstream errors behave the same on all.
+        """
         if not route.endpoints:
-            return _error(503, f"service '{name}' is not available: {route.unavailable}", request_id)
+            return _error_answer(503, f"service '{route.name}' is not available: {route.unavailable}", request_id)
         headers = {REQUEST_ID_HEADER: request_id, INTERNAL_KEY_HEADER: self.internal_key}
-        if "content-type" in http.headers:
-            headers["Content-Type"] = http.headers["content-type"]
-        path = http.url.path
+        if content_type:
+            headers["Content-Type"] = content_type
         timeout = aiohttp.ClientTimeout(total=route.keepalive_s + UPSTREAM_GRACE_S)
         start = next(self._turn)
         # Try each instance at most once: a refused connection (an instance that just
@@ -95,18 +125,47 @@ class Gateway:
                 async with self.session().post(endpoint.url + path, data=body, headers=headers,
                                                timeout=timeout) as resp:
                     payload = await resp.read()
-                    return HttpResponse(payload, resp.status, headers=_answer_headers(resp, request_id))
+                    return Answer(resp.status, payload, _answer_headers(resp, request_id))
             except aiohttp.ClientConnectorError as exc:
-                log.info("instance %s of %s refused the connection: %s", endpoint.instance, name, exc)
+                log.info("instance %s of %s refused the connection: %s", endpoint.instance, route.name, exc)
                 continue
             except asyncio.TimeoutError:
-                return _error(504, f"no answer from instance {endpoint.instance} within "
-                              f"{route.keepalive_s + UPSTREAM_GRACE_S:.1f} s", request_id)
+                return _error_answer(504, f"no answer from instance {endpoint.instance} within "
+                                     f"{route.keepalive_s + UPSTREAM_GRACE_S:.1f} s", request_id)
             except aiohttp.ClientError as exc:
-                log.warning("request %s to %s failed upstream: %s", request_id, name, exc)
-                return _error(503, f"instance {endpoint.instance} of '{name}' failed: {type(exc).__name__}",
-                              request_id)
-        return _error(503, f"no instance of '{name}' accepted the request", request_id)
+                log.warning("request %s to %s failed upstream: %s", request_id, route.name, exc)
+                return _error_answer(503, f"instance {endpoint.instance} of '{route.name}' failed: "
+                                     f"{type(exc).__name__}", request_id)
+        return _error_answer(503, f"no instance of '{route.name}' accepted the request", request_id)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class RateLimiter:
+    """Per-service token buckets for `rpc.rate_limit` (QPS), with one second of burst."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._buckets: dict[str, tuple[int, float, float]] = {}  # name -> (rate, tokens, at)
+
+    def admit(self, route: Route) -> float | None:
+        """None when the request may pass, else the seconds until it would."""
+        rate = route.rate_limit
+        if not rate:
+            return None
+        now = self.clock()
+        old_rate, tokens, at = self._buckets.get(route.name, (rate, float(rate), now))
+        tokens = min(float(rate), tokens + (now - at) * rate) if old_rate == rate else float(rate)
+        if tokens >= 1:
+            self._buckets[route.name] = (rate, tokens - 1, now)
+            return None
+        self._buckets[route.name] = (rate, tokens, now)
+        return (1 - tokens) / rate
 
 
 def _answer_headers(resp: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
@@ -117,10 +176,11 @@ def _answer_headers(resp: aiohttp.ClientResponse, request_id: str) -> dict[str, 
     return headers
 
 
-def _error(status: int, message: str, request_id: str) -> HttpResponse:
-    return HttpResponse(
-        error_body(status, message, request_id),
-        status,
-        media_type="application/json",
-        headers={REQUEST_ID_HEADER: request_id},
-    )
+def _error_answer(status: int, message: str, request_id: str, extra: dict[str, str] | None = None) -> Answer:
+    headers = {REQUEST_ID_HEADER: request_id, "Content-Type": "application/json", **(extra or {})}
+    return Answer(status, error_body(status, message, request_id), headers)
+
+
+def _error(status: int, message: str, request_id: str, extra: dict[str, str] | None = None) -> HttpResponse:
+    answer = _error_answer(status, message, request_id, extra)
+    return HttpResponse(answer.body, answer.status, headers=answer.headers)

@@ -16,6 +16,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Awaitable, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
@@ -33,6 +34,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 INSTANCE_HEADER = "X-Eas-Instance"
 INTERNAL_KEY_HEADER = "X-Eas-Internal-Key"
 MAX_BODY_BYTES = 64 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass
@@ -51,8 +53,12 @@ class InstanceApp:
         self.instance = instance
         self.creds = creds
         self.max_body_bytes = max_body_bytes
-        self.keepalive_s = runtime.spec.metadata.rpc.keepalive / 1000
+        meta = runtime.spec.metadata
+        self.keepalive_s = meta.rpc.keepalive / 1000
+        self.workers = meta.concurrency
+        self.max_queue = meta.rpc.max_queue_size
         self.in_flight = 0
+        """Requests running or queued here; past workers + max_queue_size we shed with 450."""
         self.app = Starlette(routes=[
             Route("/api/predict/{service}", self.predict, methods=["POST"]),
             Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
@@ -87,16 +93,53 @@ class InstanceApp:
             headers={},
             request_id=request_id,
         )
+        if self.in_flight >= self.workers + self.max_queue:
+            return self._error(450, f"instance queue is full ({self.max_queue} waiting, "
+                               f"{self.workers} running): retry later or add instances", request_id)
         self.in_flight += 1
         try:
-            response = await asyncio.wait_for(self.runtime.handle(request), self.keepalive_s)
+            response = await until_disconnect(
+                http, asyncio.wait_for(self.runtime.handle(request), self.keepalive_s))
         except asyncio.TimeoutError:
             return self._error(408, f"request ran longer than the keepalive of {self.keepalive_s * 1000:.0f} ms",
                                request_id)
+        except ClientGone:
+            log.info("499 client went away: request %s to %s cancelled", request_id, self.instance)
+            return self._error(499, "client closed the connection", request_id)
         finally:
             self.in_flight -= 1
         return HttpResponse(response.body, response.status, media_type=response.content_type,
                             headers={REQUEST_ID_HEADER: request_id, INSTANCE_HEADER: self.instance})
+
+
+class ClientGone(Exception):
+    """The caller closed the connection before the answer (logged as 499)."""
+
+
+async def until_disconnect(http: HttpRequest, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (raises ClientGone).
+
+    Call after the body was read: from then on the ASGI `receive` only ever returns
+    the disconnect message, so waiting on it costs nothing while the client stays.
+    """
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(http))
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task not in done:
+        task.cancel()
+        raise ClientGone()
+    return task.result()
+
+
+async def _disconnected(http: HttpRequest) -> None:
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
 
 
 class InstanceServer:

@@ -31,6 +31,8 @@ class Route:
     """Instances ready to answer; empty while none can (then `unavailable` says why)."""
     unavailable: str
     keepalive_s: float
+    rate_limit: int | None = None
+    """Requests per second the gateway admits for this service (429 beyond)."""
 
 
 class RouteTable:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from eas import modelsource
+from eas.batching import Batcher
 from eas.spec import ServiceSpec
 from processors import create_processor
 from processors.base import ModelLoadError, Processor, ProcessorError, Request, Response, error_body, error_response
@@ -28,14 +29,19 @@ class ServiceRuntime:
     def __init__(self, spec: dict[str, Any], cache_dir: str) -> None:
         self.spec = ServiceSpec.model_validate(spec)
         self.processor = load_processor(self.spec, cache_dir)
-        self.pool = ThreadPoolExecutor(
-            max_workers=self.spec.metadata.concurrency, thread_name_prefix=f"eas-{self.spec.name}"
-        )
+        workers = self.spec.metadata.concurrency
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"eas-{self.spec.name}")
+        rpc = self.spec.metadata.rpc
+        self.batcher: Batcher | None = None
+        if rpc.batching and self.processor.supports_batching:
+            self.batcher = Batcher(self.processor.predict_batch, self.pool, workers,
+                                   rpc.max_batch_size, rpc.max_batch_timeout / 1000)
 
     async def handle(self, request: Request) -> Response:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self.pool, self.processor.predict, request)
+            if self.batcher is not None:
+                return await self.batcher.submit(request)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, self.processor.predict, request)
         except ProcessorError as exc:
             return error_response(exc, request.request_id)
         except Exception as exc:  # a processor bug is the request's 400, never the instance's death
@@ -44,6 +50,8 @@ class ServiceRuntime:
             return Response(error_body(400, f"processor raised {type(exc).__name__}: {exc}", request.request_id), 400)
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -1,0 +1,85 @@
+"""Server-side batching: gather concurrent requests into one model call.
+
+Requests wait at most `max_batch_timeout` for company, and a batch never exceeds
+`max_batch_size`. Batches run on the instance's worker pool; while every worker is busy
+the queue keeps filling, so batches grow exactly when the model is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from typing import Callable, Sequence
+
+from processors.base import Request, Response
+
+BatchFn = Callable[[Sequence[Request]], list[Response]]
+
+
+class Batcher:
+    def __init__(self, fn: BatchFn, pool: Executor, workers: int, max_size: int, timeout_s: float) -> None:
+        self.fn = fn
+        self.pool = pool
+        self.max_size = max_size
+        self.timeout_s = timeout_s
+        self._queue: asyncio.Queue[tuple[Request, asyncio.Future[Response]]] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._workers = workers
+        self._task: asyncio.Task[None] | None = None
+        self.batch_sizes: list[int] = []
+        """Sizes of recent batches (bounded), for metrics and tests."""
+
+    async def submit(self, request: Request) -> Response:
+        if self._task is None:
+            # Started on first use, inside the loop that serves requests.
+            self._queue = asyncio.Queue()
+            self._slots = asyncio.Semaphore(self._workers)
+            self._task = asyncio.get_running_loop().create_task(self._collect())
+        assert self._queue is not None
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        await self._queue.put((request, future))
+        return await future
+
+    async def _collect(self) -> None:
+        assert self._queue is not None and self._slots is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.timeout_s
+            while len(batch) < self.max_size:
+                remaining = deadline - loop.time()
+                if remaining <= 0 and self._queue.empty():
+                    break
+                try:
+                    batch.append(self._queue.get_nowait() if remaining <= 0
+                                 else await asyncio.wait_for(self._queue.get(), remaining))
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+            live = [(r, f) for r, f in batch if not f.done()]  # callers that gave up are dropped
+            if not live:
+                self._slots.release()
+                continue
+            loop.create_task(self._run(live))
+
+    async def _run(self, batch: list[tuple[Request, asyncio.Future[Response]]]) -> None:
+        assert self._slots is not None
+        try:
+            self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+            loop = asyncio.get_running_loop()
+            try:
+                answers = await loop.run_in_executor(self.pool, self.fn, [r for r, _ in batch])
+            except BaseException as exc:  # the whole batch failed: every caller hears why
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                return
+            for (_, fut), answer in zip(batch, answers):
+                if not fut.done():
+                    fut.set_result(answer)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,128 @@
+"""EAS rpc semantics at one instance, for real over loopback HTTP: 450, batching, 499, 429."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+
+from eas.gateway import RateLimiter
+from eas.instance import Credentials, InstanceApp, InstanceServer
+from eas.routes import Route
+from eas.runtime import ServiceRuntime
+
+TOKEN = "rpc-token-12345"
+SLEEPY = """
+import json, time
+class Sleepy:
+    def initialize(self):
+        pass
+    def process(self, data):
+        time.sleep(json.loads(data).get("sleep", 0))
+        return b'{"ok": true}', 200
+"""
+
+
+def start(spec: dict, tmp_path) -> tuple[InstanceServer, ServiceRuntime, str]:  # noqa: ANN001
+    runtime = ServiceRuntime(spec, str(tmp_path / "cache"))
+    server = InstanceServer(InstanceApp(runtime, f"{spec['name']}-1", Credentials(TOKEN, "k")), "127.0.0.1")
+    server.start()
+    return server, runtime, f"http://127.0.0.1:{server.port}/api/predict/{spec['name']}"
+
+
+@pytest.fixture
+def sleepy(tmp_path):
+    (tmp_path / "app.py").write_text(SLEEPY)
+    spec = {"name": "sleepy", "processor_type": "python", "processor_path": str(tmp_path / "app.py"),
+            "metadata": {"instance": 1, "rpc": {"worker_threads": 1, "max_queue_size": 2, "keepalive": 5000}}}
+    server, runtime, url = start(spec, tmp_path)
+    yield server, url
+    server.stop()
+    runtime.close()
+
+
+async def _fire(url: str, n: int, body: bytes) -> list[tuple[int, float]]:
+    async with httpx.AsyncClient(timeout=10, headers={"Authorization": TOKEN}) as client:
+        async def one() -> tuple[int, float]:
+            t0 = time.perf_counter()
+            resp = await client.post(url, content=body)
+            return resp.status_code, time.perf_counter() - t0
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+def test_full_queue_sheds_450_without_waiting(sleepy):
+    server, url = sleepy
+    results = asyncio.run(_fire(url, 8, json.dumps({"sleep": 0.6}).encode()))
+    codes = sorted(code for code, _ in results)
+    assert codes.count(200) == 3, codes  # 1 running + max_queue_size 2 waiting
+    assert codes.count(450) == 5, codes
+    shed = [elapsed for code, elapsed in results if code == 450]
+    admitted = [elapsed for code, elapsed in results if code == 200]
+    assert max(shed) < min(admitted), "a 450 must not wait for the queue"
+
+
+def test_client_disconnect_cancels_and_frees_the_slot(sleepy):
+    server, url = sleepy
+    body = json.dumps({"sleep": 1.5}).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            f"POST /api/predict/sleepy HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        deadline = time.monotonic() + 2
+        while server.app.in_flight == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    # The client is gone: the slot frees long before the 1.5 s of work would end.
+    deadline = time.monotonic() + 0.7
+    while server.app.in_flight:
+        assert time.monotonic() < deadline, "request of a gone client still counted"
+        time.sleep(0.01)
+
+
+def test_batching_forms_real_batches(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    joblib.dump(model, tmp_path / "m.joblib")
+    spec = {"name": "batched", "processor": "sklearn", "model_path": str(tmp_path / "m.joblib"),
+            "metadata": {"instance": 1, "rpc": {"batching": True, "max_batch_size": 8,
+                                                 "max_batch_timeout": 20, "worker_threads": 1}}}
+    server, runtime, url = start(spec, tmp_path)
+    try:
+        rows = x[:24].round(3)
+
+        async def go() -> list:
+            async with httpx.AsyncClient(timeout=10, headers={"Authorization": TOKEN}) as client:
+                return await asyncio.gather(*(
+                    client.post(url, content=json.dumps({"instances": [row.tolist()]})) for row in rows))
+
+        answers = asyncio.run(go())
+        got = [a.json()["predictions"][0] for a in answers]
+        assert got == model.predict(rows).tolist(), "each caller gets its own row's answer"
+        sizes = runtime.batcher.batch_sizes
+        assert sum(sizes) == 24 and max(sizes) > 1 and max(sizes) <= 8, sizes
+        bad = httpx.post(url, content=b'{"instances": [[1]]}', headers={"Authorization": TOKEN})
+        assert bad.status_code == 400 and "features" in bad.json()["message"]
+    finally:
+        server.stop()
+        runtime.close()
+
+
+def test_rate_limiter_token_bucket():
+    now = [100.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    route = Route("svc", TOKEN, (), "", 5.0, rate_limit=2)
+    assert limiter.admit(route) is None and limiter.admit(route) is None
+    wait = limiter.admit(route)
+    assert wait is not None and 0 < wait <= 0.5
+    now[0] += 0.5
+    assert limiter.admit(route) is None
+    assert limiter.admit(Route("free", TOKEN, (), "", 5.0)) is None
