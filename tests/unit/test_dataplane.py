@@ -68,7 +68,7 @@ def gateway(instance):
     dead = Endpoint("echo-gone", "127.0.0.1", _dead_port())
     routes.set(Route("echo", TOKEN, (dead, live), "", keepalive_s=0.3))
     routes.set(Route("down", TOKEN, (), "service is stopped", keepalive_s=0.3))
-    routes.set(Route("limited", TOKEN, (live,), "", keepalive_s=0.3, rate_limit=1))
+    routes.set(Route("limited", TOKEN, (), "no instance", keepalive_s=0.3, rate_limit=1))
     with TestClient(app) as client:
         yield client
 
@@ -102,7 +102,7 @@ def test_gateway_status_paths(gateway):
 def test_rate_limit_answers_429_with_retry_after(gateway):
     auth = {"Authorization": TOKEN}
     codes = [gateway.post("/api/predict/limited", content=b"{}", headers=auth) for _ in range(3)]
-    assert codes[0].status_code == 200
+    assert codes[0].status_code == 503, "the first request is admitted (and finds no instance)"
     limited = [r for r in codes if r.status_code == 429]
     assert limited and int(limited[0].headers["retry-after"]) >= 1
     assert "rate limit" in limited[0].json()["message"]
