@@ -8,6 +8,7 @@ the queue keeps filling, so batches grow exactly when the model is the bottlenec
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from concurrent.futures import Executor
 from typing import Callable, Sequence
 
@@ -26,8 +27,8 @@ class Batcher:
         self._slots: asyncio.Semaphore | None = None
         self._workers = workers
         self._task: asyncio.Task[None] | None = None
-        self.batch_sizes: list[int] = []
-        """Sizes of recent batches (bounded), for metrics and tests."""
+        self.size_counts: Counter[int] = Counter()
+        """How many batches of each size ran (cumulative, for metrics and tests)."""
 
     async def submit(self, request: Request) -> Response:
         if self._task is None:
@@ -65,7 +66,7 @@ class Batcher:
     async def _run(self, batch: list[tuple[Request, asyncio.Future[Response]]]) -> None:
         assert self._slots is not None
         try:
-            self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+            self.size_counts[len(batch)] += 1
             loop = asyncio.get_running_loop()
             try:
                 answers = await loop.run_in_executor(self.pool, self.fn, [r for r, _ in batch])

@@ -15,7 +15,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
+
 from eas import modelsource, spec as specs, store as st
+from eas.metrics import InstanceStats, ServiceCounts
 from eas.routes import Endpoint, Route, RouteTable
 
 log = logging.getLogger("eas.controller")
@@ -59,6 +62,8 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.last_observed: dict[str, Any] = {}
+        self.instance_stats: dict[str, InstanceStats] = {}
+        self._http = httpx.Client(timeout=0.5)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -72,6 +77,7 @@ class Controller:
         if self._thread:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
 
     def wake(self) -> None:
         """Reconcile now instead of at the next tick (called after every API change)."""
@@ -109,6 +115,29 @@ class Controller:
         for name in list(self.routes.names()):
             if name not in known:
                 self.routes.drop(name)
+        self._scrape()
+
+    def _scrape(self) -> None:
+        """Read every routed instance's /stats (for metrics now, for autoscaling next)."""
+        fresh: dict[str, InstanceStats] = {}
+        for name in self.routes.names():
+            route = self.routes.get(name)
+            for ep in route.endpoints if route else ():
+                try:
+                    resp = self._http.get(f"{ep.url}/stats")
+                    if resp.status_code == 200:
+                        fresh[ep.instance] = InstanceStats(name, ep.instance, resp.json())
+                except httpx.HTTPError:
+                    continue  # an instance going away; the next pass will not route to it
+        self.instance_stats = fresh
+
+    def service_counts(self) -> dict[str, ServiceCounts]:
+        out = {}
+        for rec in self.store.list():
+            app = self.last_observed.get(rec.name)
+            desired = rec.spec.get("metadata", {}).get("instance", 0) if rec.desired == st.RUNNING else 0
+            out[rec.name] = ServiceCounts(desired, len(app.replicas) if app else 0, app.running if app else 0)
+        return out
 
     def _reconcile_one(self, rec: st.ServiceRecord, app: Any) -> None:
         name = rec.name

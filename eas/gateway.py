@@ -26,10 +26,12 @@ from eas.instance import (
     INSTANCE_HEADER,
     INTERNAL_KEY_HEADER,
     MAX_BODY_BYTES,
+    PROCESSOR_TIME_HEADER,
     REQUEST_ID_HEADER,
     ClientGone,
     until_disconnect,
 )
+from eas.metrics import GatewayMetrics
 from eas.routes import Route, RouteTable
 from processors.base import error_body
 
@@ -40,13 +42,15 @@ UPSTREAM_GRACE_S = 2.0
 
 
 class Gateway:
-    def __init__(self, routes: RouteTable, internal_key: str, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, routes: RouteTable, internal_key: str, max_body_bytes: int = MAX_BODY_BYTES,
+                 metrics: GatewayMetrics | None = None) -> None:
         self.routes = routes
         self.internal_key = internal_key
         self.max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
         self._turn = itertools.count()
         self.limiter = RateLimiter()
+        self.metrics = metrics or GatewayMetrics()
 
     def session(self) -> aiohttp.ClientSession:
         # Created inside the serving loop: aiohttp binds a session to the loop it starts on.
@@ -76,6 +80,14 @@ class Gateway:
         return JSONResponse({"endpoints": {"items": items}})
 
     async def predict(self, http: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = await self._predict(http)
+        self.metrics.observe(http.path_params["service"] if http.path_params["service"] in self.routes
+                             else "_unknown", response.status_code, time.perf_counter() - started,
+                             response.headers.get(PROCESSOR_TIME_HEADER))
+        return response
+
+    async def _predict(self, http: HttpRequest) -> HttpResponse:
         request_id = uuid.uuid4().hex
         name = http.path_params["service"]
         route = self.routes.get(name)
@@ -170,7 +182,7 @@ class RateLimiter:
 
 def _answer_headers(resp: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
     headers = {REQUEST_ID_HEADER: request_id}
-    for key in ("Content-Type", INSTANCE_HEADER):
+    for key in ("Content-Type", INSTANCE_HEADER, PROCESSOR_TIME_HEADER):
         if key in resp.headers:
             headers[key] = resp.headers[key]
     return headers

@@ -14,6 +14,7 @@ import hmac
 import logging
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Awaitable, TypeVar
@@ -33,6 +34,7 @@ log = logging.getLogger("eas.instance")
 REQUEST_ID_HEADER = "X-Request-Id"
 INSTANCE_HEADER = "X-Eas-Instance"
 INTERNAL_KEY_HEADER = "X-Eas-Internal-Key"
+PROCESSOR_TIME_HEADER = "X-Eas-Processor-Ms"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")
 
@@ -59,16 +61,34 @@ class InstanceApp:
         self.max_queue = meta.rpc.max_queue_size
         self.in_flight = 0
         """Requests running or queued here; past workers + max_queue_size we shed with 450."""
+        self.codes: dict[int, int] = {}
+        """Answers by status code since start (cumulative, scraped by the controller)."""
+        self.processor_seconds = 0.0
         self.app = Starlette(routes=[
             Route("/api/predict/{service}", self.predict, methods=["POST"]),
             Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
             Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/stats", self.stats, methods=["GET"]),
         ])
 
     async def healthz(self, http: HttpRequest) -> JSONResponse:
         return JSONResponse({"service": self.service, "instance": self.instance, "in_flight": self.in_flight})
 
+    async def stats(self, http: HttpRequest) -> JSONResponse:
+        """Cumulative counters for metrics and autoscaling (the controller polls them)."""
+        batcher = self.runtime.batcher
+        return JSONResponse({
+            "instance": self.instance,
+            "in_flight": self.in_flight,
+            "queued": max(0, self.in_flight - self.workers),
+            "codes": self.codes,
+            "processor_seconds": self.processor_seconds,
+            "load_seconds": self.runtime.load_seconds,
+            "batches": dict(batcher.size_counts) if batcher else {},
+        })
+
     def _error(self, status: int, message: str, request_id: str) -> HttpResponse:
+        self.codes[status] = self.codes.get(status, 0) + 1
         return HttpResponse(error_body(status, message, request_id), status, media_type="application/json",
                             headers={REQUEST_ID_HEADER: request_id, INSTANCE_HEADER: self.instance})
 
@@ -97,6 +117,7 @@ class InstanceApp:
             return self._error(450, f"instance queue is full ({self.max_queue} waiting, "
                                f"{self.workers} running): retry later or add instances", request_id)
         self.in_flight += 1
+        started = time.perf_counter()
         try:
             response = await until_disconnect(
                 http, asyncio.wait_for(self.runtime.handle(request), self.keepalive_s))
@@ -108,8 +129,12 @@ class InstanceApp:
             return self._error(499, "client closed the connection", request_id)
         finally:
             self.in_flight -= 1
+        spent = time.perf_counter() - started
+        self.processor_seconds += spent
+        self.codes[response.status] = self.codes.get(response.status, 0) + 1
         return HttpResponse(response.body, response.status, media_type=response.content_type,
-                            headers={REQUEST_ID_HEADER: request_id, INSTANCE_HEADER: self.instance})
+                            headers={REQUEST_ID_HEADER: request_id, INSTANCE_HEADER: self.instance,
+                                     PROCESSOR_TIME_HEADER: f"{spent * 1000:.3f}"})
 
 
 class ClientGone(Exception):

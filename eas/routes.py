@@ -39,6 +39,9 @@ class RouteTable:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._routes
+
     def get(self, name: str) -> Route | None:
         return self._routes.get(name)
 

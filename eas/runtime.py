@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,7 +29,10 @@ class ServiceRuntime:
 
     def __init__(self, spec: dict[str, Any], cache_dir: str) -> None:
         self.spec = ServiceSpec.model_validate(spec)
+        started = time.perf_counter()
         self.processor = load_processor(self.spec, cache_dir)
+        self.load_seconds = time.perf_counter() - started
+        """Fetch + load time of this instance: its cold start, as metrics report it."""
         workers = self.spec.metadata.concurrency
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"eas-{self.spec.name}")
         rpc = self.spec.metadata.rpc
@@ -36,6 +40,9 @@ class ServiceRuntime:
         if rpc.batching and self.processor.supports_batching:
             self.batcher = Batcher(self.processor.predict_batch, self.pool, workers,
                                    rpc.max_batch_size, rpc.max_batch_timeout / 1000)
+        elif rpc.batching:
+            log.warning("%s: rpc.batching is on but processor %s has no batched path; serving one by one",
+                        self.spec.name, type(self.processor).__name__)
 
     async def handle(self, request: Request) -> Response:
         try:

@@ -19,7 +19,8 @@ from typing import AsyncIterator
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eas import __version__, config
@@ -87,10 +88,14 @@ def build_app(api: ApiContext, gateway: Gateway) -> Starlette:
     async def healthz(request):  # noqa: ANN001, ANN202
         return JSONResponse({"status": "ok", "version": __version__})
 
+    async def metrics(request):  # noqa: ANN001, ANN202
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     predict = ["POST"]
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/api/predict/{service}", gateway.predict, methods=predict),
             Route("/api/predict/{service}/{sub_path:path}", gateway.predict, methods=predict),
             # DIRECT-mode discovery, at the paths the Python and Go SDKs ask.
@@ -135,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     controller.start()
 
     api = ApiContext(store, controller, access_id, access_key, args.region, endpoint)
-    app = build_app(api, Gateway(routes, key))
+    gateway = Gateway(routes, key)
+    gateway.metrics.attach(lambda: list(controller.instance_stats.values()), controller.service_counts)
+    app = build_app(api, gateway)
     config.write(data_dir / "eascmd.conf", config.ClientConfig(endpoint, access_id, access_key, args.region))
     log.info("eas-server %s listening on %s (eascmd config: %s)", __version__, endpoint,
              data_dir / "eascmd.conf")

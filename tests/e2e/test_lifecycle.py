@@ -118,6 +118,16 @@ def test_auth_raw_token_signature_and_tampering(server, iris, tmp_path):
 
     missing = server.predict("no_such_service", body, token)
     assert missing.status_code == 404 and missing.headers.get("x-request-id")
+
+    # Metrics saw exactly what happened: three 200s through the gateway, 401s, one ready instance.
+    time.sleep(1.5)  # one controller pass reads the instances' own counters
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'eas_requests_total{code="200",service="auth_svc"} 3.0' in metrics
+    assert 'eas_requests_total{code="401",service="auth_svc"} 4.0' in metrics
+    assert 'eas_instances{kind="ready",service="auth_svc"} 1.0' in metrics
+    assert 'eas_request_seconds_count{service="auth_svc"}' in metrics
+    assert 'eas_processor_seconds_count{service="auth_svc"} 3.0' in metrics
+    assert 'code="200",instance="auth_svc-' in metrics and "eas_instance_cold_start_seconds" in metrics
     server.eascmd("delete", "auth_svc", "-y")
 
 

@@ -107,8 +107,10 @@ def test_batching_forms_real_batches(tmp_path):
         answers = asyncio.run(go())
         got = [a.json()["predictions"][0] for a in answers]
         assert got == model.predict(rows).tolist(), "each caller gets its own row's answer"
-        sizes = runtime.batcher.batch_sizes
-        assert sum(sizes) == 24 and max(sizes) > 1 and max(sizes) <= 8, sizes
+        sizes = runtime.batcher.size_counts
+        assert sum(size * n for size, n in sizes.items()) == 24 and 1 < max(sizes) <= 8, sizes
+        stats = httpx.get(url.replace("/api/predict/batched", "/stats")).json()
+        assert stats["codes"] == {"200": 24} and stats["batches"] == {str(k): v for k, v in sizes.items()}
         bad = httpx.post(url, content=b'{"instances": [[1]]}', headers={"Authorization": TOKEN})
         assert bad.status_code == 400 and "features" in bad.json()["message"]
     finally:
