@@ -7,93 +7,47 @@ waits for Ray. Answers use EAS's PascalCase fields so EAS tooling reads them.
 from __future__ import annotations
 
 import json
-import uuid
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route as HttpRoute
 
 from eas import spec as specs
 from eas import store as st
-from eas.auth import AuthError, check_admin_auth, generate_token
-from eas.controller import Controller
+from eas.apibase import ApiContext, ApiError, body_json, endpoint, iso_time, path_name
+from eas.auth import generate_token
+from eas.traffic import add_partner, partner_name
 from processors import registry
-
-Handler = Callable[[Request], Awaitable[JSONResponse]]
-
-
-@dataclass
-class ApiContext:
-    store: st.Store
-    controller: Controller
-    access_id: str
-    access_key: str
-    region: str
-    endpoint: str
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _ok(payload: dict[str, Any], request_id: str) -> JSONResponse:
-    return JSONResponse({"RequestId": request_id, **payload})
 
 
 def routes(ctx: ApiContext) -> list[HttpRoute]:
     """Starlette routes for the API, closed over the server's context."""
 
-    def endpoint(fn: Callable[[Request, str], Awaitable[dict[str, Any]]]) -> Handler:
-        async def handler(request: Request) -> JSONResponse:
-            request_id = str(uuid.uuid4()).upper()
-            try:
-                check_admin_auth(request.headers.get("authorization"), ctx.access_id, ctx.access_key)
-                return _ok(await fn(request, request_id), request_id)
-            except AuthError as exc:
-                return _error(401, "Unauthorized", str(exc), request_id)
-            except ApiError as exc:
-                return _error(exc.status, exc.code, exc.message, request_id)
-            except specs.SpecError as exc:
-                return _error(400, "InvalidParameter", str(exc), request_id)
-            except st.NotFound as exc:
-                return _error(404, "ServiceNotFound", f"service '{exc.args[0]}' does not exist in region "
-                              f"{ctx.region}: list services with 'eascmd ls'", request_id)
-
-        return handler
-
     def region_ok(request: Request) -> str:
-        region = request.path_params["region"]
-        if region != ctx.region:
-            raise ApiError(404, "RegionNotFound", f"this server serves region '{ctx.region}', not '{region}'")
-        return request.path_params["name"]
-
-    async def body_json(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if not raw.strip():
-            raise ApiError(400, "InvalidParameter", "request body is empty: send the service JSON")
-        return specs.load_text(raw.decode("utf-8", errors="replace"), "request body")
+        return path_name(ctx, request)
 
     async def create(request: Request, request_id: str) -> dict[str, Any]:
         data = await body_json(request)
+        blue_green = request.query_params.get("BlueGreen", "").lower() in ("1", "true", "yes")
+        original = None
+        if blue_green:
+            # `eascmd create f.json -r`: a partner of the existing service of that name.
+            original = ctx.store.get(str(data.get("name")))
+            data = {**data, "name": partner_name(original.name)}
         spec = specs.parse(data)
         _check_processor(spec)
-        token = spec.token or generate_token()
+        if (row := ctx.store.traffic().get(spec.name)) is not None and row.kind == "group":
+            raise ApiError(409, "NameTaken", f"'{spec.name}' is a group name: pick another service name")
+        token = spec.token if spec.token and not blue_green else generate_token()
         try:
             rec = ctx.store.create_service(spec.name, _stored_spec(spec), token)
         except st.AlreadyExists:
             raise ApiError(409, "ServiceAlreadyExists",
                            f"service '{spec.name}' already exists: change it with 'eascmd modify' "
                            "or pick another name") from None
+        if original is not None:
+            add_partner(ctx.store, original, rec.name)
         ctx.controller.wake()
         return {
             "ServiceId": rec.service_id,
@@ -168,7 +122,8 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
         if not wanted:
             raise ApiError(400, "InvalidParameter", "InstanceList: name at least one instance (see 'eascmd w')")
         ids = [_replica_id(rec.name, i) for i in wanted]
-        missing = await run_in_threadpool(ctx.controller.backend.restart_instances, rec.name, ids)
+        missing = await run_in_threadpool(ctx.controller.backend.restart_instances, rec.name, ids,
+                                          ctx.controller.internal_key)
         if missing:
             raise ApiError(404, "InstanceNotFound",
                            f"no such instance of '{rec.name}': {', '.join(f'{rec.name}-{m}' for m in missing)}"
@@ -179,7 +134,7 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
 
     async def events(request: Request, request_id: str) -> dict[str, Any]:
         rec = ctx.store.get(region_ok(request))
-        items = [{"Time": _iso(e["at"]), "Type": e["type"], "Message": e["message"]}
+        items = [{"Time": iso_time(e["at"]), "Type": e["type"], "Message": e["message"]}
                  for e in ctx.store.events(rec.name)]
         return {"TotalCount": len(items), "Events": items}
 
@@ -203,11 +158,11 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
             "CPU": meta.get("cpu", 1),
             "GPU": meta.get("gpu", 0),
             "Memory": meta.get("memory", 0),
-            "Weight": 100,
+            "Weight": ctx.store.weight_of(rec.name),
             "LatestVersion": ctx.store.latest_version(rec.name),
             "CurrentVersion": rec.version,
-            "CreateTime": _iso(rec.created_at),
-            "UpdateTime": _iso(rec.updated_at),
+            "CreateTime": iso_time(rec.created_at),
+            "UpdateTime": iso_time(rec.updated_at),
             "IntranetEndpoint": ctx.endpoint,
             "InternetEndpoint": ctx.endpoint,
             "ServicePath": f"/api/predict/{rec.name}",
@@ -216,21 +171,17 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
 
     svc = "/api/v2/services/{region}/{name}"
     return [
-        HttpRoute("/api/v2/services", endpoint(create), methods=["POST"]),
-        HttpRoute("/api/v2/services", endpoint(list_services), methods=["GET"]),
-        HttpRoute(svc, endpoint(get_service), methods=["GET"]),
-        HttpRoute(svc, endpoint(update), methods=["PUT"]),
-        HttpRoute(svc, endpoint(delete), methods=["DELETE"]),
-        HttpRoute(svc + "/stop", endpoint(stop), methods=["PUT", "POST"]),
-        HttpRoute(svc + "/start", endpoint(start), methods=["PUT", "POST"]),
-        HttpRoute(svc + "/instances", endpoint(instances), methods=["GET"]),
-        HttpRoute(svc + "/instances", endpoint(restart_instances), methods=["DELETE"]),
-        HttpRoute(svc + "/events", endpoint(events), methods=["GET"]),
+        HttpRoute("/api/v2/services", endpoint(ctx, create), methods=["POST"]),
+        HttpRoute("/api/v2/services", endpoint(ctx, list_services), methods=["GET"]),
+        HttpRoute(svc, endpoint(ctx, get_service), methods=["GET"]),
+        HttpRoute(svc, endpoint(ctx, update), methods=["PUT"]),
+        HttpRoute(svc, endpoint(ctx, delete), methods=["DELETE"]),
+        HttpRoute(svc + "/stop", endpoint(ctx, stop), methods=["PUT", "POST"]),
+        HttpRoute(svc + "/start", endpoint(ctx, start), methods=["PUT", "POST"]),
+        HttpRoute(svc + "/instances", endpoint(ctx, instances), methods=["GET"]),
+        HttpRoute(svc + "/instances", endpoint(ctx, restart_instances), methods=["DELETE"]),
+        HttpRoute(svc + "/events", endpoint(ctx, events), methods=["GET"]),
     ]
-
-
-def _error(status: int, code: str, message: str, request_id: str) -> JSONResponse:
-    return JSONResponse({"RequestId": request_id, "Code": code, "Message": message}, status_code=status)
 
 
 def _stored_spec(spec: specs.ServiceSpec) -> dict[str, Any]:
@@ -255,7 +206,7 @@ def _instance(service: str, replica: Any) -> dict[str, Any]:
         "InstanceName": f"{service}-{replica.replica_id}",
         "InstanceIp": replica.node_ip,
         "HostIp": replica.node_ip,
-        "StartAt": _iso(replica.start_time),
+        "StartAt": iso_time(replica.start_time),
         "Restarts": 0,
         "Status": status,
         "ReadyProcesses": ready,

@@ -128,8 +128,10 @@ class ManagementClient:
 
     # -- services ---------------------------------------------------------------------
 
-    def create_service(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/api/v2/services", body=spec)
+    def create_service(self, spec: dict[str, Any], blue_green: bool = False) -> dict[str, Any]:
+        """Create a service; with blue_green, a partner of the existing service of that name."""
+        params = {"BlueGreen": "true"} if blue_green else None
+        return self._call("POST", "/api/v2/services", body=spec, params=params)
 
     def list_services(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/v2/services").get("Services") or [])
@@ -160,6 +162,51 @@ class ManagementClient:
 
     def list_events(self, name: str) -> list[dict[str, Any]]:
         return list(self._call("GET", self._service_path(name, "/events")).get("Events") or [])
+
+    # -- releases and traffic --------------------------------------------------------
+
+    def release(self, partner: str, weight: int) -> dict[str, Any]:
+        """Move `weight` % of the original endpoint's traffic to a blue-green partner."""
+        return self._call("PUT", self._service_path(partner, "/release"), body={"Weight": weight})
+
+    def set_traffic(self, name: str, backends: dict[str, int]) -> dict[str, Any]:
+        body = {"Backends": [{"Service": s, "Weight": w} for s, w in backends.items()]}
+        return self._call("PUT", self._service_path(name, "/traffic"), body=body)
+
+    def set_mirror(self, name: str, target: str, percent: int) -> dict[str, Any]:
+        body = {"Target": target, "Percentage": percent}
+        return self._call("PUT", self._service_path(name, "/mirror"), body=body)
+
+    def drop_mirror(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", self._service_path(name, "/mirror"))
+
+    def list_versions(self, name: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", self._service_path(name, "/versions")).get("Versions") or [])
+
+    def switch_version(self, name: str, version: int) -> dict[str, Any]:
+        return self._call("PUT", self._service_path(name, "/version"), body={"Version": version})
+
+    # -- groups -------------------------------------------------------------------------
+
+    def create_group(self, name: str, members: dict[str, int]) -> dict[str, Any]:
+        body = {"Name": name, "Members": [{"Service": s, "Weight": w} for s, w in members.items()]}
+        return self._call("POST", "/api/v2/groups", body=body)
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v2/groups").get("Groups") or [])
+
+    def describe_group(self, name: str) -> dict[str, Any]:
+        return self._call("GET", self._group_path(name))
+
+    def update_group(self, name: str, members: dict[str, int]) -> dict[str, Any]:
+        body = {"Members": [{"Service": s, "Weight": w} for s, w in members.items()]}
+        return self._call("PUT", self._group_path(name), body=body)
+
+    def delete_group(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", self._group_path(name))
+
+    def _group_path(self, name: str) -> str:
+        return f"/api/v2/groups/{quote(self.region, safe='')}/{quote(name, safe='')}"
 
     # -- waiting ----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import httpx
 
 from eas import modelsource, spec as specs, store as st
 from eas.metrics import InstanceStats, ServiceCounts
-from eas.routes import Endpoint, Route, RouteTable
+from eas.routes import Endpoint, Entry, Route, RouteTable
 
 log = logging.getLogger("eas.controller")
 
@@ -30,7 +30,7 @@ class Backend(Protocol):
     def deploy(self, name: str, spec: specs.ServiceSpec, cache_dir: str, secrets: dict[str, str]) -> None: ...
     def delete(self, name: str) -> None: ...
     def observe(self) -> dict[str, Any]: ...
-    def restart_instances(self, name: str, replica_ids: list[str]) -> list[str]: ...
+    def restart_instances(self, name: str, replica_ids: list[str], internal_key: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,28 @@ class Controller:
         for name in list(self.routes.names()):
             if name not in known:
                 self.routes.drop(name)
+        self.routes.set_entries(self._entries(records))
         self._scrape()
+
+    def _entries(self, records: list[st.ServiceRecord]) -> dict[str, Entry]:
+        """Endpoint names clients may call: every live service's own, then shared ones."""
+        live = {r.name: r for r in records if r.desired != st.DELETED}
+        entries = {name: Entry(name, r.token, ((name, 100),)) for name, r in live.items()}
+        for t in self.store.traffic().values():
+            backends = tuple((svc, w) for svc, w in t.backends if svc in live)
+            if not backends:
+                if not any(svc in {r.name for r in records} for svc, _ in t.backends):
+                    self.store.delete_traffic(t.name, t.name, "removed: no service left behind it")
+                continue
+            if t.kind == "closed":
+                if t.name in entries:
+                    target = backends[0][0]
+                    entries[t.name] = Entry(t.name, t.token, (), closed=(
+                        f"'{t.name}' was released into '{target}': call /api/predict/{target}"))
+                continue
+            mirror = t.mirror if t.mirror and t.mirror[0] in live else None
+            entries[t.name] = Entry(t.name, t.token, backends, mirror)
+        return entries
 
     def _scrape(self) -> None:
         """Read every routed instance's /stats (for metrics now, for autoscaling next)."""
@@ -242,7 +263,11 @@ class Controller:
             if r.state == "RUNNING" and r.endpoint
         )
         rpc = spec.metadata.rpc
-        return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit)
+        # Requests wait (up to the keepalive) for an instance that is on its way rather
+        # than fail: deploys, restarts and rollovers are invisible to callers.
+        coming = rec.desired == st.RUNNING and not reason.startswith("service failed")
+        hold = rpc.keepalive / 1000 if coming else 0.0
+        return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit, hold)
 
 
 def _keepalive(spec: dict[str, Any]) -> float:

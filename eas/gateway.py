@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import math
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ log = logging.getLogger("eas.gateway")
 
 #: Extra time the gateway waits beyond the instance's own keepalive before a 504.
 UPSTREAM_GRACE_S = 2.0
+#: Header that pins a request to one service behind a shared or group endpoint (debugging).
+TARGET_HEADER = "X-Eas-Target"
+#: Mirror copies in flight per gateway; beyond it copies are skipped, never queued.
+MIRROR_CONCURRENCY = 64
 
 
 class Gateway:
@@ -51,6 +56,9 @@ class Gateway:
         self._turn = itertools.count()
         self.limiter = RateLimiter()
         self.metrics = metrics or GatewayMetrics()
+        self._mirror_slots = asyncio.Semaphore(MIRROR_CONCURRENCY)
+        self._mirror_tasks: set[asyncio.Task[None]] = set()
+        self.mirror_skipped = 0
 
     def session(self) -> aiohttp.ClientSession:
         # Created inside the serving loop: aiohttp binds a session to the loop it starts on.
@@ -73,10 +81,13 @@ class Gateway:
         checks the service token on each request.
         """
         name = http.path_params["service"]
-        route = self.routes.get(name)
-        if route is None:
+        entry = self.routes.entry(name)
+        if entry is None or entry.closed:
             return JSONResponse({"code": 404, "message": f"service '{name}' does not exist"}, 404)
-        items = [{"ip": e.host, "port": e.port, "weight": 100} for e in route.endpoints]
+        # Only the service's own instances: partners behind a shared endpoint check their
+        # own name and token, so a direct caller could not reach them with this one.
+        route = self.routes.get(name)
+        items = [{"ip": e.host, "port": e.port, "weight": 100} for e in (route.endpoints if route else ())]
         return JSONResponse({"endpoints": {"items": items}})
 
     async def predict(self, http: HttpRequest) -> HttpResponse:
@@ -90,9 +101,11 @@ class Gateway:
     async def _predict(self, http: HttpRequest) -> HttpResponse:
         request_id = uuid.uuid4().hex
         name = http.path_params["service"]
-        route = self.routes.get(name)
-        if route is None:
+        entry = self.routes.entry(name)
+        if entry is None:
             return _error(404, f"service '{name}' does not exist", request_id)
+        if entry.closed:
+            return _error(404, entry.closed, request_id)
         length = http.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body_bytes:
             return _error(413, f"request body over {self.max_body_bytes} bytes", request_id)
@@ -100,33 +113,68 @@ class Gateway:
         if len(body) > self.max_body_bytes:
             return _error(413, f"request body over {self.max_body_bytes} bytes", request_id)
         try:
-            check_service_auth(route.token, http.headers, http.url.path, body)
+            check_service_auth(entry.token, http.headers, http.url.path, body)
         except AuthError as exc:
             return _error(401, str(exc), request_id)
+        backend = entry.pick(random.random(), http.headers.get(TARGET_HEADER))
+        route = self.routes.get(backend) if backend else None
+        if route is None:
+            return _error(503, f"'{name}' has no service behind it", request_id)
         wait = self.limiter.admit(route)
         if wait is not None:
             return _error(429, f"over the rate limit of {route.rate_limit} requests/s for '{name}'", request_id,
                           {"Retry-After": str(max(1, math.ceil(wait)))})
+        sub_path = http.path_params.get("sub_path", "")
+        content_type = http.headers.get("content-type")
+        if entry.mirror is not None:
+            self._mirror(entry.mirror, sub_path, body, content_type, request_id)
         try:
-            answer = await until_disconnect(http, self.forward(
-                route, http.url.path, body, http.headers.get("content-type"), request_id))
+            answer = await until_disconnect(http, self.forward(route, sub_path, body, content_type, request_id))
         except ClientGone:
             log.info("499 client went away: request %s to %s cancelled", request_id, name)
             return _error(499, "client closed the connection", request_id)
         return HttpResponse(answer.body, answer.status, headers=answer.headers)
 
-    async def forward(self, route: Route, path: str, body: bytes, content_type: str | None,
+    def _mirror(self, mirror: tuple[str, int], sub_path: str, body: bytes, content_type: str | None,
+                request_id: str) -> None:
+        """Copy the request to the shadow service; its answer is dropped.
+
+        Fire and forget, bounded: when the shadow lags, copies are skipped rather than
+        queued, so a mirror can never slow the primary or grow memory.
+        """
+        shadow_name, percent = mirror
+        shadow = self.routes.get(shadow_name)
+        if shadow is None or not shadow.endpoints or random.random() * 100 >= percent:
+            return
+        if self._mirror_slots.locked():
+            self.mirror_skipped += 1
+            return
+
+        async def copy() -> None:
+            async with self._mirror_slots:
+                await self.forward(shadow, sub_path, body, content_type, request_id)
+
+        task = asyncio.get_running_loop().create_task(copy())
+        self._mirror_tasks.add(task)
+        task.add_done_callback(self._mirror_tasks.discard)
+
+    async def forward(self, route: Route, sub_path: str, body: bytes, content_type: str | None,
                       request_id: str) -> Answer:
-        """Send an authenticated request to one of the route's instances and return its answer.
+        """Send an authenticated request to one of the service's instances; return its answer.
 
         Every transport (HTTP here, gRPC and the v2 protocol elsewhere) calls this after
         its own auth, so routing, failover and upstream errors behave the same on all.
+        While no instance is ready but one is coming, the request waits up to the
+        route's hold time instead of failing.
         """
+        if not route.endpoints and route.hold_s > 0:
+            route = await self.routes.wait_ready(route.name, route.hold_s) or route
         if not route.endpoints:
             return _error_answer(503, f"service '{route.name}' is not available: {route.unavailable}", request_id)
         headers = {REQUEST_ID_HEADER: request_id, INTERNAL_KEY_HEADER: self.internal_key}
         if content_type:
             headers["Content-Type"] = content_type
+        path = f"/api/predict/{route.name}" + (f"/{sub_path}" if sub_path else "")
         timeout = aiohttp.ClientTimeout(total=route.keepalive_s + UPSTREAM_GRACE_S)
         start = next(self._turn)
         # Try each instance at most once: a refused connection (an instance that just

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Awaitable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
@@ -69,7 +69,10 @@ class InstanceApp:
             Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/stats", self.stats, methods=["GET"]),
+            Route("/drain", self.drain, methods=["POST"]),
         ])
+        self.on_drain: Callable[[], None] = lambda: None
+        """Set by the host (ray_backend) to take this instance out of discovery."""
 
     async def healthz(self, http: HttpRequest) -> JSONResponse:
         return JSONResponse({"service": self.service, "instance": self.instance, "in_flight": self.in_flight})
@@ -86,6 +89,18 @@ class InstanceApp:
             "load_seconds": self.runtime.load_seconds,
             "batches": dict(batcher.size_counts) if batcher else {},
         })
+
+    async def drain(self, http: HttpRequest) -> JSONResponse:
+        """Stop taking new work before a restart: leave discovery, report what is in flight.
+
+        Only the server (holding the internal key) may ask; the caller then waits for
+        routes to refresh and `in_flight` to reach zero before stopping the instance.
+        """
+        key = http.headers.get(INTERNAL_KEY_HEADER, "")
+        if not hmac.compare_digest(key.encode(), self.creds.internal_key.encode()):
+            return JSONResponse({"message": "drain needs the server's internal key"}, 401)
+        self.on_drain()
+        return JSONResponse({"instance": self.instance, "in_flight": self.in_flight})
 
     def _error(self, status: int, message: str, request_id: str) -> HttpResponse:
         self.codes[status] = self.codes.get(status, 0) + 1

@@ -120,8 +120,11 @@ class RayBackend:
             actor_options["num_gpus"] = meta.gpu
         if meta.resource:
             actor_options["resources"] = {meta.resource: 0.001}
+        surge, step = rolling(meta)
         app = self._deployment.options(
             version=spec.code_version(),
+            max_surge_percent=surge,
+            rolling_update_percentage=step,
             num_replicas=meta.instance,
             max_ongoing_requests=meta.concurrency,
             ray_actor_options=actor_options,
@@ -158,22 +161,43 @@ class RayBackend:
             )
         return out
 
-    def restart_instances(self, name: str, replica_ids: list[str]) -> list[str]:
-        """Kill the named replicas; Serve starts replacements. Returns the ids not found."""
+    def restart_instances(self, name: str, replica_ids: list[str], internal_key: str) -> list[str]:
+        """Drain the named replicas, then stop them; Serve starts replacements.
+
+        Draining takes an instance out of discovery and lets requests in flight finish,
+        so a restart under load fails no request when other instances can take it.
+        Returns the ids not found.
+        """
+        import httpx
         import ray
 
         state = self.observe().get(name)
         by_id = {r.replica_id: r for r in (state.replicas if state else [])}
-        missing = []
-        for rid in replica_ids:
-            rep = by_id.get(rid)
-            if rep is None:
-                missing.append(rid)
-                continue
-            try:
-                ray.kill(ray.get_actor(rep.actor_name, namespace="serve"), no_restart=True)
-            except ValueError:
-                missing.append(rid)
+        missing = [rid for rid in replica_ids if rid not in by_id]
+        chosen = [by_id[rid] for rid in replica_ids if rid in by_id]
+        headers = {"X-Eas-Internal-Key": internal_key}
+        with httpx.Client(timeout=2) as http:
+            for rep in chosen:
+                if rep.endpoint:
+                    try:
+                        http.post(f"http://{rep.endpoint[0]}:{rep.endpoint[1]}/drain", headers=headers)
+                    except httpx.HTTPError:
+                        pass
+            time.sleep(DRAIN_S)
+            deadline = time.monotonic() + 30
+            for rep in chosen:
+                while rep.endpoint and time.monotonic() < deadline:
+                    try:
+                        url = f"http://{rep.endpoint[0]}:{rep.endpoint[1]}/healthz"
+                        if http.get(url).json().get("in_flight", 0) == 0:
+                            break
+                    except httpx.HTTPError:
+                        break
+                    time.sleep(0.05)
+                try:
+                    ray.kill(ray.get_actor(rep.actor_name, namespace="serve"), no_restart=True)
+                except ValueError:
+                    missing.append(rep.replica_id)
         return missing
 
 
@@ -205,6 +229,27 @@ def failure_reason(message: str) -> str:
             kind, text = m.groups()
             return text if kind == "ModelLoadError" else f"{kind}: {text}"
     return lines[-1] if lines else "deployment failed"
+
+
+def rolling(meta: Any) -> tuple[int, float]:
+    """EAS `rolling_strategy` as Serve's (max_surge_percent, rolling_update_percentage).
+
+    New instances start before old ones stop (surge defaults to 100 %), so a rollout
+    never lowers capacity; `max_unavailable` (a count or "N%") sets the step size.
+    """
+    n = max(1, meta.instance)
+
+    def percent(value: Any, default: float) -> float:
+        if value is None:
+            return default
+        text = str(value).strip()
+        if text.endswith("%"):
+            return float(text[:-1]) / 100
+        return float(text) / n
+
+    surge = int(round(min(1.0, max(0.0, percent(meta.rolling_strategy.max_surge, 1.0))) * 100))
+    step = min(1.0, max(1 / n, percent(meta.rolling_strategy.max_unavailable, 1 / n)))
+    return surge, step
 
 
 def published_endpoints() -> dict[tuple[str, str], tuple[str, int]]:
@@ -240,6 +285,7 @@ class ServiceReplica:
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.creds = Credentials(token="", internal_key="")
         app = InstanceApp(self.runtime, f"{self.runtime.spec.name}-{self.replica_id}", self.creds)
+        app.on_drain = self._unpublish
         self.server = InstanceServer(app, ray.util.get_node_ip_address())
         self.server.start()
         self._key = KV_PREFIX + f"{self.runtime.spec.name}/{self.replica_id}".encode()
@@ -255,6 +301,14 @@ class ServiceReplica:
         internal_kv._internal_kv_put(self._key, f"{self.server.host}:{self.server.port}".encode(),
                                      namespace=KV_NAMESPACE)
 
+    def _unpublish(self) -> None:
+        try:
+            from ray.experimental import internal_kv
+
+            internal_kv._internal_kv_del(self._key, namespace=KV_NAMESPACE)
+        except Exception:  # the cluster may already be going away
+            pass
+
     def check_health(self) -> None:
         if not self.server.alive:
             raise RuntimeError("instance HTTP server stopped")
@@ -268,12 +322,7 @@ class ServiceReplica:
         if getattr(self, "_closed", True) is True or not hasattr(self, "server"):
             return
         self._closed = True
-        try:
-            from ray.experimental import internal_kv
-
-            internal_kv._internal_kv_del(self._key, namespace=KV_NAMESPACE)
-        except Exception:  # the cluster may already be going away
-            pass
+        self._unpublish()
         deadline = time.monotonic() + DRAIN_S + self.runtime.spec.metadata.rpc.keepalive / 1000
         time.sleep(DRAIN_S)
         while self.server.app.in_flight and time.monotonic() < deadline:

@@ -24,7 +24,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eas import __version__, config
-from eas.api import ApiContext, routes as api_routes
+from eas.api import routes as api_routes
+from eas.apibase import ApiContext
+from eas.traffic import routes as traffic_routes
 from eas.controller import Controller
 from eas.gateway import Gateway
 from eas.routes import RouteTable
@@ -103,6 +105,7 @@ def build_app(api: ApiContext, gateway: Gateway) -> Starlette:
             Route("/exported/apis/eas.alibaba-inc.k8s.io/v1/upstreams/{service}", gateway.upstreams,
                   methods=["GET"]),
             *api_routes(api),
+            *traffic_routes(api),
         ],
         lifespan=gateway_lifespan(gateway),
     )

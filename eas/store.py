@@ -44,6 +44,14 @@ CREATE TABLE IF NOT EXISTS events (
     message     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_service ON events (service, id);
+CREATE TABLE IF NOT EXISTS traffic (
+    name        TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    token       TEXT NOT NULL,
+    backends    TEXT NOT NULL,
+    mirror      TEXT NOT NULL DEFAULT '',
+    created_at  DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     key         TEXT PRIMARY KEY,
     value       TEXT NOT NULL
@@ -66,6 +74,23 @@ class ServiceRecord:
     version: int = 1
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class TrafficRecord:
+    """What an endpoint name sends where, when that is not simply "its own service".
+
+    kind "service": a service's endpoint shared with partners (blue-green, A/B);
+    kind "group": a group endpoint over member services; kind "closed": a partner's own
+    endpoint after release. `mirror` copies a share of requests to a shadow service.
+    """
+
+    name: str
+    kind: str
+    token: str
+    backends: list[tuple[str, int]]
+    mirror: tuple[str, int] | None = None
+    created_at: float = field(default_factory=time.time)
 
 
 class NotFound(KeyError):
@@ -193,6 +218,77 @@ class Store:
             db.execute("DELETE FROM services WHERE name = ?", (name,))
             db.execute("DELETE FROM versions WHERE service = ?", (name,))
             self._event(db, name, "Deleted", "service deleted")
+
+    def version_spec(self, name: str, version: int) -> dict[str, Any]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT spec FROM versions WHERE service = ? AND version = ?", (name, version)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"{name} version {version}")
+        return json.loads(row["spec"])
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT version, spec, created_at FROM versions WHERE service = ? ORDER BY version", (name,)
+            ).fetchall()
+        return [{"version": r["version"], "spec": json.loads(r["spec"]), "created_at": r["created_at"]} for r in rows]
+
+    def set_current_version(self, name: str, version: int, event: str,
+                            spec: dict[str, Any] | None = None) -> None:
+        """Point a service at one of its recorded versions (rollback or roll forward).
+
+        `spec` is that version's spec with today's operational settings merged in.
+        """
+        spec = spec if spec is not None else self.version_spec(name, version)
+        with self._tx() as db:
+            db.execute("UPDATE services SET spec = ?, version = ?, updated_at = ? WHERE name = ?",
+                       (json.dumps(spec), version, time.time(), name))
+            self._event(db, name, "Version", event)
+
+    # -- traffic ------------------------------------------------------------------
+
+    def put_traffic(self, rec: TrafficRecord, event_service: str, event: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO traffic (name, kind, token, backends, mirror, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, token = excluded.token, "
+                "backends = excluded.backends, mirror = excluded.mirror",
+                (rec.name, rec.kind, rec.token, json.dumps(rec.backends),
+                 json.dumps(rec.mirror) if rec.mirror else "", rec.created_at),
+            )
+            self._event(db, event_service, "Traffic", event)
+
+    def traffic(self) -> dict[str, TrafficRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM traffic").fetchall()
+        return {r["name"]: TrafficRecord(
+            name=r["name"], kind=r["kind"], token=r["token"],
+            backends=[(b[0], int(b[1])) for b in json.loads(r["backends"])],
+            mirror=tuple(json.loads(r["mirror"])) if r["mirror"] else None,  # type: ignore[arg-type]
+            created_at=r["created_at"],
+        ) for r in rows}
+
+    def shared_row(self, service: str) -> TrafficRecord | None:
+        """The shared endpoint (not its own) a service takes traffic from, if any."""
+        for row in self.traffic().values():
+            if row.kind == "service" and row.name != service and any(s == service for s, _ in row.backends):
+                return row
+        return None
+
+    def weight_of(self, service: str) -> int:
+        """What `ls` shows as WEIGHT: the share of its endpoint's traffic a service gets."""
+        row = self.shared_row(service) or self.traffic().get(service)
+        if row is None or row.kind != "service":
+            return 100
+        total = sum(w for _, w in row.backends) or 1
+        return round(100 * dict(row.backends).get(service, 0) / total)
+
+    def delete_traffic(self, name: str, event_service: str, event: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM traffic WHERE name = ?", (name,))
+            self._event(db, event_service, "Traffic", event)
 
     def latest_version(self, name: str) -> int:
         with self._lock:

@@ -39,10 +39,13 @@ def _wait_running(settings: Settings, name: str, timeout: float, stopped: bool =
 
 @click.command("create")
 @click.argument("file", metavar="FILE.json|FILE.yaml")
+@click.option("-r", "--release", "blue_green", is_flag=True,
+              help="Blue-green: create a partner of the existing service of that name, with its own "
+              "test endpoint; move traffic to it later with 'eascmd release'.")
 @yes_option
 @timeout_option
 @pass_settings
-def create_command(settings: Settings, file: str, yes: bool, timeout: float) -> None:
+def create_command(settings: Settings, file: str, blue_green: bool, yes: bool, timeout: float) -> None:
     """Create a service from a JSON/YAML file and wait until it runs.
 
     If a service of that name already exists, asks whether to update it with the file
@@ -51,15 +54,16 @@ def create_command(settings: Settings, file: str, yes: bool, timeout: float) -> 
     \b
     Example:
       eascmd create iris.json
+      eascmd create iris_v2.json -r      # blue-green partner of 'iris'
     """
     spec = load_spec(file)
     client = settings.client()
     action, stopped = "Creating service", False
     try:
-        answer = client.create_service(spec)
+        answer = client.create_service(spec, blue_green=blue_green)
     except EasApiError as exc:
         name = spec.get("name")
-        if exc.status != 409 or not name:
+        if exc.status != 409 or not name or blue_green:
             raise
         confirm(
             f"Service [{name}] already exists in [{client.region}]. Update it with {file}?",

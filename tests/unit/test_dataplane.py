@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from eas.auth import sign_headers
 from eas.gateway import Gateway
 from eas.instance import Credentials, InstanceApp, InstanceServer
-from eas.routes import Endpoint, Route, RouteTable
+from eas.routes import Endpoint, Entry, Route, RouteTable
 from eas.runtime import ServiceRuntime
 from eas.server import gateway_lifespan
 
@@ -69,6 +69,7 @@ def gateway(instance):
     routes.set(Route("echo", TOKEN, (dead, live), "", keepalive_s=0.3))
     routes.set(Route("down", TOKEN, (), "service is stopped", keepalive_s=0.3))
     routes.set(Route("limited", TOKEN, (), "no instance", keepalive_s=0.3, rate_limit=1))
+    routes.set_entries({name: Entry(name, TOKEN, ((name, 100),)) for name in ("echo", "down", "limited")})
     with TestClient(app) as client:
         yield client
 
