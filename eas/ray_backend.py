@@ -29,7 +29,6 @@ DRAIN_S = 2.0
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "3",
     "RAY_DEDUP_LOGS": "0",
 }
 
@@ -121,10 +120,10 @@ class RayBackend:
         if meta.resource:
             actor_options["resources"] = {meta.resource: 0.001}
         surge, step = rolling(meta)
-        app = self._deployment.options(
+        deployment = self._deployment.options(
             version=spec.code_version(),
             max_surge_percent=surge,
-            rolling_update_percentage=step,
+            max_constructor_retry_count=3,
             num_replicas=meta.instance,
             max_ongoing_requests=meta.concurrency,
             ray_actor_options=actor_options,
@@ -132,7 +131,10 @@ class RayBackend:
             health_check_period_s=5,
             graceful_shutdown_timeout_s=max(5.0, meta.rpc.keepalive / 1000 * 2) + DRAIN_S,
             _internal=True,
-        ).bind(spec.to_dict(), cache_dir)
+        )
+        # Not an options() argument in this Ray version; the config field is public.
+        deployment._deployment_config.rolling_update_percentage = step
+        app = deployment.bind(spec.to_dict(), cache_dir)
         self._serve._run(app, name=name, route_prefix=None, _blocking=False)
 
     def delete(self, name: str) -> None:

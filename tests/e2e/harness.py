@@ -138,3 +138,55 @@ def sklearn_service(name: str, model_path: Path | str, **meta: Any) -> dict[str,
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps(data))
     return path
+
+
+class Load:
+    """Constant, bounded load on loopback from a background thread, recording every answer.
+
+    Stops by itself after `max_requests` or `max_seconds`, whichever comes first.
+    """
+
+    def __init__(self, url: str, body: bytes, token: str, concurrency: int = 4,
+                 max_requests: int = 50_000, max_seconds: float = 300, headers: dict[str, str] | None = None) -> None:
+        import threading
+
+        self.url, self.body, self.concurrency = url, body, concurrency
+        self.headers = {"Authorization": token, **(headers or {})}
+        self.max_requests, self.max_seconds = max_requests, max_seconds
+        self.results: list[tuple[int, float, bytes]] = []  # status, seconds, body
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Load":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def mark(self) -> int:
+        return len(self.results)
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        import asyncio
+
+        deadline = time.monotonic() + self.max_seconds
+        async with httpx.AsyncClient(timeout=30, headers=self.headers) as client:
+            async def worker() -> None:
+                while not self._stop.is_set() and time.monotonic() < deadline and len(self.results) < self.max_requests:
+                    t0 = time.perf_counter()
+                    try:
+                        resp = await client.post(self.url, content=self.body)
+                        self.results.append((resp.status_code, time.perf_counter() - t0, resp.content))
+                    except httpx.HTTPError as exc:
+                        self.results.append((-1, time.perf_counter() - t0, str(exc).encode()))
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
