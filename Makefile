@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed-test
 # The official EAS SDKs the tests drive (tests/sdk); versions pinned in their own files.
 SDK_PY_VENV := tests/sdk/python/.venv
 SDK_PY_STAMP := $(SDK_PY_VENV)/.installed
+SDK_JAVA_STAMP := tests/sdk/java/target/.deps-resolved
 
 .PHONY: demo test unit e2e sdk sdk-deps bench install clean
 
@@ -23,7 +24,13 @@ $(SDK_PY_STAMP): tests/sdk/python/requirements.txt
 	$(SDK_PY_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/sdk/python/requirements.txt
 	touch $(SDK_PY_STAMP)
 
-sdk-deps: $(SDK_PY_STAMP)
+# Maven resolves the Java SDK, JUnit and the plugins once, online (a run with no test
+# selected still resolves them), so the test run can be `mvn -o`.
+$(SDK_JAVA_STAMP): tests/sdk/java/pom.xml
+	cd tests/sdk/java && mvn -q -B test -Dtest=NoSuchTest -Dsurefire.failIfNoSpecifiedTests=false
+	touch $(SDK_JAVA_STAMP)
+
+sdk-deps: $(SDK_PY_STAMP) $(SDK_JAVA_STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh
@@ -43,4 +50,4 @@ sdk: $(STAMP) sdk-deps
 	$(PY) -m pytest -q tests/sdk
 
 clean:
-	rm -rf $(VENV) $(SDK_PY_VENV) .demo *.egg-info
+	rm -rf $(VENV) $(SDK_PY_VENV) tests/sdk/java/target .demo *.egg-info

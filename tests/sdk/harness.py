@@ -46,7 +46,6 @@ class ScaleDriver:
             assert client_alive(), "the SDK client exited before it was ready"
             assert time.monotonic() < deadline, "the SDK client never reported its first calls"
             time.sleep(0.1)
-        time.sleep(0.05)  # the client writes the file in one small write; let it finish
         before = json.loads(ready.read_text())
         self.server.eascmd("modify", self.service, "-Dmetadata.instance=2")
         instances = json.loads(self.server.eascmd("w", self.service, "--json").stdout)

@@ -106,8 +106,9 @@ def spread(cfg: dict) -> dict:
     sync = cfg["sync_dir"]
     try:
         before = [instance_of(client, cfg["body"]) for _ in range(cfg.get("before_calls", 10))]
-        with open(os.path.join(sync, "ready"), "w") as f:
+        with open(os.path.join(sync, "ready.tmp"), "w") as f:
             json.dump(before, f)
+        os.replace(os.path.join(sync, "ready.tmp"), os.path.join(sync, "ready"))
         wait_until = time.monotonic() + cfg.get("wait_s", 180)
         while not os.path.exists(os.path.join(sync, "scaled")):
             if time.monotonic() > wait_until:

@@ -1,0 +1,217 @@
+package eas.sdk;
+
+import static org.junit.Assert.assertArrayEquals;
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertNotNull;
+import static org.junit.Assert.assertTrue;
+import static org.junit.Assert.fail;
+
+import com.alibaba.fastjson.JSON;
+import com.alibaba.fastjson.JSONObject;
+import com.aliyun.openservices.eas.predict.http.HttpConfig;
+import com.aliyun.openservices.eas.predict.http.PredictClient;
+import com.aliyun.openservices.eas.predict.request.TFDataType;
+import com.aliyun.openservices.eas.predict.request.TFRequest;
+import com.aliyun.openservices.eas.predict.response.TFResponse;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.UUID;
+import org.junit.After;
+import org.junit.BeforeClass;
+import org.junit.Test;
+
+/**
+ * The official Java SDK, unchanged, against a live eas-server.
+ *
+ * <p>tests/sdk/test_java_sdk.py starts the server, deploys the services and passes
+ * everything in EAS_* environment variables; for the DIRECT-mode test it scales the
+ * service when this test writes {@code $EAS_SYNC_DIR/ready} and answers with
+ * {@code $EAS_SYNC_DIR/scaled}.
+ */
+public class OfficialJavaSdkTest {
+  private final List<PredictClient> clients = new ArrayList<>();
+
+  private static String env(String name) {
+    String value = System.getenv(name);
+    if (value == null || value.isEmpty()) {
+      throw new IllegalStateException(name + " is not set: run these tests through tests/sdk/test_java_sdk.py");
+    }
+    return value;
+  }
+
+  private static float[] floats(String csv) {
+    String[] parts = csv.split(",");
+    float[] out = new float[parts.length];
+    for (int i = 0; i < parts.length; i++) {
+      out[i] = Float.parseFloat(parts[i]);
+    }
+    return out;
+  }
+
+  private static long[] longs(String csv) {
+    String[] parts = csv.split(",");
+    long[] out = new long[parts.length];
+    for (int i = 0; i < parts.length; i++) {
+      out[i] = Long.parseLong(parts[i]);
+    }
+    return out;
+  }
+
+  @BeforeClass
+  public static void freshDiscoveryCache() throws Exception {
+    // The discovery client reloads endpoints it cached on disk by an earlier run: start empty.
+    Path home = Files.createDirectories(Paths.get(System.getProperty("user.home")));
+    Path cache = Files.createTempDirectory(home, "discovery-cache");
+    System.setProperty("com.aliyun.eas.cache.dir", cache.toString());
+  }
+
+  @After
+  public void shutdown() {
+    for (PredictClient client : clients) {
+      client.shutdown();
+    }
+  }
+
+  private PredictClient gateway(String endpoint, String service, String token, int retries) {
+    PredictClient client = new PredictClient(new HttpConfig());
+    clients.add(client);
+    client.setEndpoint(endpoint);
+    client.setModelName(service);
+    client.setToken(token);
+    client.setRetryCount(retries);
+    return client;
+  }
+
+  private PredictClient echo(int retries) {
+    return gateway(env("EAS_ENDPOINT"), env("EAS_ECHO_SERVICE"), env("EAS_ECHO_TOKEN"), retries);
+  }
+
+  /** Predict that must fail; returns the status the SDK saw and the message it threw. */
+  private static Map.Entry<Integer, String> failure(PredictClient client, byte[] body) {
+    try {
+      client.predict(body);
+    } catch (Exception e) {
+      return Map.entry(client.getErrorCode(), String.valueOf(e.getMessage()));
+    }
+    fail("the call was expected to fail");
+    return null;
+  }
+
+  @Test
+  public void stringPredictIsSigned() throws Exception {
+    String body = "hello from java";
+    JSONObject answer = JSON.parseObject(echo(0).predict(body));
+    assertEquals(body.toUpperCase(), answer.getString("upper"));
+    assertEquals(body.getBytes(StandardCharsets.UTF_8).length, answer.getIntValue("length"));
+  }
+
+  @Test
+  public void tfPredictAgainstOnnx() throws Exception {
+    PredictClient client = gateway(env("EAS_ENDPOINT"), env("EAS_ONNX_SERVICE"), env("EAS_ONNX_TOKEN"), 0);
+    String input = env("EAS_ONNX_INPUT");
+    String output = env("EAS_ONNX_OUTPUT");
+    TFRequest request = new TFRequest();
+    request.setSignatureName("serving_default");
+    request.addFeed(input, TFDataType.DT_FLOAT, longs(env("EAS_ONNX_SHAPE")), floats(env("EAS_ONNX_ROWS")));
+    request.addFetch(output);
+    TFResponse response = client.predict(request);
+    float[] expected = floats(env("EAS_ONNX_EXPECTED"));
+    List<Float> got = response.getFloatVals(output);
+    assertEquals(expected.length, got.size());
+    for (int i = 0; i < expected.length; i++) {
+      assertEquals(expected[i], got.get(i), 1e-4 * Math.max(1, Math.abs(expected[i])));
+    }
+    long[] shape = response.getTensorShape(output).stream().mapToLong(Long::longValue).toArray();
+    assertArrayEquals(longs(env("EAS_ONNX_EXPECTED_SHAPE")), shape);
+  }
+
+  @Test
+  public void retriesServerErrors() throws Exception {
+    String key = UUID.randomUUID().toString().substring(0, 8);
+    // Two 500s, then an answer: the SDK's default of 3 retries rides them out.
+    JSONObject answer = JSON.parseObject(echo(3).predict("flaky:" + key + ":2"));
+    assertEquals(3, answer.getIntValue("attempts"));
+  }
+
+  @Test
+  public void clearErrors() throws Exception {
+    Map.Entry<Integer, String> wrongToken =
+        failure(gateway(env("EAS_ENDPOINT"), env("EAS_ECHO_SERVICE"), "not-the-token", 0), "x".getBytes());
+    assertEquals(401, (int) wrongToken.getKey());
+    assertTrue(wrongToken.getValue(), wrongToken.getValue().contains("signature does not match"));
+
+    Map.Entry<Integer, String> unknown =
+        failure(gateway(env("EAS_ENDPOINT"), "no_such_service", env("EAS_ECHO_TOKEN"), 0), "x".getBytes());
+    assertEquals(404, (int) unknown.getKey());
+    assertTrue(unknown.getValue(), unknown.getValue().contains("'no_such_service' does not exist"));
+
+    PredictClient onnx = gateway(env("EAS_ENDPOINT"), env("EAS_ONNX_SERVICE"), env("EAS_ONNX_TOKEN"), 0);
+    Map.Entry<Integer, String> notProto = failure(onnx, "\u0008not a protobuf".getBytes(StandardCharsets.UTF_8));
+    assertEquals(400, (int) notProto.getKey());
+    assertTrue(notProto.getValue(), notProto.getValue().contains("PredictRequest"));
+  }
+
+  @Test
+  public void tamperedBodyIsRefused() throws Exception {
+    // EAS_TAMPER_ENDPOINT relays to the server flipping one bit of the body after signing.
+    PredictClient client = gateway(env("EAS_TAMPER_ENDPOINT"), env("EAS_ECHO_SERVICE"), env("EAS_ECHO_TOKEN"), 0);
+    Map.Entry<Integer, String> tampered = failure(client, "sign me".getBytes());
+    assertEquals(401, (int) tampered.getKey());
+    assertTrue(tampered.getValue(), tampered.getValue().contains("Content-MD5 does not match the body"));
+  }
+
+  private static String instanceOf(PredictClient client) throws Exception {
+    String instance = JSON.parseObject(client.predict("direct")).getString("instance");
+    assertNotNull(instance);
+    return instance;
+  }
+
+  @Test
+  public void directModeSpreadsOverNewInstances() throws Exception {
+    PredictClient client = new PredictClient(new HttpConfig());
+    clients.add(client);
+    client.setDirectEndpoint(env("EAS_DISCOVERY"));
+    client.setModelName(env("EAS_DIRECT_SERVICE"));
+    client.setToken(env("EAS_DIRECT_TOKEN"));
+    Path sync = Paths.get(env("EAS_SYNC_DIR"));
+
+    List<String> before = new ArrayList<>();
+    for (int i = 0; i < 10; i++) {
+      before.add(instanceOf(client));
+    }
+    assertEquals("one instance before scaling: " + before, 1, new HashSet<>(before).size());
+    Files.write(sync.resolve("ready.tmp"), JSON.toJSONString(before).getBytes(StandardCharsets.UTF_8));
+    Files.move(sync.resolve("ready.tmp"), sync.resolve("ready"));
+
+    long waitUntil = System.nanoTime() + 180_000_000_000L;
+    while (!Files.exists(sync.resolve("scaled"))) {
+      assertTrue("pytest never said the service was scaled", System.nanoTime() < waitUntil);
+      Thread.sleep(50);
+    }
+    long started = System.nanoTime();
+    Set<String> seen = new HashSet<>();
+    while (seen.size() < 2 && System.nanoTime() - started < 10_000_000_000L) {
+      seen.add(instanceOf(client));
+      Thread.sleep(20);
+    }
+    double spreadSeconds = (System.nanoTime() - started) / 1e9;
+    assertEquals("calls reached a second instance within 10 s", 2, seen.size());
+    Map<String, Integer> after = new HashMap<>();
+    for (int i = 0; i < 40; i++) {
+      after.merge(instanceOf(client), 1, Integer::sum);
+    }
+    System.out.printf("DIRECT: second instance answered %.2f s after scaling; then %s%n", spreadSeconds, after);
+    assertEquals(after.toString(), 2, after.size());
+    for (int count : after.values()) {
+      assertTrue("calls are shared: " + after, count >= 10);
+    }
+  }
+}
