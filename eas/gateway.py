@@ -167,6 +167,9 @@ class Gateway:
         While no instance is ready but one is coming, the request waits up to the
         route's hold time instead of failing.
         """
+        self.routes.last_seen[route.name] = time.monotonic()
+        if not route.endpoints and route.wake_on_demand:
+            self.routes.on_demand(route.name)
         if not route.endpoints and route.hold_s > 0:
             route = await self.routes.wait_ready(route.name, route.hold_s) or route
         if not route.endpoints:

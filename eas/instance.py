@@ -87,6 +87,8 @@ class InstanceApp:
             "codes": self.codes,
             "processor_seconds": self.processor_seconds,
             "load_seconds": self.runtime.load_seconds,
+            "warm_up_seconds": self.runtime.warm_up_seconds,
+            "cpu_seconds": time.process_time(),
             "batches": dict(batcher.size_counts) if batcher else {},
         })
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class Route:
     hold_s: float = 0.0
     """How long a request may wait for an instance while none is ready but one is
     coming (deploying, restarting, waking); 0 answers 503 at once."""
+    wake_on_demand: bool = False
+    """The service sleeps: a request must tell the controller to wake it."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class RouteTable:
         self._entries: dict[str, Entry] = {}
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
         self._lock = threading.Lock()
+        self.last_seen: dict[str, float] = {}
+        """Service -> monotonic time of its last request through the gateway (idleness)."""
+        self.on_demand: Callable[[str], None] = lambda name: None
+        """Called when a request finds a sleeping service (the controller wakes it)."""
 
     def entry(self, name: str) -> Entry | None:
         return self._entries.get(name)

@@ -33,6 +33,9 @@ class ServiceRuntime:
         self.processor = load_processor(self.spec, cache_dir)
         self.load_seconds = time.perf_counter() - started
         """Fetch + load time of this instance: its cold start, as metrics report it."""
+        started = time.perf_counter()
+        warm_up(self.processor, self.spec, cache_dir)
+        self.warm_up_seconds = time.perf_counter() - started
         workers = self.spec.metadata.concurrency
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"eas-{self.spec.name}")
         rpc = self.spec.metadata.rpc
@@ -60,6 +63,37 @@ class ServiceRuntime:
         if self.batcher is not None:
             self.batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def warm_up(processor: Processor, spec: ServiceSpec, cache_dir: str) -> None:
+    """Replay the recorded warm-up requests before the instance takes traffic.
+
+    `.txt`: one request per line; anything else (`.bin`, as the SDKs write a
+    serialised request): the whole file is one request. Each is sent
+    `metadata.warm_up_count` times (EAS: 5). A failing request fails the instance with
+    the reason, so a broken rollout never replaces instances that work.
+    """
+    if not spec.warm_up_data_path:
+        return
+    try:
+        path = modelsource.resolve(spec.warm_up_data_path, f"{cache_dir}/warmup")
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except (modelsource.ModelSourceError, OSError) as exc:
+        raise ModelLoadError(f"warm-up data {spec.warm_up_data_path}: {exc}") from None
+    if str(path).endswith(".txt"):
+        bodies = [line for line in data.splitlines() if line.strip()]
+    else:
+        bodies = [data]
+    for number, body in enumerate(bodies, 1):
+        for _ in range(spec.metadata.warm_up_count):
+            try:
+                answer = processor.predict(Request(body=body, request_id=f"warm-up-{number}"))
+            except Exception as exc:
+                raise ModelLoadError(f"warm-up request {number} failed: {exc}") from None
+            if answer.status >= 400:
+                raise ModelLoadError(f"warm-up request {number} answered {answer.status}: "
+                                     f"{answer.body[:200].decode(errors='replace')}")
 
 
 def load_processor(spec: ServiceSpec, cache_dir: str) -> Processor:

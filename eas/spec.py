@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eas.autoscale import AutoscalerSpec, CronScalerSpec, SleepSpec
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -56,6 +58,7 @@ class Metadata(_Strict):
     gpu_memory: int | None = Field(None, ge=0)
     workers: int = Field(5, ge=1, le=1024)
     resource: str | None = None
+    warm_up_count: int = Field(5, ge=1, le=100, description="times each warm-up request is replayed")
     enable_grpc: bool = False
     enable_webservice: bool = False
     rpc: RpcConfig = Field(default_factory=RpcConfig)
@@ -84,7 +87,9 @@ class ServiceSpec(_Strict):
     processor_type: Literal["python", "cpp", "java"] | None = None
     warm_up_data_path: str | None = None
     metadata: Metadata
-    autoscaler: dict[str, Any] | None = None
+    autoscaler: AutoscalerSpec | None = None
+    cron_scaler: CronScalerSpec | None = None
+    sleep: SleepSpec | None = None
     containers: list[dict[str, Any]] | None = None
 
     @field_validator("name")
@@ -140,13 +145,14 @@ class ServiceSpec(_Strict):
     def code_version(self) -> str:
         """A digest of everything that needs new instances when it changes.
 
-        Instance count, autoscaler and token changes are applied to running
+        Instance count, autoscaler, cron, sleep and token changes are applied to running
         instances; anything else (model, processor, resources, rpc settings) rolls.
         """
         data = self.to_dict()
         data.pop("token", None)
         data.pop("generate_token", None)
-        data.pop("autoscaler", None)
+        for elastic in ("autoscaler", "cron_scaler", "sleep"):
+            data.pop(elastic, None)
         data["metadata"].pop("instance", None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
