@@ -5,6 +5,9 @@ asks the backend what is running, acts on the difference and writes the observed
 status back. It keeps no state that cannot be rebuilt: after a restart the first
 pass redeploys whatever the store says should run, which is how `kill -9` of the
 server or of Ray loses nothing.
+
+With a `leader` (eas/leader.py) only the lease holder acts; the others follow: each
+pass they rebuild their routes from the store and what Ray runs, and write nothing.
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ class _Applied:
 
 class Controller:
     def __init__(self, store: st.Store, backend: Backend, routes: RouteTable, cache_dir: str,
-                 internal_key: str, interval_s: float = 1.0) -> None:
+                 internal_key: str, interval_s: float = 1.0, leader: Any = None) -> None:
         self.store = store
+        self.leader = leader
+        """A LeaderLease, or None to always act (one server, tests)."""
+        self.leading = leader is None
         self.backend = backend
         self.routes = routes
         self.cache_dir = cache_dir
@@ -78,6 +84,8 @@ class Controller:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
+        if self.leader is not None:
+            self.leader.release()
 
     def wake(self) -> None:
         """Reconcile now instead of at the next tick (called after every API change)."""
@@ -102,10 +110,17 @@ class Controller:
     # -- one pass -----------------------------------------------------------------
 
     def reconcile(self) -> None:
+        self._elect()
         observed = self.backend.observe()
         self.last_observed = observed
         records = self.store.list()
         for rec in records:
+            if not self.leading:
+                try:
+                    self._follow_one(rec, observed.get(rec.name))
+                except Exception:
+                    log.exception("following %s failed", rec.name)
+                continue
             try:
                 self._reconcile_one(rec, observed.get(rec.name))
             except Exception as exc:
@@ -118,6 +133,32 @@ class Controller:
         self.routes.set_entries(self._entries(records))
         self._scrape()
 
+    def _elect(self) -> None:
+        """Renew or take the lease; on a change of role start from the store afresh.
+
+        A new leader forgets what it applied before, so its first pass redeploys every
+        running service (the same versions: Serve changes nothing that already runs).
+        """
+        if self.leader is None:
+            return
+        leading = self.leader.check()
+        if leading != self.leading:
+            with self._lock:
+                self._applied.clear()
+                self._failed.clear()
+            self._deleting.clear()
+            self.leading = leading
+
+    def _follow_one(self, rec: st.ServiceRecord, app: Any) -> None:
+        """A follower's pass over one service: its route from what runs, no writes."""
+        if rec.desired != st.RUNNING:
+            self.routes.set(Route(rec.name, rec.token, (), f"service is {rec.desired.lower()}",
+                                  _keepalive(rec.spec)))
+            return
+        spec = specs.ServiceSpec.model_validate(rec.spec)
+        reason = "service failed: " + rec.message if rec.status == "Failed" else "no instance is ready yet"
+        self.routes.set(self._route(rec, spec, app, reason))
+
     def _entries(self, records: list[st.ServiceRecord]) -> dict[str, Entry]:
         """Endpoint names clients may call: every live service's own, then shared ones."""
         live = {r.name: r for r in records if r.desired != st.DELETED}
@@ -125,7 +166,7 @@ class Controller:
         for t in self.store.traffic().values():
             backends = tuple((svc, w) for svc, w in t.backends if svc in live)
             if not backends:
-                if not any(svc in {r.name for r in records} for svc, _ in t.backends):
+                if self.leading and not any(svc in {r.name for r in records} for svc, _ in t.backends):
                     self.store.delete_traffic(t.name, t.name, "removed: no service left behind it")
                 continue
             if t.kind == "closed":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -30,7 +31,8 @@ from eas.traffic import routes as traffic_routes
 from eas.controller import Controller
 from eas.gateway import Gateway
 from eas.routes import RouteTable
-from eas.store import Store
+from eas.leader import LeaderLease, server_identity
+from eas.store import Store, redact
 
 log = logging.getLogger("eas.server")
 
@@ -44,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data-dir", default=os.environ.get("EAS_DATA_DIR", "./eas-data"),
                    help="state (SQLite store), model cache and eascmd.conf (default ./eas-data)")
+    p.add_argument("--store", default=os.environ.get("EAS_STORE"),
+                   help="the state database: postgresql://user:pass@host:port/db (needs the "
+                   "postgres extra) or a SQLite file path (default <data-dir>/eas.db; env EAS_STORE)")
+    p.add_argument("--lease-ttl", type=float, default=float(os.environ.get("EAS_LEASE_TTL_S", "10")),
+                   help="seconds the controller's leader lease lasts; a follower takes over "
+                   "this long after the leader dies (default 10; env EAS_LEASE_TTL_S)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port for the API and the gateway (default 8080)")
     p.add_argument("--ray-address", default=None,
@@ -57,23 +65,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def internal_key(store: Store) -> str:
-    """The key the gateway presents to instances; kept so instances outlive a restart."""
-    key = store.setting("internal_key")
-    if not key:
-        key = secrets.token_urlsafe(32)
-        store.set_setting("internal_key", key)
-    return key
+    """The key the gateway presents to instances; kept so instances outlive a restart.
+
+    Servers sharing a store share it (the first one to start writes it).
+    """
+    return store.setting("internal_key") or store.init_setting("internal_key", secrets.token_urlsafe(32))
 
 
 def admin_credentials(store: Store) -> tuple[str, str]:
     """Env overrides, else the pair generated on first start and kept in the store."""
-    access_id = os.environ.get("EAS_ACCESS_ID") or store.setting("access_id")
-    access_key = os.environ.get("EAS_ACCESS_KEY") or store.setting("access_key")
-    if not access_id or not access_key:
-        access_id, access_key = f"eas-admin-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
-        store.set_setting("access_id", access_id)
-        store.set_setting("access_key", access_key)
+    access_id = os.environ.get("EAS_ACCESS_ID") or store.init_setting("access_id", f"eas-admin-{secrets.token_hex(4)}")
+    access_key = os.environ.get("EAS_ACCESS_KEY") or store.init_setting("access_key", secrets.token_urlsafe(24))
     return access_id, access_key
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """One server per data dir: its server id (the lease holder name) must be its own.
+
+    The lock dies with the process (even on kill -9), so a restart takes it at once.
+    """
+    fd = os.open(data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SystemExit(f"eas-server: another eas-server uses {data_dir}; give each server its own "
+                         "--data-dir (servers share state through --store postgresql://...)") from None
+    return fd
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -88,7 +106,9 @@ def check_port_free(host: str, port: int) -> None:
 
 def build_app(api: ApiContext, gateway: Gateway) -> Starlette:
     async def healthz(request):  # noqa: ANN001, ANN202
-        return JSONResponse({"status": "ok", "version": __version__})
+        # Every server answers (leader or follower); "leader" says whose controller acts.
+        return JSONResponse({"status": "ok", "version": __version__, "leader": api.controller.leading,
+                             "store": api.store.kind})
 
     async def metrics(request):  # noqa: ANN001, ANN202
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -126,8 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     check_port_free(args.host, args.port)
+    lock_fd = lock_data_dir(data_dir)  # noqa: F841 (held for the life of the process)
 
-    store = Store(data_dir / "eas.db")
+    target = args.store or str(data_dir / "eas.db")
+    log.info("store: %s", redact(target))
+    store = Store(target)
     access_id, access_key = admin_credentials(store)
     public_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     endpoint = f"http://{public_host}:{args.port}"
@@ -139,7 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     ray_backend.start_ray(args.ray_address, num_cpus)
     routes = RouteTable()
     key = internal_key(store)
-    controller = Controller(store, ray_backend.RayBackend(), routes, str(data_dir / "cache"), key)
+    leader = LeaderLease(store, server_identity(data_dir), args.lease_ttl)
+    controller = Controller(store, ray_backend.RayBackend(), routes, str(data_dir / "cache"), key,
+                            leader=leader)
     controller.start()
 
     api = ApiContext(store, controller, access_id, access_key, args.region, endpoint)

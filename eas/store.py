@@ -1,13 +1,17 @@
 """The store: the single source of truth for every service's desired and observed state.
 
 Ray is a cache of what is written here. SQLite (standard library) in WAL mode keeps
-it in one file under the data dir; the SQL is kept to what PostgreSQL also runs.
+it in one file under the data dir; a `postgresql://` URL puts it on PostgreSQL (psycopg 3,
+the `postgres` extra) so several eas-servers can share it. The SQL is one text for both:
+what differs (placeholders, the auto-increment column, how a write transaction starts,
+row locks, the database clock) lives in the two `_Dialect`s below and nowhere else.
 Every write is one transaction, so a `kill -9` at any moment leaves a consistent store.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -37,7 +41,7 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (service, version)
 );
 CREATE TABLE IF NOT EXISTS events (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          {autoid},
     service     TEXT NOT NULL,
     at          DOUBLE PRECISION NOT NULL,
     type        TEXT NOT NULL,
@@ -55,6 +59,12 @@ CREATE TABLE IF NOT EXISTS traffic (
 CREATE TABLE IF NOT EXISTS settings (
     key         TEXT PRIMARY KEY,
     value       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    term        INTEGER NOT NULL,
+    expires_at  DOUBLE PRECISION NOT NULL
 );
 """
 
@@ -102,16 +112,21 @@ class AlreadyExists(ValueError):
 
 
 class Store:
-    """Thread-safe access to the state database (one connection, serialised writes)."""
+    """Thread-safe access to the state database (one connection, serialised writes).
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+    `target` is a SQLite file path or a `postgresql://user:pass@host:port/db` URL.
+    """
+
+    def __init__(self, target: str | Path) -> None:
+        self.path = str(target)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._dialect: _Dialect = _Postgres(self.path) if is_postgres_url(self.path) else _Sqlite(self.path)
+        self._db = _Conn(self._dialect)
+
+    @property
+    def kind(self) -> str:
+        """"sqlite" or "postgresql": what `eas-server` logs and /healthz reports."""
+        return self._dialect.name
 
     def close(self) -> None:
         with self._lock:
@@ -139,11 +154,15 @@ class Store:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM services WHERE name = ?", (name,)).fetchone():
                 raise AlreadyExists(name)
-            db.execute(
+            # Two servers on one database may both pass the check: the key decides.
+            inserted = db.execute(
                 "INSERT INTO services (name, service_id, spec, token, desired, status, message,"
-                " version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
                 (name, rec.service_id, json.dumps(spec), token, rec.desired, rec.status, "", 1, now, now),
-            )
+            ).rowcount
+            if inserted != 1:
+                raise AlreadyExists(name)
             db.execute(
                 "INSERT INTO versions (service, version, spec, created_at) VALUES (?, 1, ?, ?)",
                 (name, json.dumps(spec), now),
@@ -168,7 +187,7 @@ class Store:
         """Store a changed spec; a model or processor change also records a new version."""
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT version FROM services WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT version FROM services WHERE name = ?" + db.for_update, (name,)).fetchone()
             if row is None:
                 raise NotFound(name)
             version = row["version"]
@@ -202,7 +221,8 @@ class Store:
     def set_status(self, name: str, status: str, message: str = "") -> bool:
         """Record what the controller observed; returns True when it changed."""
         with self._tx() as db:
-            row = db.execute("SELECT status, message FROM services WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT status, message FROM services WHERE name = ?" + db.for_update,
+                             (name,)).fetchone()
             if row is None or (row["status"] == status and row["message"] == message):
                 return False
             db.execute(
@@ -312,7 +332,7 @@ class Store:
         return [dict(r) for r in reversed(rows)]
 
     @staticmethod
-    def _event(db: sqlite3.Connection, service: str, type_: str, message: str) -> None:
+    def _event(db: "_Conn", service: str, type_: str, message: str) -> None:
         db.execute(
             "INSERT INTO events (service, at, type, message) VALUES (?, ?, ?, ?)",
             (service, time.time(), type_, message),
@@ -333,6 +353,54 @@ class Store:
                 (key, value),
             )
 
+    def init_setting(self, key: str, value: str) -> str:
+        """Store `value` unless the key is set; return what is stored.
+
+        Two servers starting at once on one database agree on generated secrets
+        (admin key, internal key): the first write wins and both read it back.
+        """
+        with self._tx() as db:
+            db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                       (key, value))
+            return str(db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()["value"])
+
+    # -- leases (leader election, eas/leader.py) -----------------------------------
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> tuple[bool, int]:
+        """Take or renew lease `name` for `holder` until database-now + ttl_s.
+
+        It is granted when free, expired, or already `holder`'s; returns (granted, term).
+        The term grows by one at every change of holder (a fencing number). Expiry is
+        judged on the database's clock, so servers with skewed clocks still agree.
+        """
+        now = self._dialect.now_sql
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO leases (name, holder, term, expires_at) VALUES (?, ?, 1, {now} + ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, "
+                "term = CASE WHEN leases.holder = excluded.holder THEN leases.term ELSE leases.term + 1 END "
+                f"WHERE leases.holder = excluded.holder OR leases.expires_at < {now}",
+                (name, holder, float(ttl_s)),
+            )
+            row = db.execute("SELECT holder, term FROM leases WHERE name = ?", (name,)).fetchone()
+        return row["holder"] == holder, int(row["term"])
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease up at once (a clean shutdown), so another server need not wait it out."""
+        with self._tx() as db:
+            db.execute(f"UPDATE leases SET expires_at = {self._dialect.now_sql} - 1 WHERE name = ? AND holder = ?",
+                       (name, holder))
+
+    def lease(self, name: str) -> dict[str, Any] | None:
+        """The lease row with `remaining_s` (negative once expired), for status and tests."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT holder, term, expires_at - {self._dialect.now_sql} AS remaining_s FROM leases WHERE name = ?",
+                (name,),
+            ).fetchone()
+        return None if row is None else {"holder": row["holder"], "term": int(row["term"]),
+                                         "remaining_s": float(row["remaining_s"])}
+
 
 class _Tx:
     """`with store._tx() as db:` runs the block as one transaction under the store lock."""
@@ -340,19 +408,168 @@ class _Tx:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def __enter__(self) -> sqlite3.Connection:
+    def __enter__(self) -> "_Conn":
         self.store._lock.acquire()
-        self.store._db.execute("BEGIN IMMEDIATE")
+        try:
+            self.store._db.begin()
+        except BaseException:
+            self.store._lock.release()
+            raise
         return self.store._db
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
-            self.store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            self.store._db.end(commit=exc_type is None)
         finally:
             self.store._lock.release()
 
 
-def _record(row: sqlite3.Row) -> ServiceRecord:
+# -- dialects: everything that differs between SQLite and PostgreSQL ------------------
+
+
+def is_postgres_url(target: str) -> bool:
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def redact(target: str) -> str:
+    """A store target fit for logs: the password of a URL replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", target)
+
+
+class _Dialect:
+    name = ""
+    #: Appended to a SELECT that a transaction then updates (a row lock where needed).
+    for_update = ""
+    #: SQL for "now" in Unix seconds, on the database's clock.
+    now_sql = ""
+    autoid = ""
+
+    def connect(self) -> Any: ...
+    def sql(self, text: str) -> str:
+        return text
+    def begin(self, raw: Any) -> None: ...
+    def end(self, raw: Any, commit: bool) -> None:
+        raw.execute("COMMIT" if commit else "ROLLBACK")
+    def create_schema(self, raw: Any) -> None: ...
+    def is_disconnect(self, exc: BaseException) -> bool:
+        return False
+
+
+class _Sqlite(_Dialect):
+    name = "sqlite"
+    now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
+    autoid = "INTEGER PRIMARY KEY AUTOINCREMENT"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def begin(self, raw: sqlite3.Connection) -> None:
+        # Take the write lock up front: a read-then-write never meets a busy upgrade.
+        raw.execute("BEGIN IMMEDIATE")
+
+    def create_schema(self, raw: sqlite3.Connection) -> None:
+        raw.executescript(SCHEMA.format(autoid=self.autoid))
+
+
+class _Postgres(_Dialect):
+    name = "postgresql"
+    for_update = " FOR UPDATE"
+    now_sql = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+    autoid = "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+    #: Serialises schema creation when several servers start on an empty database.
+    SCHEMA_LOCK = 0x6561735F  # "eas_"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise SystemExit("a postgresql:// store needs psycopg: pip install 'eas-serving[postgres]'") from None
+        self.url = url
+
+    def connect(self) -> Any:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=10)
+
+    def sql(self, text: str) -> str:
+        # One SQL text for both: qmark placeholders become psycopg's (no literal ? or % in ours).
+        return text.replace("?", "%s")
+
+    def begin(self, raw: Any) -> None:
+        raw.execute("BEGIN")
+
+    def create_schema(self, raw: Any) -> None:
+        with raw.transaction():
+            raw.execute("SELECT pg_advisory_xact_lock(%s)", (self.SCHEMA_LOCK,))
+            for statement in SCHEMA.format(autoid=self.autoid).split(";"):
+                if statement.strip():
+                    raw.execute(statement)
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.OperationalError)
+
+
+class _Conn:
+    """The connection the Store methods use: `execute` with qmark SQL on either dialect.
+
+    Outside a transaction a dropped PostgreSQL connection is reopened once and the
+    statement retried (reads and single upserts are safe to repeat).
+    """
+
+    def __init__(self, dialect: _Dialect) -> None:
+        self.dialect = dialect
+        self.for_update = dialect.for_update
+        self._raw = dialect.connect()
+        self._in_tx = False
+        dialect.create_schema(self._raw)
+
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        text = self.dialect.sql(sql)
+        try:
+            return self._raw.execute(text, params)
+        except Exception as exc:
+            if self._in_tx or not self.dialect.is_disconnect(exc):
+                raise
+            self._reconnect()
+            return self._raw.execute(text, params)
+
+    def begin(self) -> None:
+        try:
+            self.dialect.begin(self._raw)
+        except Exception as exc:
+            if not self.dialect.is_disconnect(exc):
+                raise
+            self._reconnect()
+            self.dialect.begin(self._raw)
+        self._in_tx = True
+
+    def end(self, commit: bool) -> None:
+        self._in_tx = False
+        self.dialect.end(self._raw, commit)
+
+    def _reconnect(self) -> None:
+        try:
+            self._raw.close()
+        except Exception:
+            pass
+        self._raw = self.dialect.connect()
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _record(row: Any) -> ServiceRecord:
     return ServiceRecord(
         name=row["name"],
         service_id=row["service_id"],

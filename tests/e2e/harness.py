@@ -31,8 +31,12 @@ def free_port() -> int:
 
 
 class EasServer:
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.extra_args = tuple(extra_args)
+        """More eas-server options (--store URL, --ray-address ADDR, ...)."""
+        self.env = env
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -48,8 +52,9 @@ class EasServer:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eas.server", "--data-dir", str(self.data_dir),
-             "--host", "127.0.0.1", "--port", str(self.port)],
+             "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
+            env={**os.environ, **self.env} if self.env else None,
         )
         self.groups.append(self.proc.pid)
         deadline = time.monotonic() + timeout
