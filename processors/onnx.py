@@ -13,7 +13,8 @@ import numpy as np
 
 from . import tfproto
 from ._files import find_model_file, model_config_dict
-from ._jsonio import instances_of, is_json_request, to_jsonable
+from ._jsonio import is_json_request
+from ._tensors import TensorSpec, collect_feeds, decode_json, from_json, json_outputs, pick_outputs
 from .base import (
     ModelContext,
     ModelLoadError,
@@ -36,37 +37,16 @@ _ORT_DTYPES: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output as onnxruntime reports it."""
+def _spec(arg: Any) -> TensorSpec:
+    """onnxruntime's NodeArg as a TensorSpec (`tensor(float)` kept for messages)."""
+    found = _ORT_DTYPES.get(arg.type)
+    shape = None if arg.shape is None else tuple(
+        d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) else None) for d in arg.shape)
+    return TensorSpec(arg.name, None if found is None else np.dtype(found), shape, arg.type)
 
-    name: str
-    onnx_type: str
-    shape: tuple[int | str | None, ...] | None
-    """Fixed dims are ints; named or unknown (dynamic) dims are str/None; None = any rank."""
 
-    @property
-    def dtype(self) -> np.dtype | None:
-        found = _ORT_DTYPES.get(self.onnx_type)
-        return None if found is None else np.dtype(found)
-
-    @property
-    def is_tensor(self) -> bool:
-        return self.onnx_type.startswith("tensor(")
-
-    def shape_text(self) -> str:
-        if self.shape is None:
-            return "any shape"
-        return "[" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in self.shape) + "]"
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.onnx_type} {self.shape_text()})"
-
-    @classmethod
-    def from_ort(cls, arg: Any) -> "TensorSpec":
-        shape = arg.shape
-        return cls(arg.name, arg.type, None if shape is None else tuple(
-            d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) else None) for d in shape))
+def _is_tensor(spec: TensorSpec) -> bool:
+    return spec.type_name.startswith("tensor(")
 
 
 # ---------------------------------------------------------------- session options
@@ -99,77 +79,6 @@ def _session_options(ort: Any, config: dict[str, Any]) -> Any:
     if "graph_optimization_level" in config:
         options.graph_optimization_level = _graph_level(ort, config["graph_optimization_level"])
     return options
-
-
-# ---------------------------------------------------------------- input checking
-
-def _mismatch(spec: TensorSpec, array: np.ndarray, reason: str) -> ProcessorError:
-    received = "string" if array.dtype.kind in "OUS" else str(array.dtype)
-    return ProcessorError(
-        f"input {spec.name!r} expects {spec.onnx_type} with shape {spec.shape_text()}; "
-        f"received {received} with shape {list(array.shape)}: {reason}")
-
-
-def _as_str_array(array: np.ndarray) -> np.ndarray:
-    """onnxruntime string tensors take an object array of str (protobuf sends bytes)."""
-    out = np.empty(array.shape, dtype=object)
-    out.flat[:] = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.flat]
-    return out
-
-
-def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
-    """Cast to the model's dtype where no value changes meaning (float64 -> float32 allowed)."""
-    target = spec.dtype
-    kind = array.dtype.kind
-    if target is None or (array.dtype == target and kind != "O"):
-        return array
-    if target.kind == "O":  # even object arrays: protobuf strings arrive as bytes
-        if kind in "US" or (kind == "O" and all(isinstance(v, (str, bytes)) for v in array.flat)):
-            try:
-                return _as_str_array(array)
-            except UnicodeDecodeError:
-                raise _mismatch(spec, array, "a string is not valid UTF-8") from None
-        raise _mismatch(spec, array, "the model takes strings")
-    if kind not in "biuf":
-        raise _mismatch(spec, array, "the model takes numbers")
-    if target.kind == "f":
-        return array.astype(target)
-    if target.kind in "iu":
-        if kind == "f":
-            if not np.all(np.isfinite(array)) or not np.all(np.mod(array, 1) == 0):
-                raise _mismatch(spec, array, "the model takes integers")
-        if array.size and kind != "b":
-            info = np.iinfo(target)
-            if array.min() < info.min or array.max() > info.max:
-                raise _mismatch(spec, array, f"a value is out of range for {target}")
-        return array.astype(target)
-    if target.kind == "b" and (kind == "b" or np.isin(array, (0, 1)).all()):
-        return array.astype(np.bool_)
-    raise _mismatch(spec, array, f"cannot be read as {target}")
-
-
-def _check_shape(spec: TensorSpec, array: np.ndarray) -> None:
-    if spec.shape is None:
-        return
-    if array.ndim != len(spec.shape):
-        hint = ""
-        if array.ndim == len(spec.shape) - 1:
-            hint = "; wrap a single instance in a list"
-        raise _mismatch(spec, array, f"rank {array.ndim} instead of {len(spec.shape)}{hint}")
-    for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
-        if isinstance(want, int) and want != got:
-            raise _mismatch(spec, array, f"dimension {axis} is {got}, the model needs {want}")
-
-
-def _from_json(spec: TensorSpec, value: Any) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=object if spec.dtype == np.dtype(object) else None)
-    except ValueError as exc:
-        raise ProcessorError(f"input {spec.name!r}: nested lists of uneven lengths ({exc})") from None
-    if array.dtype.kind == "O" and spec.dtype != np.dtype(object):
-        raise ProcessorError(f"input {spec.name!r} expects {spec.onnx_type}: "
-                             "values must be numbers in evenly nested lists")
-    return array
 
 
 def _from_proto(spec: TensorSpec, proto: Any) -> np.ndarray:
@@ -208,61 +117,14 @@ class OnnxProcessor(Processor):
         except Exception as exc:
             raise ModelLoadError(
                 f"{path.name} is not a valid ONNX model: {type(exc).__name__}: {exc}") from None
-        self.inputs = {a.name: TensorSpec.from_ort(a) for a in self.session.get_inputs()}
-        self.outputs = {a.name: TensorSpec.from_ort(a) for a in self.session.get_outputs()}
+        self.inputs = {a.name: _spec(a) for a in self.session.get_inputs()}
+        self.outputs = {a.name: _spec(a) for a in self.session.get_outputs()}
 
     # ------------------------------------------------------------ decoding
 
-    def _inputs_text(self) -> str:
-        return ", ".join(s.describe() for s in self.inputs.values())
-
-    def _feeds(self, raw: dict[str, Any], to_array: Any) -> dict[str, np.ndarray]:
-        """Checked, cast arrays for every model input; `to_array(spec, value)` decodes one."""
-        feeds = {}
-        for name, value in raw.items():
-            spec = self.inputs.get(name)
-            if spec is None:
-                raise ProcessorError(f"unknown input {name!r}; model inputs: {self._inputs_text()}")
-            array = to_array(spec, value)
-            _check_shape(spec, array)  # before casting, so errors show what the client sent
-            feeds[name] = _cast(spec, array)
-        missing = [n for n in self.inputs if n not in feeds]
-        if missing:
-            raise ProcessorError(
-                f"missing input {', '.join(map(repr, missing))}; model inputs: {self._inputs_text()}")
-        return feeds
-
-    def _output_names(self, wanted: Any) -> list[str]:
-        if not wanted:
-            return list(self.outputs)
-        if not isinstance(wanted, list) or not all(isinstance(n, str) for n in wanted):
-            raise ProcessorError("output_filter must be a list of output names")
-        unknown = [n for n in wanted if n not in self.outputs]
-        if unknown:
-            raise ProcessorError(f"unknown output {', '.join(map(repr, unknown))}; model outputs: "
-                                 + ", ".join(s.describe() for s in self.outputs.values()))
-        return list(wanted)
-
     def _decode_json(self, payload: Any) -> _Call:
-        wanted = payload.get("output_filter") if isinstance(payload, dict) else None
-        if isinstance(payload, dict) and "inputs" in payload:
-            raw = payload["inputs"]
-            if not isinstance(raw, dict):
-                if len(self.inputs) != 1:
-                    raise ProcessorError(
-                        f'"inputs" must map input names to values; model inputs: {self._inputs_text()}')
-                raw = {next(iter(self.inputs)): raw}
-            return _Call(self._feeds(raw, _from_json), self._output_names(wanted), "inputs")
-        if isinstance(payload, dict) and "instances" not in payload:
-            raise ProcessorError(
-                'expected {"inputs": {name: values}} or {"instances": [...]}; the object has keys: '
-                + (", ".join(sorted(map(str, payload))) or "none"))
-        if len(self.inputs) != 1:
-            raise ProcessorError(
-                f'"instances" works for single-input models only; this one has {len(self.inputs)} '
-                f'inputs ({self._inputs_text()}): send {{"inputs": {{name: values}}}}')
-        raw = {next(iter(self.inputs)): instances_of(payload)}
-        return _Call(self._feeds(raw, _from_json), self._output_names(wanted)[:1], "instances")
+        call = decode_json(payload, self.inputs, self.outputs, first_output_only=True)
+        return _Call(collect_feeds(self.inputs, call.raw, from_json), call.outputs, call.form)
 
     def _decode_proto(self, body: bytes) -> _Call:
         request = tfproto.PredictRequest()
@@ -271,14 +133,14 @@ class OnnxProcessor(Processor):
         except Exception as exc:
             raise ProcessorError(
                 f"request body is neither JSON nor a serialized TF PredictRequest: {exc}") from None
-        feeds = self._feeds(dict(request.inputs), _from_proto)
-        outputs = self._output_names(list(request.output_filter))
+        feeds = collect_feeds(self.inputs, dict(request.inputs), _from_proto)
+        outputs = pick_outputs(self.outputs, list(request.output_filter))
         # Sequences/maps (e.g. sklearn's ZipMap) have no ArrayProto form: refuse them when
         # asked for by name, leave them out otherwise.
-        non_tensor = [n for n in outputs if not self.outputs[n].is_tensor]
+        non_tensor = [n for n in outputs if not _is_tensor(self.outputs[n])]
         if request.output_filter and non_tensor:
             raise ProcessorError(
-                f"output {non_tensor[0]!r} is {self.outputs[non_tensor[0]].onnx_type}, which has no "
+                f"output {non_tensor[0]!r} is {self.outputs[non_tensor[0]].type_name}, which has no "
                 "ArrayProto form; ask for it with a JSON request")
         return _Call(feeds, [n for n in outputs if n not in non_tensor], "proto")
 
@@ -310,10 +172,9 @@ class OnnxProcessor(Processor):
             raise ProcessorError(f"onnxruntime failed: {exc}", status=400 if bad_input else 500) from None
 
     def _encode(self, call: _Call, results: list[Any]) -> Response:
-        if call.form == "instances":
-            return json_response({"predictions": to_jsonable(results[0])})
-        if call.form == "inputs":
-            return json_response({"outputs": {n: to_jsonable(r) for n, r in zip(call.outputs, results)}})
+        if call.form != "proto":
+            named = dict(zip(call.outputs, results))
+            return json_response(json_outputs(call.form, named, single_unwrapped=False))
         response = tfproto.PredictResponse()
         for name, result in zip(call.outputs, results):
             response.outputs[name].CopyFrom(tfproto.array_to_proto(result))
