@@ -30,9 +30,9 @@ class Entry:
 TABLE: tuple[Entry, ...] = (
     Entry("sklearn", ".sklearn:SklearnProcessor", aliases=("scikit-learn", "sklearn_cpu")),
     Entry("onnx", ".onnx:OnnxProcessor", aliases=("onnx_cpu", "onnxruntime")),
-    Entry("pmml", None),
-    Entry("xgboost", None),
-    Entry("lightgbm", None),
+    Entry("pmml", ".pmml:PmmlProcessor"),
+    Entry("xgboost", ".xgboost:XGBoostProcessor", aliases=("xgboost_cpu",)),
+    Entry("lightgbm", ".lightgbm:LightGBMProcessor", aliases=("lightgbm_cpu", "lgbm")),
     Entry("tensorflow", None, prefixes=("tensorflow_cpu_", "tensorflow_gpu_")),
     Entry("pytorch", None, prefixes=("pytorch_cpu_", "pytorch_gpu_")),
     Entry("paddle", None),
