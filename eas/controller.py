@@ -251,8 +251,8 @@ class Controller:
             try:
                 # Fetch here first: a bad path or archive fails in a second, with a clear
                 # reason, instead of after several instance start attempts.
-                modelsource.resolve(spec.model_path, f"{self.cache_dir}/models")
-                modelsource.resolve(spec.processor_path, f"{self.cache_dir}/code")
+                modelsource.resolve(spec.model_path, f"{self.cache_dir}/models", spec.oss_endpoint)
+                modelsource.resolve(spec.processor_path, f"{self.cache_dir}/code", spec.oss_endpoint)
                 self.backend.deploy(rec.name, spec, self.cache_dir,
                                     {"token": rec.token, "internal_key": self.internal_key})
             except Exception as exc:

@@ -1,7 +1,9 @@
 """Model sources: turn a `model_path` / `processor_path` into a local path.
 
-Local files and directories are used in place. http(s) URLs are downloaded once into
-a content cache; archives (tar, tar.gz, tgz, tar.bz2, zip) are unpacked with every
+Local files and directories are used in place. http(s) URLs and object storage paths
+(`oss://bucket/key`, `s3://bucket/key`, a key ending in `/` for a directory; see
+eas/objectstore.py) are downloaded once per node into a cache; an object's cache entry
+is keyed by its ETag, so a new upload at the same path is fetched again. Archives (tar, tar.gz, tgz, tar.bz2, zip) are unpacked with every
 member checked first, so no archive can write outside its own directory.
 The same call runs in the controller (to fail fast with a clear reason) and on each
 instance (a no-op when this node already has the files).
@@ -38,21 +40,22 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def resolve(source: str | None, cache_dir: str | Path) -> str | None:
-    """Return a local path for `source`, downloading and unpacking as needed."""
+def resolve(source: str | None, cache_dir: str | Path, endpoint: str | None = None) -> str | None:
+    """Return a local path for `source`, downloading and unpacking as needed.
+
+    `endpoint` is the service's `oss_endpoint` (object storage paths only).
+    """
     if not source:
         return None
     scheme = urlparse(source).scheme.lower()
     if scheme in ("http", "https"):
         return str(_fetch_url(source, Path(cache_dir)))
     if scheme in ("oss", "s3"):
-        raise ModelSourceError(
-            f"{source}: object storage paths are not supported yet; use an http(s) URL or a local path"
-        )
+        return str(_fetch_object(source, Path(cache_dir), endpoint))
     if scheme == "file":
         source = urlparse(source).path
     elif scheme and len(scheme) > 1:
-        raise ModelSourceError(f"{source}: unsupported scheme '{scheme}' (use http, https or a local path)")
+        raise ModelSourceError(f"{source}: unsupported scheme '{scheme}' (use http, https, oss, s3 or a local path)")
     path = Path(source).expanduser()
     if not path.exists():
         raise ModelSourceError(f"{source} does not exist on the server")
@@ -70,15 +73,57 @@ def _fetch_url(url: str, cache_dir: Path) -> Path:
     name = PurePosixPath(urlparse(url).path).name or "model"
 
     def build(tmp: Path) -> Path:
-        downloaded = tmp / name
-        _download(url, downloaded)
-        if not is_archive(name):
-            return downloaded
-        target = _unpack(downloaded, tmp / "unpacked")
-        downloaded.unlink()
-        return target
+        return _file_or_archive(tmp, name, lambda dest: _download(url, dest))
 
     return _cached(cache_dir, hashlib.sha256(url.encode()).hexdigest()[:24], build)
+
+
+def _file_or_archive(tmp: Path, name: str, fetch: Callable[[Path], None]) -> Path:
+    """Fetch one file into `tmp`; an archive is unpacked (safely) and the archive dropped."""
+    downloaded = tmp / name
+    fetch(downloaded)
+    if not is_archive(name):
+        return downloaded
+    target = _unpack(downloaded, tmp / "unpacked")
+    downloaded.unlink()
+    return target
+
+
+def _fetch_object(source: str, cache_dir: Path, endpoint: str | None) -> Path:
+    """An object, or every object under a prefix, cached under a key made of their ETags."""
+    from eas import objectstore
+
+    try:
+        url = objectstore.parse(source)
+        objects = objectstore.stat(url, endpoint)
+        where = objectstore.endpoint_url(url.scheme, endpoint) or "aws"
+    except objectstore.ObjectStoreError as exc:
+        raise ModelSourceError(str(exc)) from None
+    single = len(objects) == 1 and objects[0].key == url.key
+    if not single and sum(o.size for o in objects) > MAX_UNPACKED_BYTES:
+        raise ModelSourceError(f"{source} refused: its objects add up to more than {MAX_UNPACKED_BYTES} bytes")
+    ident = "\n".join([where, url.bucket, url.key, *(f"{o.key}:{o.etag}:{o.size}" for o in objects)])
+
+    def fetch(key: str, dest: Path) -> None:
+        try:
+            objectstore.download(url, key, dest, endpoint)
+        except objectstore.ObjectStoreError as exc:
+            raise ModelSourceError(str(exc)) from None
+
+    def build(tmp: Path) -> Path:
+        if single:
+            return _file_or_archive(tmp, PurePosixPath(url.key).name, lambda dest: fetch(url.key, dest))
+        base = url.key if url.is_prefix else url.key + "/"
+        root = tmp / "dir"
+        root.mkdir()
+        for obj in objects:
+            # Keys are names chosen by whoever wrote the bucket: checked like archive members.
+            target = _safe_member_path(root, obj.key[len(base):], source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fetch(obj.key, target)
+        return root
+
+    return _cached(cache_dir, hashlib.sha256(ident.encode()).hexdigest()[:24], build)
 
 
 def _cached(cache_dir: Path, key: str, build: Callable[[Path], Path]) -> Path:

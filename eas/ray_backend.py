@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from eas import objectstore
+
 log = logging.getLogger("eas.ray")
 
 DEPLOYMENT = "ServiceReplica"
@@ -104,6 +106,7 @@ class RayBackend:
         self._client = _get_global_client()
 
         self._deployment = serve.deployment(name=DEPLOYMENT)(ServiceReplica)
+        self._stale: set[tuple[str, str]] = set()
 
     def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str]) -> None:
         """Create or update the service's app; returns once Serve has accepted it.
@@ -118,7 +121,13 @@ class RayBackend:
         if meta.gpu:
             actor_options["num_gpus"] = meta.gpu
         if meta.resource:
+            # EAS's resource group as a Ray custom resource: instances go only to nodes
+            # that advertise it (a label; the tiny amount does not limit how many fit).
             actor_options["resources"] = {meta.resource: 0.001}
+        # Object-store settings reach instances on every node (local workers inherit them anyway).
+        env = {k: os.environ[k] for k in objectstore.ENV_VARS if os.environ.get(k)}
+        if env:
+            actor_options["runtime_env"] = {"env_vars": env}
         surge, step = rolling(meta)
         deployment = self._deployment.options(
             version=spec.code_version(),
@@ -161,7 +170,27 @@ class RayBackend:
                 dead_replicas=len(dep.get("recent_dead_replicas") or []),
                 version=(dep.get("deployment_config") or {}).get("version"),
             )
+        self._forget_dead_endpoints(endpoints, out)
         return out
+
+    def _forget_dead_endpoints(self, endpoints: dict[tuple[str, str], tuple[str, int]],
+                               apps: dict[str, AppState]) -> None:
+        """Drop the KV entries of instances that died without unpublishing (a lost node).
+
+        They are never routed to (only listed replicas are), but would pile up. An entry
+        goes only after two observations without its replica, so one that published
+        between the two reads of a single observation is never removed.
+        """
+        from ray.experimental import internal_kv
+
+        listed = {(name, r.replica_id) for name, app in apps.items() for r in app.replicas}
+        orphans = set(endpoints) - listed
+        for service, replica_id in orphans & self._stale:
+            try:
+                internal_kv._internal_kv_del(KV_PREFIX + f"{service}/{replica_id}".encode(), namespace=KV_NAMESPACE)
+            except Exception:
+                pass
+        self._stale = orphans - self._stale
 
     def restart_instances(self, name: str, replica_ids: list[str], internal_key: str) -> list[str]:
         """Drain the named replicas, then stop them; Serve starts replacements.

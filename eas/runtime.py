@@ -105,8 +105,8 @@ def load_processor(spec: ServiceSpec, cache_dir: str) -> Processor:
     try:
         return create_processor(
             spec.to_dict(),
-            model_dir=modelsource.resolve(spec.model_path, f"{cache_dir}/models"),
-            processor_path=modelsource.resolve(spec.processor_path, f"{cache_dir}/code"),
+            model_dir=modelsource.resolve(spec.model_path, f"{cache_dir}/models", spec.oss_endpoint),
+            processor_path=modelsource.resolve(spec.processor_path, f"{cache_dir}/code", spec.oss_endpoint),
             workers=spec.metadata.concurrency,
         )
     except ModelLoadError:

@@ -30,6 +30,7 @@ from eascmd.lifecycle import (
     stop_command,
 )
 from eascmd import release
+from eascmd.upload import upload_command
 from eascmd.views import desc_command, events_command, ls_command, w_command
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
@@ -181,7 +182,7 @@ def config_command(
 
 for _command in (
     create_command, modify_command, start_command, stop_command, delete_command, dw_command,
-    ls_command, desc_command, w_command, events_command, *release.COMMANDS,
+    ls_command, desc_command, w_command, events_command, upload_command, *release.COMMANDS,
 ):  # fmt: skip
     cli.add_command(_command)
 
