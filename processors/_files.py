@@ -88,3 +88,39 @@ def model_config_dict(value: Any) -> dict[str, Any]:
         if isinstance(parsed, dict):
             return parsed
     raise ModelLoadError(f"model_config must be a JSON object, got {type(value).__name__}: {value!r:.80}")
+
+
+def find_model_dir(ctx: ModelContext, marker: str, framework: str) -> Path:
+    """The directory holding `marker` (e.g. `saved_model.pb`): model_dir, model_entry, or below.
+
+    TF-Serving layouts (`<model>/<version>/saved_model.pb`) serve the highest numeric
+    version, as TF Serving does; any other choice between two models is refused.
+    """
+    if not ctx.model_dir:
+        raise ModelLoadError(f"no model_path given: the {framework} processor needs a directory with {marker}")
+    root = Path(ctx.model_dir)
+    if not root.is_dir():
+        what = "is a file" if root.is_file() else "does not exist"
+        raise ModelLoadError(f"model path {root} {what}: the {framework} processor needs a directory "
+                             f"with {marker} (an archive of it works too)")
+    if ctx.model_entry:
+        entry = (root / ctx.model_entry.lstrip("/")).resolve()
+        if not entry.is_relative_to(root.resolve()):
+            raise ModelLoadError(f"model_entry {ctx.model_entry!r} points outside the model directory")
+        if entry.is_file() and entry.name == marker:
+            entry = entry.parent
+        if not (entry / marker).is_file():
+            raise ModelLoadError(f"model_entry {ctx.model_entry!r} has no {marker} ({_describe_dir(root)})")
+        return entry
+    if (root / marker).is_file():
+        return root
+    found = sorted(p.parent for p in root.rglob(marker) if _visible(p, root))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ModelLoadError(f"no {marker} in {root}: not a {framework} model ({_describe_dir(root)})")
+    versions = [p for p in found if p.name.isdigit() and p.parent == found[0].parent]
+    if len(versions) == len(found):
+        return max(versions, key=lambda p: int(p.name))
+    names = ", ".join(str(p.relative_to(root)) for p in found)
+    raise ModelLoadError(f"several {framework} models in {root}: {names}; set model_entry to the one to serve")

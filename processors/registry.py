@@ -33,8 +33,10 @@ TABLE: tuple[Entry, ...] = (
     Entry("pmml", ".pmml:PmmlProcessor"),
     Entry("xgboost", ".xgboost:XGBoostProcessor", aliases=("xgboost_cpu",)),
     Entry("lightgbm", ".lightgbm:LightGBMProcessor", aliases=("lightgbm_cpu", "lgbm")),
-    Entry("tensorflow", None, prefixes=("tensorflow_cpu_", "tensorflow_gpu_")),
-    Entry("pytorch", None, prefixes=("pytorch_cpu_", "pytorch_gpu_")),
+    Entry("tensorflow", ".tensorflow:TensorFlowProcessor", aliases=("tensorflow_cpu", "tf"),
+          prefixes=("tensorflow_cpu_", "tensorflow_gpu_")),
+    Entry("pytorch", ".pytorch:PyTorchProcessor", aliases=("torch", "pytorch_cpu", "torchscript"),
+          prefixes=("pytorch_cpu_", "pytorch_gpu_")),
     Entry("paddle", None),
 )
 
