@@ -31,8 +31,8 @@ def test_local_paths(tmp_path):
     assert ms.resolve(None, tmp_path) is None
     with pytest.raises(ms.ModelSourceError, match="does not exist"):
         ms.resolve(str(tmp_path / "nope"), tmp_path / "cache")
-    with pytest.raises(ms.ModelSourceError, match="not supported"):
-        ms.resolve("oss://bucket/m.tar.gz", tmp_path / "cache")
+    with pytest.raises(ms.ModelSourceError, match="unsupported scheme 'ftp'"):
+        ms.resolve("ftp://host/m.tar.gz", tmp_path / "cache")
 
 
 def test_local_archive_is_unpacked_into_a_lone_top_dir(tmp_path):
