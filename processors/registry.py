@@ -37,7 +37,7 @@ TABLE: tuple[Entry, ...] = (
           prefixes=("tensorflow_cpu_", "tensorflow_gpu_")),
     Entry("pytorch", ".pytorch:PyTorchProcessor", aliases=("torch", "pytorch_cpu", "torchscript"),
           prefixes=("pytorch_cpu_", "pytorch_gpu_")),
-    Entry("paddle", None),
+    Entry("paddle", ".paddle:PaddleProcessor", aliases=("paddlepaddle", "paddle_cpu")),
 )
 
 

@@ -1,0 +1,217 @@
+"""Paddle inference models (`paddle.jit.save` / `save_inference_model`) on Paddle Inference.
+
+The artefact is a program file (`model.json` for PIR programs, `model.pdmodel` for
+older ones) next to `model.pdiparams`. Requests: Baidu BML's JSON tensors format,
+`{"instances": [{"tensors": [{"name", "type", "shape", "float_data"|"int64_data"|
+"int32_data"}]}]}`, where each instance is one model run; and the same columnar and
+row JSON the other tensor processors take (`{"inputs": {...}}`, `{"instances": [...]}`).
+
+A predictor is not thread safe: each worker thread takes one of a pool of
+predictor clones (they share the weights).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ._files import find_model_file, model_config_dict
+from ._tensors import TensorSpec, checked, collect_feeds, decode_json, from_json, json_outputs, normalize_shape
+from .base import ModelLoadError, Processor, ProcessorError, Request, Response, json_response, parse_json_body
+
+PROGRAM_SUFFIXES = (".json", ".pdmodel")
+PARAMS_SUFFIX = ".pdiparams"
+
+#: BML tensor `type` -> (numpy dtype, value field). FLOAT/INT64/INT32 are BML's; DOUBLE
+#: and the smaller ints travel the same way for models that use them.
+BML_TYPES: dict[str, tuple[Any, str]] = {
+    "FLOAT": (np.float32, "float_data"),
+    "DOUBLE": (np.float64, "double_data"),
+    "INT64": (np.int64, "int64_data"),
+    "INT32": (np.int32, "int32_data"),
+    "UINT8": (np.uint8, "int32_data"),
+    "INT8": (np.int8, "int32_data"),
+}
+_BML_OF_DTYPE = {np.dtype(dtype): name for name, (dtype, _) in BML_TYPES.items()}
+
+
+def _program_and_params(ctx: Any) -> tuple[Path, Path]:
+    """The program file and its `.pdiparams`: model_entry may name either; else the only pair."""
+    if ctx.model_entry and Path(ctx.model_entry).suffix in PROGRAM_SUFFIXES and ctx.model_dir \
+            and Path(ctx.model_dir).is_dir():
+        program = find_model_file(ctx, PROGRAM_SUFFIXES, "Paddle")
+        params = program.with_suffix(PARAMS_SUFFIX)
+    else:
+        params = find_model_file(ctx, (PARAMS_SUFFIX,), "Paddle")
+        candidates = [params.with_suffix(s) for s in PROGRAM_SUFFIXES if params.with_suffix(s).is_file()]
+        if not candidates:
+            raise ModelLoadError(f"{params.name} has no program file next to it "
+                                 f"({params.stem}.json or {params.stem}.pdmodel)")
+        program = candidates[0]
+    if not params.is_file():
+        raise ModelLoadError(f"{program.name} has no {params.name} next to it")
+    return program, params
+
+
+def _pir_input_specs(program: Path) -> dict[str, TensorSpec]:
+    """Declared feeds of a PIR program (its `data` ops). Best effort: {} when unreadable."""
+    if program.suffix != ".json":
+        return {}
+    try:
+        doc = json.loads(program.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    specs: dict[str, TensorSpec] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if str(node.get("#", "")).endswith(".data") and isinstance(node.get("A"), list):
+                attrs = {a.get("N"): (a.get("AT") or {}).get("D") for a in node["A"] if isinstance(a, dict)}
+                name, dtype = attrs.get("name"), attrs.get("dtype")
+                if isinstance(name, str):
+                    try:
+                        np_dtype = np.dtype(dtype) if isinstance(dtype, str) else None
+                    except TypeError:
+                        np_dtype = None
+                    shape = attrs.get("shape")
+                    specs[name] = TensorSpec(name, np_dtype, normalize_shape(shape) if isinstance(shape, list) else None)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    return specs
+
+
+class PaddleProcessor(Processor):
+    """`paddle.inference` predictor pool; `model_config`: `cpu_threads`, `ir_optim`."""
+
+    def load(self) -> None:
+        from paddle import inference
+
+        program, params = _program_and_params(self.ctx)
+        config = model_config_dict(self.ctx.model_config)
+        threads = config.get("cpu_threads", 1)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ModelLoadError(f"model_config cpu_threads must be a positive integer, got {threads!r}")
+        cfg = inference.Config(str(program), str(params))
+        cfg.disable_gpu()
+        cfg.disable_glog_info()
+        cfg.set_cpu_math_library_num_threads(threads)
+        cfg.switch_ir_optim(bool(config.get("ir_optim", True)))
+        try:
+            predictor = inference.create_predictor(cfg)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])
+            reason = next((ln.strip() for ln in first if "Error" in ln), first[0].strip())
+            raise ModelLoadError(f"{program.name} + {params.name} are not a valid Paddle inference model: "
+                                 f"{reason}") from None
+        declared = _pir_input_specs(program)
+        self.inputs = {n: declared.get(n) or TensorSpec(n, None, None) for n in predictor.get_input_names()}
+        self.outputs = {n: TensorSpec(n, None, None) for n in predictor.get_output_names()}
+        self._pool: queue.Queue[Any] = queue.Queue()
+        self._pool.put(predictor)
+        for _ in range(max(0, self.ctx.workers - 1)):
+            self._pool.put(predictor.clone())
+
+    @contextmanager
+    def _predictor(self) -> Iterator[Any]:
+        predictor = self._pool.get()
+        try:
+            yield predictor
+        finally:
+            self._pool.put(predictor)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._predictor() as predictor:
+            try:
+                for name, value in feeds.items():
+                    handle = predictor.get_input_handle(name)
+                    handle.reshape(list(value.shape))
+                    handle.copy_from_cpu(np.ascontiguousarray(value))
+                predictor.run()
+            except (ValueError, RuntimeError, TypeError) as exc:
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                reason = next((ln for ln in lines if "Error" in ln), lines[0] if lines else type(exc).__name__)
+                received = "; ".join(f"{n}: {v.dtype} {list(v.shape)}" for n, v in feeds.items())
+                raise ProcessorError(f"paddle rejected the input ({received}): {reason}") from None
+            return {n: predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()}
+
+    # ------------------------------------------------------------ BML tensors
+
+    def _bml_tensor(self, i: int, tensor: Any) -> tuple[str, np.ndarray]:
+        where = f"instance {i}"
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise ProcessorError(f'{where}: each tensor must be an object with "name", "type", "shape" '
+                                 'and "<type>_data"')
+        name = tensor["name"]
+        kind = str(tensor.get("type", "")).upper()
+        if kind not in BML_TYPES:
+            raise ProcessorError(f"{where}: tensor {name!r} has type {tensor.get('type')!r}; "
+                                 f"use one of {', '.join(BML_TYPES)}")
+        dtype, field = BML_TYPES[kind]
+        data, shape = tensor.get(field), tensor.get("shape")
+        if not isinstance(data, list):
+            raise ProcessorError(f"{where}: tensor {name!r} of type {kind} needs a {field} list")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ProcessorError(f"{where}: tensor {name!r} needs a shape: a list of non-negative integers")
+        try:
+            flat = np.asarray(data, dtype=dtype)
+        except (TypeError, ValueError):
+            raise ProcessorError(f"{where}: tensor {name!r}: {field} must hold numbers") from None
+        if flat.ndim != 1 or flat.size != int(np.prod(shape)):
+            raise ProcessorError(f"{where}: tensor {name!r}: shape {shape} needs {int(np.prod(shape))} "
+                                 f"values, {field} has {flat.size}")
+        return name, flat.reshape(shape)
+
+    def _bml_answer(self, results: dict[str, np.ndarray]) -> dict[str, Any]:
+        tensors = []
+        for name, value in results.items():
+            value = np.asarray(value)
+            if value.dtype == np.bool_:
+                value = value.astype(np.int32)
+            kind = _BML_OF_DTYPE.get(value.dtype)
+            if kind is None:  # e.g. float16: widen to the nearest BML type
+                kind = "FLOAT" if value.dtype.kind == "f" else "INT64"
+                value = value.astype(BML_TYPES[kind][0])
+            tensors.append({"name": name, "type": kind, "shape": list(value.shape),
+                            BML_TYPES[kind][1]: value.ravel().tolist()})
+        return {"tensors": tensors}
+
+    def _predict_bml(self, instances: list[Any]) -> Response:
+        predictions = []
+        for i, instance in enumerate(instances):
+            if not isinstance(instance, dict) or not isinstance(instance.get("tensors"), list):
+                raise ProcessorError(f'instance {i} must be {{"tensors": [...]}} like the others')
+            raw = dict(self._bml_tensor(i, t) for t in instance["tensors"])
+            feeds = collect_feeds(self.inputs, raw, lambda spec, a: a)
+            predictions.append(self._bml_answer(self._run(feeds)))
+        return json_response({"predictions": predictions})
+
+    # ------------------------------------------------------------ requests
+
+    def predict(self, request: Request) -> Response:
+        payload = parse_json_body(request.body)
+        instances = payload.get("instances") if isinstance(payload, dict) else None
+        if isinstance(instances, list) and instances and isinstance(instances[0], dict) \
+                and "tensors" in instances[0]:
+            return self._predict_bml(instances)
+        call = decode_json(payload, self.inputs, self.outputs)
+        feeds = collect_feeds(self.inputs, call.raw, from_json)
+        feeds = {n: _default_dtype(self.inputs[n], a) for n, a in feeds.items()}
+        results = self._run(feeds)
+        return json_response(json_outputs(call.form, {n: results[n] for n in call.outputs}, single_unwrapped=False))
+
+
+def _default_dtype(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """JSON floats default to float32 (Paddle's default) when the program did not say."""
+    if spec.dtype is None and array.dtype == np.float64:
+        return checked(TensorSpec(spec.name, np.dtype(np.float32), None), array)
+    return array
