@@ -10,14 +10,14 @@ import importlib.util
 import inspect
 import itertools
 import json
-import os
 import sys
-import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from . import bml
 from ._jsonio import guess_content_type
+from ._usercode import accepts, load_failure, positional_count
 from .base import ModelContext, ModelLoadError, Processor, ProcessorError, Request, Response
 
 DEFAULT_ENTRY = "app.py"
@@ -67,20 +67,6 @@ def find_entry(processor_path: str | None, processor_entry: str | None) -> Path:
         f"cannot tell which file is the processor in {root} ({found}); set processor_entry")
 
 
-def _user_location(exc: BaseException, user_dir: Path) -> str:
-    """` (at file:line)` of the deepest frame in user code: where the user should look."""
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return f" (at {exc.filename}:{exc.lineno})"
-    prefix = str(user_dir.resolve()) + os.sep
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if os.path.abspath(f.filename).startswith(prefix)]
-    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-
-
-def _load_failure(what: str, exc: BaseException, user_dir: Path) -> ModelLoadError:
-    return ModelLoadError(f"{what}: {type(exc).__name__}: {exc}{_user_location(exc, user_dir)}")
-
-
 def _import_file(path: Path, code_root: Path) -> ModuleType:
     """Import `path` as a fresh module; its folder and `code_root` go on sys.path."""
     for folder in dict.fromkeys((str(code_root.resolve()), str(path.parent.resolve()))):
@@ -97,7 +83,7 @@ def _import_file(path: Path, code_root: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:  # sys.exit() at import is a load failure too
         sys.modules.pop(name, None)
-        raise _load_failure(f"importing {path.name} failed", exc, code_root) from None
+        raise load_failure(f"importing {path.name} failed", exc, code_root) from None
     return module
 
 
@@ -133,22 +119,56 @@ def pick_class(module: ModuleType, mainclass: str | None, filename: str) -> type
         "set processor_mainclass")
 
 
-def _accepts(func: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+def _has(cls: Any, *methods: str) -> bool:
+    return inspect.isclass(cls) and all(callable(getattr(cls, m, None)) for m in methods)
 
 
-def _positional_count(func: Any) -> tuple[int, int]:
-    """(required, total) positional parameters of a bound method."""
-    try:
-        params = [p for p in inspect.signature(func).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        return 0, 0
-    return sum(p.default is p.empty for p in params), len(params)
+def _leaves(classes: list[type]) -> list[type]:
+    """A base class and its subclass both qualify; the subclass is the one meant to run."""
+    return [c for c in classes if not any(o is not c and issubclass(o, c) for o in classes)]
+
+
+def _one(classes: list[type], preferred: str) -> type | None:
+    leaves = _leaves(classes)
+    named = [c for c in leaves if c.__name__ == preferred]
+    if len(named) == 1:
+        return named[0]
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def detect_style(module: ModuleType, mainclass: str | None, filename: str) -> tuple[str, Any]:
+    """Which user-code style the entry file is written in, and the class (or module) to run.
+
+    In order: an EAS class (initialize + process); a BML PredictWrapper (preprocess +
+    postprocess, preferring one named PredictWrapper); BML module functions
+    (model_fn); a BML PyModel (predict, preferring one named PyModel).
+    `processor_mainclass` forces the class; its methods then choose the style.
+    """
+    defined = [obj for obj in vars(module).values()
+               if inspect.isclass(obj) and obj.__module__ == module.__name__]
+    if mainclass:
+        cls = getattr(module, mainclass, None)
+        if inspect.isclass(cls) and not _is_processor_class(cls):
+            if _has(cls, "preprocess", "postprocess"):
+                return "wrapper", cls
+            if _has(cls, "predict"):
+                return "pymodel", cls
+        return "eas", pick_class(module, mainclass, filename)
+    if any(_is_processor_class(c) for c in defined):
+        return "eas", pick_class(module, None, filename)
+    wrapper = _one([c for c in defined if _has(c, "preprocess", "postprocess")], "PredictWrapper")
+    if wrapper is not None:
+        return "wrapper", wrapper
+    if callable(getattr(module, "model_fn", None)):
+        return "functions", module
+    pymodel = _one([c for c in defined if _has(c, "predict") and not issubclass(c, BaseException)], "PyModel")
+    if pymodel is not None:
+        return "pymodel", pymodel
+    raise ModelLoadError(
+        f"no class with initialize() and process() in {filename}; "
+        f"classes found: {', '.join(c.__name__ for c in defined) or 'none'}. Also served: a BML "
+        "PredictWrapper class (preprocess/predict/postprocess), a PyModel class (predict), or "
+        "module functions model_fn/input_fn/output_fn")
 
 
 def _io_threads(ctx: ModelContext) -> int:
@@ -160,12 +180,15 @@ def _io_threads(ctx: ModelContext) -> int:
 
 
 class PythonProcessor(Processor):
-    """Runs the user's `process(data: bytes) -> (bytes|str, status)` for each request."""
+    """User code: EAS `process(data: bytes) -> (bytes|str, status)`, or a BML style (bml.py)."""
 
     def __init__(self, ctx: ModelContext) -> None:
         super().__init__(ctx)
         self.instance: Any = None
         self.entry_file: Path | None = None
+        self.runner: Any = None
+        """The BML style's runner (bml.py); None for EAS classes."""
+        self.style = "EAS"
 
     def _model_entry_path(self) -> str | None:
         """model_entry as a local path: relative to model_dir, which is not the cwd."""
@@ -187,17 +210,25 @@ class PythonProcessor(Processor):
         code_root = entry.parent if Path(str(self.ctx.processor_path)).is_file() \
             else Path(str(self.ctx.processor_path))
         module = _import_file(entry, code_root)
-        cls = pick_class(module, self.ctx.processor_mainclass, entry.name)
+        style, target = detect_style(module, self.ctx.processor_mainclass, entry.name)
+        if style != "eas":
+            runner_cls = {"wrapper": bml.PredictWrapperRunner, "pymodel": bml.PyModelRunner,
+                          "functions": bml.ModuleFunctionsRunner}[style]
+            self.runner = runner_cls(target, self.ctx, code_root)
+            self.instance = getattr(self.runner, "instance", None)
+            self.style, self.entry_file = self.runner.style, entry
+            return
+        cls = target
 
         kwargs: dict[str, Any] = {}
-        if _accepts(cls, "worker_threads"):
+        if accepts(cls, "worker_threads"):
             kwargs["worker_threads"] = self.ctx.workers
-        if _accepts(cls, "io_threads"):
+        if accepts(cls, "io_threads"):
             kwargs["io_threads"] = _io_threads(self.ctx)
         try:
             instance = cls(**kwargs)
         except Exception as exc:
-            raise _load_failure(f"{cls.__name__}() failed", exc, code_root) from None
+            raise load_failure(f"{cls.__name__}() failed", exc, code_root) from None
 
         model_entry = self._model_entry_path()
         for attr, value in (("model_path", self.ctx.model_dir), ("model_entry", model_entry),
@@ -207,7 +238,7 @@ class PythonProcessor(Processor):
             except AttributeError:  # a read-only property the user defined; theirs wins
                 pass
 
-        required, total = _positional_count(instance.initialize)
+        required, total = positional_count(instance.initialize)
         if total >= 2:  # C++ style initialize(model_entry, model_config)
             args: tuple[Any, ...] = (model_entry, self._model_config_text())
         elif required == 1:
@@ -217,10 +248,12 @@ class PythonProcessor(Processor):
         try:
             instance.initialize(*args)
         except (Exception, SystemExit) as exc:
-            raise _load_failure(f"{cls.__name__}.initialize() failed", exc, code_root) from None
+            raise load_failure(f"{cls.__name__}.initialize() failed", exc, code_root) from None
         self.instance, self.entry_file = instance, entry
 
     def predict(self, request: Request) -> Response:
+        if self.runner is not None:
+            return self.runner.handle(request)
         try:
             result = self.instance.process(request.body)
         except Exception as exc:
