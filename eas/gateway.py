@@ -16,7 +16,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import aiohttp
 from starlette.requests import Request as HttpRequest
@@ -33,7 +33,7 @@ from eas.instance import (
     until_disconnect,
 )
 from eas.metrics import GatewayMetrics
-from eas.routes import Route, RouteTable
+from eas.routes import Entry, Route, RouteTable
 from processors.base import error_body
 
 log = logging.getLogger("eas.gateway")
@@ -110,20 +110,10 @@ class Gateway:
         if length and length.isdigit() and int(length) > self.max_body_bytes:
             return _error(413, f"request body over {self.max_body_bytes} bytes", request_id)
         body = await http.body()
-        if len(body) > self.max_body_bytes:
-            return _error(413, f"request body over {self.max_body_bytes} bytes", request_id)
-        try:
-            check_service_auth(entry.token, http.headers, http.url.path, body)
-        except AuthError as exc:
-            return _error(401, str(exc), request_id)
-        backend = entry.pick(random.random(), http.headers.get(TARGET_HEADER))
-        route = self.routes.get(backend) if backend else None
-        if route is None:
-            return _error(503, f"'{name}' has no service behind it", request_id)
-        wait = self.limiter.admit(route)
-        if wait is not None:
-            return _error(429, f"over the rate limit of {route.rate_limit} requests/s for '{name}'", request_id,
-                          {"Retry-After": str(max(1, math.ceil(wait)))})
+        admitted = self.admit(name, http.headers, http.url.path, body, request_id)
+        if isinstance(admitted, Answer):
+            return HttpResponse(admitted.body, admitted.status, headers=admitted.headers)
+        entry, route = admitted
         sub_path = http.path_params.get("sub_path", "")
         content_type = http.headers.get("content-type")
         if entry.mirror is not None:
@@ -134,6 +124,34 @@ class Gateway:
             log.info("499 client went away: request %s to %s cancelled", request_id, name)
             return _error(499, "client closed the connection", request_id)
         return HttpResponse(answer.body, answer.status, headers=answer.headers)
+
+    def admit(self, name: str, headers: Mapping[str, str], path: str, body: bytes, request_id: str,
+              method: str = "POST") -> tuple[Entry, Route] | Answer:
+        """The checks every transport makes before forwarding (HTTP predict, v2 REST, gRPC):
+        the endpoint exists (404), the body fits (413), the token or signature is right
+        (401), a backend is picked by weight (503 when none) and admitted by its rate limit
+        (429). Returns the entry and the chosen backend's route, or the error answer.
+        `headers` must be case-insensitive (Starlette's are)."""
+        entry = self.routes.entry(name)
+        if entry is None:
+            return _error_answer(404, f"service '{name}' does not exist", request_id)
+        if entry.closed:
+            return _error_answer(404, entry.closed, request_id)
+        if len(body) > self.max_body_bytes:
+            return _error_answer(413, f"request body over {self.max_body_bytes} bytes", request_id)
+        try:
+            check_service_auth(entry.token, headers, path, body, method=method)
+        except AuthError as exc:
+            return _error_answer(401, str(exc), request_id)
+        backend = entry.pick(random.random(), headers.get(TARGET_HEADER))
+        route = self.routes.get(backend) if backend else None
+        if route is None:
+            return _error_answer(503, f"'{name}' has no service behind it", request_id)
+        wait = self.limiter.admit(route)
+        if wait is not None:
+            return _error_answer(429, f"over the rate limit of {route.rate_limit} requests/s for '{name}'",
+                                 request_id, {"Retry-After": str(max(1, math.ceil(wait)))})
+        return entry, route
 
     def _mirror(self, mirror: tuple[str, int], sub_path: str, body: bytes, content_type: str | None,
                 request_id: str) -> None:
@@ -159,13 +177,16 @@ class Gateway:
         task.add_done_callback(self._mirror_tasks.discard)
 
     async def forward(self, route: Route, sub_path: str, body: bytes, content_type: str | None,
-                      request_id: str) -> Answer:
+                      request_id: str, *, path: str | None = None, headers: Mapping[str, str] | None = None,
+                      method: str = "POST") -> Answer:
         """Send an authenticated request to one of the service's instances; return its answer.
 
         Every transport (HTTP here, gRPC and the v2 protocol elsewhere) calls this after
         its own auth, so routing, failover and upstream errors behave the same on all.
         While no instance is ready but one is coming, the request waits up to the
-        route's hold time instead of failing.
+        route's hold time instead of failing. `path` replaces the instance path
+        `/api/predict/{name}[/sub_path]` (`{name}` becomes the backend's name); `headers`
+        are sent on to the instance.
         """
         self.routes.last_seen[route.name] = time.monotonic()
         if not route.endpoints and route.wake_on_demand:
@@ -174,10 +195,11 @@ class Gateway:
             route = await self.routes.wait_ready(route.name, route.hold_s) or route
         if not route.endpoints:
             return _error_answer(503, f"service '{route.name}' is not available: {route.unavailable}", request_id)
-        headers = {REQUEST_ID_HEADER: request_id, INTERNAL_KEY_HEADER: self.internal_key}
+        sent = {**(headers or {}), REQUEST_ID_HEADER: request_id, INTERNAL_KEY_HEADER: self.internal_key}
         if content_type:
-            headers["Content-Type"] = content_type
-        path = f"/api/predict/{route.name}" + (f"/{sub_path}" if sub_path else "")
+            sent["Content-Type"] = content_type
+        path = (path.format(name=route.name) if path
+                else f"/api/predict/{route.name}" + (f"/{sub_path}" if sub_path else ""))
         timeout = aiohttp.ClientTimeout(total=route.keepalive_s + UPSTREAM_GRACE_S)
         start = next(self._turn)
         # Try each instance at most once: a refused connection (an instance that just
@@ -185,8 +207,8 @@ class Gateway:
         for attempt in range(len(route.endpoints)):
             endpoint = route.endpoints[(start + attempt) % len(route.endpoints)]
             try:
-                async with self.session().post(endpoint.url + path, data=body, headers=headers,
-                                               timeout=timeout) as resp:
+                async with self.session().request(method, endpoint.url + path, data=body, headers=sent,
+                                                  timeout=timeout) as resp:
                     payload = await resp.read()
                     return Answer(resp.status, payload, _answer_headers(resp, request_id))
             except aiohttp.ClientConnectorError as exc:
@@ -233,7 +255,7 @@ class RateLimiter:
 
 def _answer_headers(resp: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
     headers = {REQUEST_ID_HEADER: request_id}
-    for key in ("Content-Type", INSTANCE_HEADER, PROCESSOR_TIME_HEADER):
+    for key in ("Content-Type", INSTANCE_HEADER, PROCESSOR_TIME_HEADER, "Inference-Header-Content-Length"):
         if key in resp.headers:
             headers[key] = resp.headers[key]
     return headers

@@ -25,9 +25,10 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response as HttpResponse
 from starlette.routing import Route
 
+from eas import v2
 from eas.auth import AuthError, check_service_auth
 from eas.runtime import ServiceRuntime
-from processors.base import Request, error_body
+from processors.base import Request, Response, error_body
 
 log = logging.getLogger("eas.instance")
 
@@ -70,6 +71,7 @@ class InstanceApp:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/stats", self.stats, methods=["GET"]),
             Route("/drain", self.drain, methods=["POST"]),
+            *v2.instance_routes(self),  # the Open Inference Protocol (eas/v2.py)
         ])
         self.on_drain: Callable[[], None] = lambda: None
         """Set by the host (ray_backend) to take this instance out of discovery."""
@@ -109,7 +111,9 @@ class InstanceApp:
         return HttpResponse(error_body(status, message, request_id), status, media_type="application/json",
                             headers={REQUEST_ID_HEADER: request_id, INSTANCE_HEADER: self.instance})
 
-    async def predict(self, http: HttpRequest) -> HttpResponse:
+    async def predict(self, http: HttpRequest,
+                      call: Callable[[Request], Awaitable[Response]] | None = None) -> HttpResponse:
+        """An EAS predict call; `call` replaces `runtime.handle` for other protocols (eas/v2.py)."""
         request_id = http.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         if http.path_params["service"] != self.service:
             return self._error(404, f"this instance serves '{self.service}', not "
@@ -137,7 +141,7 @@ class InstanceApp:
         started = time.perf_counter()
         try:
             response = await until_disconnect(
-                http, asyncio.wait_for(self.runtime.handle(request), self.keepalive_s))
+                http, asyncio.wait_for((call or self.runtime.handle)(request), self.keepalive_s))
         except asyncio.TimeoutError:
             return self._error(408, f"request ran longer than the keepalive of {self.keepalive_s * 1000:.0f} ms",
                                request_id)

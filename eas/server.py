@@ -30,6 +30,8 @@ from eas.apibase import ApiContext
 from eas.traffic import routes as traffic_routes
 from eas.controller import Controller
 from eas.gateway import Gateway
+from eas.grpc_server import GrpcGateway
+from eas.v2 import V2Gateway
 from eas.routes import RouteTable
 from eas.leader import LeaderLease, server_identity
 from eas.store import Store, redact
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "this long after the leader dies (default 10; env EAS_LEASE_TTL_S)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port for the API and the gateway (default 8080)")
+    p.add_argument("--grpc-port", type=int, default=8081,
+                   help="gRPC port on the same host: KServe v2 inference.GRPCInferenceService and "
+                   "eas.Predict (default 8081; 0 turns gRPC off)")
     p.add_argument("--ray-address", default=None,
                    help="join this Ray cluster; without it a local Ray is started on loopback")
     p.add_argument("--num-cpus", type=int, default=None,
@@ -94,17 +99,17 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, flag: str = "--port") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
             raise SystemExit(f"eas-server: cannot listen on {host}:{port} ({exc.strerror}); "
-                             "stop what uses it or pick another --port") from None
+                             f"stop what uses it or pick another {flag}") from None
 
 
-def build_app(api: ApiContext, gateway: Gateway) -> Starlette:
+def build_app(api: ApiContext, gateway: Gateway, grpc: GrpcGateway | None = None) -> Starlette:
     async def healthz(request):  # noqa: ANN001, ANN202
         # Every server answers (leader or follower); "leader" says whose controller acts.
         return JSONResponse({"status": "ok", "version": __version__, "leader": api.controller.leading,
@@ -124,17 +129,22 @@ def build_app(api: ApiContext, gateway: Gateway) -> Starlette:
             Route("/api/v1/servicediscovery/upstreams/{service}", gateway.upstreams, methods=["GET"]),
             Route("/exported/apis/eas.alibaba-inc.k8s.io/v1/upstreams/{service}", gateway.upstreams,
                   methods=["GET"]),
+            *V2Gateway(gateway).routes(),  # Open Inference Protocol: /v2/health/*, /v2/models/...
             *api_routes(api),
             *traffic_routes(api),
         ],
-        lifespan=gateway_lifespan(gateway),
+        lifespan=gateway_lifespan(gateway, grpc),
     )
 
 
-def gateway_lifespan(gateway: Gateway):  # noqa: ANN202
+def gateway_lifespan(gateway: Gateway, grpc: GrpcGateway | None = None):  # noqa: ANN202
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if grpc is not None:  # on the HTTP server's loop: both share the gateway's connections
+            await grpc.start()
         yield
+        if grpc is not None:
+            await grpc.stop()
         await gateway.close()
 
     return lifespan
@@ -146,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     check_port_free(args.host, args.port)
+    if args.grpc_port:
+        check_port_free(args.host, args.grpc_port, "--grpc-port (0 turns gRPC off)")
     lock_fd = lock_data_dir(data_dir)  # noqa: F841 (held for the life of the process)
 
     target = args.store or str(data_dir / "eas.db")
@@ -170,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     api = ApiContext(store, controller, access_id, access_key, args.region, endpoint)
     gateway = Gateway(routes, key)
     gateway.metrics.attach(lambda: list(controller.instance_stats.values()), controller.service_counts)
-    app = build_app(api, gateway)
+    app = build_app(api, gateway, GrpcGateway(gateway, args.host, args.grpc_port) if args.grpc_port else None)
     config.write(data_dir / "eascmd.conf", config.ClientConfig(endpoint, access_id, access_key, args.region))
     log.info("eas-server %s listening on %s (eascmd config: %s)", __version__, endpoint,
              data_dir / "eascmd.conf")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,27 @@ class Processor(ABC):
     def predict_batch(self, requests: Sequence[Request]) -> list[Response]:
         """Answer several requests; processors with a vectorised path override this."""
         return [self.predict(r) for r in requests]
+
+    # The Open Inference Protocol (KServe v2, eas/v2.py): optional. A processor that
+    # overrides `infer_v2` serves `/v2/models/{name}/infer` and gRPC ModelInfer; the
+    # protocol layer decodes tensors to numpy before and encodes after, so a processor
+    # sees arrays only. Without it, v2 calls get a 400 saying so.
+
+    def infer_v2(self, inputs: dict[str, "np.ndarray"], outputs: list[str] | None) -> dict[str, "np.ndarray"]:
+        """Run the model on named input arrays; return the named output arrays.
+
+        `outputs` lists the names the client asked for (None: the model's default
+        outputs). BYTES inputs arrive as object arrays of `bytes`. Raise
+        `ProcessorError` naming the input or output at fault for anything the model
+        cannot take (unknown or missing input, wrong rank, dtype or width).
+        """
+        raise ProcessorError(f"{type(self).__name__} does not support the Open Inference Protocol (v2)")
+
+    def metadata_v2(self) -> dict[str, Any]:
+        """`{"platform": str, "inputs": [...], "outputs": [...]}`, each tensor
+        `{"name": str, "dtype": numpy dtype, "shape": [int, ...]}` with -1 for a
+        dimension of any size."""
+        raise ProcessorError(f"{type(self).__name__} does not support the Open Inference Protocol (v2)")
 
 
 def json_response(payload: Any, status: int = 200) -> Response:

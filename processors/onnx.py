@@ -184,6 +184,31 @@ class OnnxProcessor(Processor):
         call = self._decode(request)
         return self._encode(call, self._run(call))
 
+    # ------------------------------------------------------------ Open Inference Protocol
+
+    def metadata_v2(self) -> dict[str, Any]:
+        def tensor(spec: TensorSpec) -> dict[str, Any]:
+            shape = [-1] if spec.shape is None else [d if isinstance(d, int) else -1 for d in spec.shape]
+            return {"name": spec.name, "dtype": spec.dtype, "shape": shape}
+
+        # Sequences and maps (sklearn's ZipMap) are not tensors: v2 cannot carry them.
+        return {"platform": "onnxruntime_onnx",
+                "inputs": [tensor(s) for s in self.inputs.values() if s.dtype is not None],
+                "outputs": [tensor(s) for s in self.outputs.values() if _is_tensor(s) and s.dtype is not None]}
+
+    def infer_v2(self, inputs: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
+        feeds = collect_feeds(self.inputs, inputs, lambda spec, array: array)
+        if outputs is None:
+            names = [n for n, s in self.outputs.items() if _is_tensor(s)]
+        else:
+            names = pick_outputs(self.outputs, list(outputs))
+            for name in names:
+                if not _is_tensor(self.outputs[name]):
+                    raise ProcessorError(f"output {name!r} is {self.outputs[name].type_name}, which is not a "
+                                         "tensor: the Open Inference Protocol cannot carry it")
+        results = self._run(_Call(feeds, names, "v2"))
+        return {name: np.asarray(result) for name, result in zip(names, results)}
+
     # ------------------------------------------------------------ batching
 
     def _batch_axis_free(self) -> bool:

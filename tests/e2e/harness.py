@@ -39,6 +39,8 @@ class EasServer:
         self.env = env
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.groups: list[int] = []
         self.log_path = data_dir / "server.log"
@@ -52,7 +54,7 @@ class EasServer:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eas.server", "--data-dir", str(self.data_dir),
-             "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args],
+             "--host", "127.0.0.1", "--port", str(self.port), "--grpc-port", str(self.grpc_port), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
             env={**os.environ, **self.env} if self.env else None,
         )
