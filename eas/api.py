@@ -66,9 +66,11 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
         return describe(ctx.store.get(region_ok(request)))
 
     async def update(request: Request, request_id: str) -> dict[str, Any]:
-        name = region_ok(request)
+        return apply_patch(region_ok(request), await body_json(request))
+
+    def apply_patch(name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge a partial service JSON, validate, store; a model change makes a version."""
         rec = ctx.store.get(name)
-        patch = await body_json(request)
         if patch.get("name", name) != name:
             raise ApiError(400, "InvalidParameter", "name: a service cannot be renamed; create a new one")
         old = specs.parse({**rec.spec, "token": rec.token})
@@ -88,6 +90,30 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
             ctx.store.set_status(name, "Updating", "")
         ctx.controller.retry(name)
         return {"Message": f"service '{name}' is updating: {event}"}
+
+    async def get_autoscaler(request: Request, request_id: str) -> dict[str, Any]:
+        name = region_ok(request)
+        rec = ctx.store.get(name)
+        decision = ctx.controller.scaler.last.get(name)
+        return {
+            "Autoscaler": rec.spec.get("autoscaler"),
+            "CronScaler": rec.spec.get("cron_scaler"),
+            "Sleep": rec.spec.get("sleep"),
+            "LastScaling": _decision(decision),
+        }
+
+    async def put_autoscaler(request: Request, request_id: str) -> dict[str, Any]:
+        """EAS's /autoscaler: the body is the service JSON's `autoscaler` block."""
+        return apply_patch(region_ok(request), {"autoscaler": await body_json(request, "the autoscaler block")})
+
+    async def delete_autoscaler(request: Request, request_id: str) -> dict[str, Any]:
+        return apply_patch(region_ok(request), {"autoscaler": None})
+
+    async def put_cronscaler(request: Request, request_id: str) -> dict[str, Any]:
+        return apply_patch(region_ok(request), {"cron_scaler": await body_json(request, "the cron_scaler block")})
+
+    async def delete_cronscaler(request: Request, request_id: str) -> dict[str, Any]:
+        return apply_patch(region_ok(request), {"cron_scaler": None})
 
     def change_desired(request: Request, desired: str, status: str, verb: str) -> dict[str, Any]:
         """Record a new desired state and show its transition status at once."""
@@ -144,7 +170,7 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
         app = ctx.controller.last_observed.get(rec.name)
         running = app.running if app else 0
         pending = app.pending if app else 0
-        total = meta.get("instance", 0) if rec.desired == st.RUNNING else 0
+        total = ctx.controller.desired_count(rec.name, meta.get("instance", 0)) if rec.desired == st.RUNNING else 0
         return {
             "ServiceName": rec.name,
             "ServiceId": rec.service_id,
@@ -159,6 +185,8 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
             "GPU": meta.get("gpu", 0),
             "Memory": meta.get("memory", 0),
             "Weight": ctx.store.weight_of(rec.name),
+            "DesiredInstance": total,
+            "LastScaling": _decision(ctx.controller.scaler.last.get(rec.name)),
             "LatestVersion": ctx.store.latest_version(rec.name),
             "CurrentVersion": rec.version,
             "CreateTime": iso_time(rec.created_at),
@@ -181,7 +209,18 @@ def routes(ctx: ApiContext) -> list[HttpRoute]:
         HttpRoute(svc + "/instances", endpoint(ctx, instances), methods=["GET"]),
         HttpRoute(svc + "/instances", endpoint(ctx, restart_instances), methods=["DELETE"]),
         HttpRoute(svc + "/events", endpoint(ctx, events), methods=["GET"]),
+        HttpRoute(svc + "/autoscaler", endpoint(ctx, get_autoscaler), methods=["GET"]),
+        HttpRoute(svc + "/autoscaler", endpoint(ctx, put_autoscaler), methods=["PUT", "POST"]),
+        HttpRoute(svc + "/autoscaler", endpoint(ctx, delete_autoscaler), methods=["DELETE"]),
+        HttpRoute(svc + "/cronscaler", endpoint(ctx, put_cronscaler), methods=["PUT", "POST"]),
+        HttpRoute(svc + "/cronscaler", endpoint(ctx, delete_cronscaler), methods=["DELETE"]),
     ]
+
+
+def _decision(decision: Any) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return {"Time": iso_time(decision.at), "DesiredInstance": decision.desired, "Reason": decision.reason}
 
 
 def _stored_spec(spec: specs.ServiceSpec) -> dict[str, Any]:

@@ -187,7 +187,8 @@ class Scaler:
             if desired == 0:  # only with min 0: go to zero only after the grace period idle
                 on_zero = autoscaler.behavior.onZero or OnZero(scaleDownGracePeriodSeconds=0)
                 if idle_s < on_zero.scaleDownGracePeriodSeconds:
-                    desired, reason = max(current, on_zero.scaleUpActivationReplicas), "request within the grace period"
+                    desired = current if current > 0 else on_zero.scaleUpActivationReplicas
+                    reason = "requests within the onZero grace period"
                 else:
                     reason = f"no request for {idle_s:.0f} s (onZero grace period)"
         if sleep is not None and sleep.active(time.time()) and idle_s >= sleep.idle_seconds:

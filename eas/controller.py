@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import httpx
 
 from eas import modelsource, spec as specs, store as st
+from eas.autoscale import Load, LoadTracker, Scaler
 from eas.metrics import InstanceStats, ServiceCounts
 from eas.routes import Endpoint, Entry, Route, RouteTable
 
@@ -70,6 +72,13 @@ class Controller:
         self.last_observed: dict[str, Any] = {}
         self.instance_stats: dict[str, InstanceStats] = {}
         self._http = httpx.Client(timeout=0.5)
+        self.scaler = Scaler()
+        self._tracker = LoadTracker()
+        self.loads: dict[str, Load] = {}
+        self._activity: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self.sleeping: set[str] = set()
+        routes.on_demand = self.demand
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -192,6 +201,53 @@ class Controller:
                 except httpx.HTTPError:
                     continue  # an instance going away; the next pass will not route to it
         self.instance_stats = fresh
+        cpus = {}
+        for name in {st_.service for st_ in fresh.values()}:
+            try:
+                cpus[name] = float(self.store.get(name).spec["metadata"].get("cpu", 1))
+            except (st.NotFound, KeyError):
+                cpus[name] = 1.0
+        self.loads, active = self._tracker.update(
+            [(x.service, x.instance, x.data, x.at) for x in fresh.values()], cpus)
+        now = time.monotonic()
+        for name in active:
+            self._activity[name] = now
+
+    def desired_count(self, name: str, default: int) -> int:
+        """Instances the service should have now (autoscaler, cron, sleep), else `default`."""
+        return self._counts.get(name, default)
+
+    def demand(self, name: str) -> None:
+        """A request arrived for a service with no instance (the gateway calls this)."""
+        self._activity[name] = time.monotonic()
+        self.wake()
+
+    def _idle_s(self, name: str) -> float:
+        now = time.monotonic()
+        last = max(self._activity.setdefault(name, now), self.routes.last_seen.get(name, 0.0))
+        return now - last
+
+    def _effective(self, rec: st.ServiceRecord, spec: specs.ServiceSpec, app: Any) -> specs.ServiceSpec:
+        """The spec with the instance count autoscaler, cron scaler and sleep ask for now."""
+        if not (spec.autoscaler or spec.cron_scaler or spec.sleep):
+            self.scaler.forget(rec.name)
+            self.sleeping.discard(rec.name)
+            return spec
+        current = app.running if app is not None else 0
+        decision = self.scaler.decide(rec.name, time.time(), current, spec.metadata.instance,
+                                      self.loads.get(rec.name, Load()), spec.autoscaler, spec.cron_scaler,
+                                      spec.sleep, self._idle_s(rec.name))
+        previous = self._counts.get(rec.name)
+        if previous is not None and previous != decision.desired:
+            self.store.add_event(rec.name, "Scaled",
+                                 f"{previous} -> {decision.desired} instances: {decision.reason}")
+        self._counts[rec.name] = decision.desired
+        if decision.desired == 0:
+            self.sleeping.add(rec.name)
+        else:
+            self.sleeping.discard(rec.name)
+        meta = spec.metadata.model_copy(update={"instance": decision.desired})
+        return spec.model_copy(update={"metadata": meta})
 
     def service_counts(self) -> dict[str, ServiceCounts]:
         out = {}
@@ -217,7 +273,10 @@ class Controller:
                 self._forget(name)
             return
         self._deleting.discard(name)
-        spec = specs.ServiceSpec.model_validate(rec.spec)
+        spec = self._effective(rec, specs.ServiceSpec.model_validate(rec.spec), app)
+        if spec.metadata.instance == 0:
+            self._zero(rec, spec, app)
+            return
         want = _Applied(spec.code_version(), spec.metadata.instance, rec.token)
         with self._lock:
             failed = self._failed.get(name) == want
@@ -229,6 +288,26 @@ class Controller:
         if applied != want and not preparing:
             self._submit_deploy(rec, spec, want, first=applied is None)
         self._observe(rec, spec, app, preparing or applied != want)
+
+    def _zero(self, rec: st.ServiceRecord, spec: specs.ServiceSpec, app: Any) -> None:
+        """No instance wanted (asleep, or metadata.instance 0): release the app entirely.
+
+        Serve wants at least one replica per app, so zero is "no app"; waking deploys
+        again from the store like any first deploy.
+        """
+        name = rec.name
+        if app is not None and name not in self._deleting:
+            self.backend.delete(name)
+            self._deleting.add(name)
+        elif app is None:
+            self._deleting.discard(name)
+        with self._lock:
+            self._applied.pop(name, None)
+        asleep = name in self.sleeping
+        if app is None:  # "Sleeping" only once every instance is gone
+            self.store.set_status(name, "Sleeping" if asleep else "Running", "" if asleep else "0 instances requested")
+        reason = "service is waking up" if asleep else "service has 0 instances (set metadata.instance)"
+        self.routes.set(self._route(rec, spec, None, reason))
 
     def _take_down(self, rec: st.ServiceRecord, app: Any, status: str) -> None:
         self.routes.set(Route(rec.name, rec.token, (), f"service is {rec.desired.lower()}",
@@ -288,7 +367,9 @@ class Controller:
             self.store.set_status(name, "Failed", reason)
             self.routes.set(self._route(rec, spec, app, "service failed: " + reason))
             return
-        if app.status == "RUNNING" and not changing and app.running >= spec.metadata.instance:
+        if name in self.sleeping and not changing and app.running == 0:
+            self.store.set_status(name, "Sleeping", "")
+        elif app.status == "RUNNING" and not changing and app.running >= spec.metadata.instance:
             self._ever_running.add(name)
             self.store.set_status(name, "Running", "")
         else:
@@ -308,7 +389,13 @@ class Controller:
         # than fail: deploys, restarts and rollovers are invisible to callers.
         coming = rec.desired == st.RUNNING and not reason.startswith("service failed")
         hold = rpc.keepalive / 1000 if coming else 0.0
-        return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit, hold)
+        asleep = rec.name in self.sleeping
+        if asleep and spec.sleep is not None:
+            hold = spec.sleep.wake_timeout_seconds
+        elif asleep:
+            hold = max(hold, 60.0)  # waking from autoscaler min 0 takes an instance start
+        return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit, hold,
+                     wake_on_demand=asleep)
 
 
 def _keepalive(spec: dict[str, Any]) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from eascmd import table
@@ -184,3 +186,55 @@ def group_delete(settings: Settings, name: str, yes: bool) -> None:
 
 
 COMMANDS = [release_command, version_command, traffic_command, mirror_command, group_command]
+
+
+@click.command("autoscale")
+@click.argument("name")
+@click.option("--min", "min_", type=click.IntRange(0, 1000), help="Fewest instances (0 allows scale to zero).")
+@click.option("--max", "max_", type=click.IntRange(1, 1000), help="Most instances.")
+@click.option("--qps", type=click.FloatRange(min=0, min_open=True), help="Target requests/s per instance.")
+@click.option("--cpu", type=click.FloatRange(min=0, min_open=True), help="Target CPU %% per instance.")
+@click.option("--inflight", type=click.FloatRange(min=0, min_open=True), help="Target requests in flight per instance.")
+@click.option("--scale-down-window", type=click.FloatRange(min=0), help="Seconds a lower load must last before scaling down (default 300).")
+@click.option("--off", is_flag=True, help="Remove the autoscaler.")
+@json_option
+@pass_settings
+def autoscale_command(settings: Settings, name: str, min_: int | None, max_: int | None, qps: float | None,
+                      cpu: float | None, inflight: float | None, scale_down_window: float | None, off: bool,
+                      json_output: bool) -> None:
+    """Show or set NAME's autoscaler (EAS: desired = ceil(current * metric / threshold)).
+
+    \b
+    Example:
+      eascmd autoscale iris --min 1 --max 4 --qps 20
+      eascmd autoscale iris                 # show settings and the last decision
+      eascmd autoscale iris --off
+    """
+    client = settings.client()
+    if off:
+        client.update_service(name, {"autoscaler": None})
+        ok(f"Autoscaler of [{name}] removed")
+        return
+    strategies = [{"metricName": m, "threshold": v} for m, v in (("qps", qps), ("cpu", cpu), ("inflight", inflight))
+                  if v is not None]
+    if max_ is None and not strategies:
+        service = client.describe_service(name)
+        config = json.loads(service.get("ServiceConfig") or "{}")
+        shown = {k: config.get(k) for k in ("autoscaler", "cron_scaler", "sleep")}
+        shown["last_scaling"] = service.get("LastScaling")
+        if settings.wants_json(json_output):
+            print_json(shown)
+        else:
+            click.echo(table.render_pairs([(k, json.dumps(v)) for k, v in shown.items()]))
+        return
+    if max_ is None or not strategies:
+        raise click.UsageError("set --max and at least one of --qps, --cpu, --inflight (or --off)")
+    block: dict = {"min": 1 if min_ is None else min_, "max": max_, "scaleStrategies": strategies}
+    if scale_down_window is not None:
+        block["behavior"] = {"scaleDown": {"stabilizationWindowSeconds": scale_down_window}}
+    client.update_service(name, {"autoscaler": block})
+    ok(f"Autoscaler of [{name}]: {block['min']}..{max_} instances on "
+       + ", ".join(f"{s['metricName']} {s['threshold']:g}" for s in strategies))
+
+
+COMMANDS.append(autoscale_command)

@@ -49,8 +49,16 @@ def ls_command(settings: Settings, json_output: bool) -> None:
 
 DESC_FIELDS = [
     "Status", "ServiceName", "CreateTime", "UpdateTime", "AccessToken", "TotalInstance", "RunningInstance",
-    "PendingInstance", "CPU", "GPU", "Memory", "Weight", "LatestVersion", "CurrentVersion", "Message",
+    "PendingInstance", "DesiredInstance", "CPU", "GPU", "Memory", "Weight", "LatestVersion", "CurrentVersion",
+    "LastScaling", "Message",
 ]  # fmt: skip
+
+
+def _scaling(decision: Any) -> str:
+    """The last scaling decision in one line: when, to how many, why."""
+    if not isinstance(decision, dict):
+        return ""
+    return f"{decision.get('Time')}: {decision.get('DesiredInstance')} instances ({decision.get('Reason')})"
 
 
 @click.command("desc")
@@ -68,7 +76,7 @@ def desc_command(settings: Settings, name: str, json_output: bool) -> None:
     if settings.wants_json(json_output):
         print_json(service)
         return
-    pairs = [(f, service.get(f)) for f in DESC_FIELDS]
+    pairs = [(f, _scaling(service.get(f)) if f == "LastScaling" else service.get(f)) for f in DESC_FIELDS]
     pairs.append(("IntranetEndpoint", intranet_url(service)))
     pairs.append(("ServiceConfig", pretty_config(service.get("ServiceConfig"))))
     click.echo(table.render_pairs(pairs))

@@ -290,7 +290,8 @@ def test_read_commands_tables_and_json(conf_file: str, standin: StandIn) -> None
     keys = [line.split("|")[1].strip() for line in desc.output.splitlines() if line.startswith("|")]
     assert [k for k in keys if k] == [
         "Status", "ServiceName", "CreateTime", "UpdateTime", "AccessToken", "TotalInstance", "RunningInstance",
-        "PendingInstance", "CPU", "GPU", "Memory", "Weight", "LatestVersion", "CurrentVersion", "Message",
+        "PendingInstance", "DesiredInstance", "CPU", "GPU", "Memory", "Weight", "LatestVersion", "CurrentVersion",
+        "LastScaling", "Message",
         "IntranetEndpoint", "ServiceConfig",
     ]  # fmt: skip
     assert f"| {standin.url}/api/predict/iris" in desc.output
