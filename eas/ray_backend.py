@@ -75,6 +75,8 @@ def start_ray(address: str | None, num_cpus: int | None, temp_dir: str | None = 
         ray.init(address=address, log_to_driver=False, namespace="eas")
     else:
         kwargs: dict[str, Any] = dict(
+            # "local": always a Ray of our own, never one that `ray start` left on this machine.
+            address="local",
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             log_to_driver=False,
@@ -106,6 +108,7 @@ class RayBackend:
         self._client = _get_global_client()
 
         self._deployment = serve.deployment(name=DEPLOYMENT)(ServiceReplica)
+        self._stale: set[tuple[str, str]] = set()
         self._stale: set[tuple[str, str]] = set()
 
     def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str]) -> None:
