@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 JAVA_DIR = SDK_DIR / "java"
 RESOLVED = JAVA_DIR / "target" / ".deps-resolved"
-JUNIT_TESTS = {"stringPredictIsSigned", "tfPredictAgainstOnnx", "retriesServerErrors", "clearErrors",
+JUNIT_TESTS = {"stringPredictIsSigned", "contentTypeOtherThanOctetStream", "tfPredictAgainstOnnx", "retriesServerErrors", "clearErrors",
                "tamperedBodyIsRefused", "directModeSpreadsOverNewInstances"}
 
 
@@ -73,4 +73,3 @@ def test_official_java_sdk(sdk_server, echo_service, onnx_service, tmp_path):
     spread = [line for line in (stdout.read_text() if stdout.exists() else output).splitlines()
               if line.startswith("DIRECT:")]
     print(*spread)
-    sdk_server.eascmd("delete", "java_direct", "-y")

@@ -184,4 +184,3 @@ def test_direct_mode_spreads_over_new_instances(sdk_server, tmp_path):
             proc.kill()
             proc.wait(timeout=10)
     assert_spread(_parse(stdout, stderr))
-    sdk_server.eascmd("delete", "py_direct", "-y")

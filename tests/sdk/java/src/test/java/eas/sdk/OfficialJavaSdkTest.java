@@ -114,6 +114,16 @@ public class OfficialJavaSdkTest {
   }
 
   @Test
+  public void contentTypeOtherThanOctetStream() throws Exception {
+    // The Java SDK sends the Content-Type it was given but always signs
+    // "application/octet-stream" (as the Go SDK does): the gateway must accept that.
+    PredictClient client = echo(0);
+    client.setContentType("application/json");
+    JSONObject answer = JSON.parseObject(client.predict("{\"x\": 1}"));
+    assertEquals("{\"X\": 1}", answer.getString("upper"));
+  }
+
+  @Test
   public void tfPredictAgainstOnnx() throws Exception {
     PredictClient client = gateway(env("EAS_ENDPOINT"), env("EAS_ONNX_SERVICE"), env("EAS_ONNX_TOKEN"), 0);
     String input = env("EAS_ONNX_INPUT");
