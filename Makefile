@@ -8,7 +8,7 @@ SDK_PY_VENV := tests/sdk/python/.venv
 SDK_PY_STAMP := $(SDK_PY_VENV)/.installed
 SDK_JAVA_STAMP := tests/sdk/java/target/.deps-resolved
 
-.PHONY: demo test unit e2e sdk sdk-deps bench install clean
+.PHONY: demo test unit e2e sdk sdk-deps pg-deps deploy-tools bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,18 @@ sdk-deps: $(SDK_PY_STAMP) $(SDK_JAVA_STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh
 
-test: $(STAMP) sdk-deps
-	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+# PostgreSQL for the store tests (Debian's package; the tests run their own server).
+pg-deps:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q postgresql; } \
+	  || { echo "make pg-deps: install PostgreSQL (apt-get install postgresql)" >&2; exit 1; }
+
+# helm, kubeconform and the Kubernetes + KubeRay schemas, cached under .tools/ (tests/deploy).
+deploy-tools: $(STAMP)
+	PY=$(PY) bash scripts/deploy-tools.sh
+
+test: $(STAMP) sdk-deps pg-deps deploy-tools
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/deploy
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 	$(PY) -m pytest -q -p no:cacheprovider tests/sdk
 
@@ -50,4 +60,4 @@ sdk: $(STAMP) sdk-deps
 	$(PY) -m pytest -q tests/sdk
 
 clean:
-	rm -rf $(VENV) $(SDK_PY_VENV) tests/sdk/java/target .demo *.egg-info
+	rm -rf $(VENV) $(SDK_PY_VENV) tests/sdk/java/target .demo *.egg-info .tools
