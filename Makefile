@@ -7,8 +7,11 @@ STAMP := $(VENV)/.installed-test
 SDK_PY_VENV := tests/sdk/python/.venv
 SDK_PY_STAMP := $(SDK_PY_VENV)/.installed
 SDK_JAVA_STAMP := tests/sdk/java/target/.deps-resolved
+# tritonclient (the v2 protocol tests in tests/e2e) needs protobuf<7: its own venv too.
+V2C_VENV := tests/e2e/v2client/.venv
+V2C_STAMP := $(V2C_VENV)/.installed
 
-.PHONY: demo test unit e2e sdk sdk-deps pg-deps deploy-tools bench install clean
+.PHONY: demo test unit e2e sdk sdk-deps v2client-deps pg-deps deploy-tools bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +35,13 @@ $(SDK_JAVA_STAMP): tests/sdk/java/pom.xml
 
 sdk-deps: $(SDK_PY_STAMP) $(SDK_JAVA_STAMP)
 
+$(V2C_STAMP): tests/e2e/v2client/requirements.txt
+	test -x $(V2C_VENV)/bin/python || $(PYTHON) -m venv $(V2C_VENV)
+	$(V2C_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/e2e/v2client/requirements.txt
+	touch $(V2C_STAMP)
+
+v2client-deps: $(V2C_STAMP)
+
 demo: $(STAMP)
 	bash scripts/demo.sh
 
@@ -45,7 +55,7 @@ pg-deps:
 deploy-tools: $(STAMP)
 	PY=$(PY) bash scripts/deploy-tools.sh
 
-test: $(STAMP) sdk-deps pg-deps deploy-tools
+test: $(STAMP) sdk-deps v2client-deps pg-deps deploy-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/deploy
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 	$(PY) -m pytest -q -p no:cacheprovider tests/sdk
@@ -53,7 +63,7 @@ test: $(STAMP) sdk-deps pg-deps deploy-tools
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
-e2e: $(STAMP)
+e2e: $(STAMP) v2client-deps
 	$(PY) -m pytest -q tests/e2e
 
 sdk: $(STAMP) sdk-deps

@@ -195,7 +195,11 @@ def tensor_from_json(data: Any, datatype: str, shape: list[int], what: str) -> n
             raise V2Error(f"{what}: BOOL data must be true/false, received {_kind_name(values)}")
     elif dtype.kind in "iu":
         if kind not in "iu":
-            raise V2Error(f"{what}: {datatype} data must be integers, received {_kind_name(values)}")
+            # numpy reads integers past int64 (UINT64's upper half) as floats: check the values.
+            exact = np.asarray(data, dtype=object).ravel()
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in exact):
+                raise V2Error(f"{what}: {datatype} data must be integers, received {_kind_name(values)}")
+            values = exact
         info = np.iinfo(dtype)
         if int(values.min()) < info.min or int(values.max()) > info.max:
             raise V2Error(f"{what}: a value is out of range for {datatype} ({info.min}..{info.max})")
