@@ -50,3 +50,44 @@ def onnx_service(sdk_server: EasServer, tmp_path_factory: pytest.TempPathFactory
     token = deploy(sdk_server, spec, tmp_path_factory.mktemp("onnx"))
     return {"name": "sdk_onnx", "token": token, "rows": rows, "expected": expected,
             "input": sess.get_inputs()[0].name, "output": sess.get_outputs()[0].name}
+
+
+@pytest.fixture(scope="session")
+def framework_services(sdk_server: EasServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A TensorFlow SavedModel and a TorchScript model (tests/e2e/processor_models.py),
+    served by our tensorflow and pytorch processors, with the frameworks' own answers.
+
+    Both models are built at once (each in its own process: TensorFlow and the test
+    process do not mix) and both services start together, since each framework takes
+    seconds to import.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from processors import tfproto, torchproto
+    from tests.e2e.processor_models import build_isolated
+
+    root = tmp_path_factory.mktemp("frameworks")
+    names = {"tensorflow": "sdk_tf", "pytorch": "sdk_torch"}
+
+    def build_and_create(kind: str):  # noqa: ANN202
+        model = build_isolated(kind, root / kind)
+        with sdk_server.admin() as admin:
+            resp = admin.post("/api/v2/services", json=model.service(names[kind]))
+        assert resp.status_code == 200, resp.text
+        return model
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        built = dict(zip(names, pool.map(build_and_create, names)))
+    tokens = {kind: sdk_server.wait_status(name, "Running", timeout=300)["AccessToken"]
+              for kind, name in names.items()}
+    tf_request = tfproto.PredictRequest.FromString(built["tensorflow"].body)
+    torch_request = torchproto.PredictRequest.FromString(built["pytorch"].body)
+    return {
+        "tf": {"name": names["tensorflow"], "token": tokens["tensorflow"], "signature": tf_request.signature_name,
+               "x": tfproto.array_from_proto(tf_request.inputs["x"]),
+               "ids": tfproto.array_from_proto(tf_request.inputs["ids"]),
+               "output": "scores", "expected": built["tensorflow"].expected},
+        "torch": {"name": names["pytorch"], "token": tokens["pytorch"],
+                  "x": torchproto.array_from_proto(torch_request.inputs[0]),
+                  "expected": built["pytorch"].expected},
+    }

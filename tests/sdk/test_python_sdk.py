@@ -97,6 +97,31 @@ def test_tf_request_against_onnx(sdk_server, onnx_service):
     np.testing.assert_allclose(np.array(out["values"]).reshape(expected.shape), expected, rtol=1e-5)
 
 
+def test_tf_request_against_tensorflow(sdk_server, framework_services):
+    tf = framework_services["tf"]
+    x, ids = tf["x"], tf["ids"]
+    request = {"kind": "tf", "signature": tf["signature"],
+               "feeds": [{"name": "x", "shape": list(x.shape), "dtype": "DT_FLOAT", "values": x.ravel().tolist()},
+                         {"name": "ids", "shape": list(ids.shape), "dtype": "DT_INT64", "values": ids.tolist()}],
+               "fetches": [tf["output"]]}
+    [result] = run_sdk([{"client": client(sdk_server.url, tf), "request": request}])
+    out = ok(result)[0][tf["output"]]
+    assert out["shape"] == list(tf["expected"].shape)
+    np.testing.assert_allclose(np.array(out["values"]).reshape(tf["expected"].shape), tf["expected"], rtol=1e-5)
+
+
+def test_torch_request_against_pytorch(sdk_server, framework_services):
+    torch = framework_services["torch"]
+    x = torch["x"]
+    request = {"kind": "torch", "feeds": [{"index": 0, "shape": list(x.shape), "dtype": "DT_FLOAT",
+                                           "values": x.ravel().tolist()}], "fetches": [0]}
+    [result] = run_sdk([{"client": client(sdk_server.url, torch), "request": request}])
+    out = ok(result)[0]["0"]
+    assert out["shape"] == list(torch["expected"].shape)
+    np.testing.assert_allclose(np.array(out["values"]).reshape(torch["expected"].shape), torch["expected"],
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_custom_url_sends_the_raw_token(sdk_server, echo_service):
     url = f"{sdk_server.url}/api/predict/{echo_service['name']}"
     [good, bad] = run_sdk([

@@ -12,7 +12,10 @@ import com.aliyun.openservices.eas.predict.http.HttpConfig;
 import com.aliyun.openservices.eas.predict.http.PredictClient;
 import com.aliyun.openservices.eas.predict.request.TFDataType;
 import com.aliyun.openservices.eas.predict.request.TFRequest;
+import com.aliyun.openservices.eas.predict.request.TorchDataType;
+import com.aliyun.openservices.eas.predict.request.TorchRequest;
 import com.aliyun.openservices.eas.predict.response.TFResponse;
+import com.aliyun.openservices.eas.predict.response.TorchResponse;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -114,6 +117,21 @@ public class OfficialJavaSdkTest {
   }
 
   @Test
+  public void bodyWhoseMd5StartsWithZero() throws Exception {
+    // The SDK writes Content-MD5 as BigInteger.toString(16): leading zeros dropped.
+    java.security.MessageDigest md5 = java.security.MessageDigest.getInstance("MD5");
+    String body = null;
+    for (int i = 0; i < 1000 && body == null; i++) {
+      String candidate = "md5-" + i;
+      if (md5.digest(candidate.getBytes(StandardCharsets.UTF_8))[0] >>> 4 == 0) {
+        body = candidate;
+      }
+    }
+    assertNotNull(body);
+    assertEquals(body.toUpperCase(), JSON.parseObject(echo(0).predict(body)).getString("upper"));
+  }
+
+  @Test
   public void contentTypeOtherThanOctetStream() throws Exception {
     // The Java SDK sends the Content-Type it was given but always signs
     // "application/octet-stream" (as the Go SDK does): the gateway must accept that.
@@ -121,6 +139,18 @@ public class OfficialJavaSdkTest {
     client.setContentType("application/json");
     JSONObject answer = JSON.parseObject(client.predict("{\"x\": 1}"));
     assertEquals("{\"X\": 1}", answer.getString("upper"));
+  }
+
+  private static void assertClose(String expectedCsv, List<Float> got) {
+    float[] expected = floats(expectedCsv);
+    assertEquals(expected.length, got.size());
+    for (int i = 0; i < expected.length; i++) {
+      assertEquals(expected[i], got.get(i), 1e-4 * Math.max(1, Math.abs(expected[i])));
+    }
+  }
+
+  private static long[] shape(List<Long> dims) {
+    return dims.stream().mapToLong(Long::longValue).toArray();
   }
 
   @Test
@@ -133,14 +163,32 @@ public class OfficialJavaSdkTest {
     request.addFeed(input, TFDataType.DT_FLOAT, longs(env("EAS_ONNX_SHAPE")), floats(env("EAS_ONNX_ROWS")));
     request.addFetch(output);
     TFResponse response = client.predict(request);
-    float[] expected = floats(env("EAS_ONNX_EXPECTED"));
-    List<Float> got = response.getFloatVals(output);
-    assertEquals(expected.length, got.size());
-    for (int i = 0; i < expected.length; i++) {
-      assertEquals(expected[i], got.get(i), 1e-4 * Math.max(1, Math.abs(expected[i])));
-    }
-    long[] shape = response.getTensorShape(output).stream().mapToLong(Long::longValue).toArray();
-    assertArrayEquals(longs(env("EAS_ONNX_EXPECTED_SHAPE")), shape);
+    assertClose(env("EAS_ONNX_EXPECTED"), response.getFloatVals(output));
+    assertArrayEquals(longs(env("EAS_ONNX_EXPECTED_SHAPE")), shape(response.getTensorShape(output)));
+  }
+
+  @Test
+  public void tfPredictAgainstTensorflow() throws Exception {
+    PredictClient client = gateway(env("EAS_ENDPOINT"), env("EAS_TF_SERVICE"), env("EAS_TF_TOKEN"), 0);
+    TFRequest request = new TFRequest();
+    request.setSignatureName(env("EAS_TF_SIGNATURE"));
+    request.addFeed("x", TFDataType.DT_FLOAT, longs(env("EAS_TF_X_SHAPE")), floats(env("EAS_TF_X")));
+    request.addFeed("ids", TFDataType.DT_INT64, longs(env("EAS_TF_IDS_SHAPE")), longs(env("EAS_TF_IDS")));
+    request.addFetch(env("EAS_TF_OUTPUT"));
+    TFResponse response = client.predict(request);
+    assertClose(env("EAS_TF_EXPECTED"), response.getFloatVals(env("EAS_TF_OUTPUT")));
+    assertArrayEquals(longs(env("EAS_TF_EXPECTED_SHAPE")), shape(response.getTensorShape(env("EAS_TF_OUTPUT"))));
+  }
+
+  @Test
+  public void torchPredictAgainstPytorch() throws Exception {
+    PredictClient client = gateway(env("EAS_ENDPOINT"), env("EAS_TORCH_SERVICE"), env("EAS_TORCH_TOKEN"), 0);
+    TorchRequest request = new TorchRequest();
+    request.addFeed(0, TorchDataType.DT_FLOAT, longs(env("EAS_TORCH_X_SHAPE")), floats(env("EAS_TORCH_X")));
+    request.addFetch(0);
+    TorchResponse response = client.predict(request);
+    assertClose(env("EAS_TORCH_EXPECTED"), response.getFloatVals(0));
+    assertArrayEquals(longs(env("EAS_TORCH_EXPECTED_SHAPE")), shape(response.getTensorShape(0)));
   }
 
   @Test
