@@ -37,15 +37,25 @@ def test_python_processor_type_wins() -> None:
     assert resolve("sklearn", "PYTHON") is PythonProcessor
 
 
-@pytest.mark.parametrize("code", ["pmml", "xgboost", "lightgbm", "tensorflow_cpu_1.15",
-                                  "pytorch_cpu_1.10", "tensorflow", "pytorch", "paddle"])
-def test_known_but_unsupported_codes(code: str) -> None:
+@pytest.mark.parametrize("code, cls_name", [
+    ("pmml", "PmmlProcessor"), ("xgboost", "XGBoostProcessor"), ("lightgbm", "LightGBMProcessor"),
+    ("tensorflow", "TensorFlowProcessor"), ("tensorflow_cpu_1.15", "TensorFlowProcessor"),
+    ("tensorflow_gpu_2.3", "TensorFlowProcessor"), ("pytorch", "PyTorchProcessor"),
+    ("pytorch_cpu_1.10", "PyTorchProcessor"), ("paddle", "PaddleProcessor"),
+])
+def test_framework_codes_and_eas_aliases(code: str, cls_name: str) -> None:
+    assert resolve(code, None).__name__ == cls_name
+
+
+def test_known_but_unsupported_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EAS codes we recognise but cannot serve get their own message (none left today)."""
+    monkeypatch.setattr(registry, "TABLE", registry.TABLE + (registry.Entry("triton", None),))
     with pytest.raises(UnknownProcessorError, match="known EAS processor.*not yet supported"):
-        resolve(code, None)
+        resolve("triton", None)
 
 
 def test_unknown_code_lists_supported_ones() -> None:
-    with pytest.raises(UnknownProcessorError, match=r"unknown processor 'caffe'.*onnx, sklearn"):
+    with pytest.raises(UnknownProcessorError, match=r"unknown processor 'caffe'.*onnx, paddle, pmml"):
         resolve("caffe", None)
     assert issubclass(UnknownProcessorError, ValueError)
 
@@ -59,7 +69,8 @@ def test_missing_processor_and_other_processor_types() -> None:
 
 
 def test_known_codes() -> None:
-    assert known_codes() == ["onnx", "sklearn"]
+    assert known_codes() == ["lightgbm", "onnx", "paddle", "pmml", "pytorch", "sklearn", "tensorflow",
+                             "xgboost"]
     everything = known_codes(include_aliases=True, include_planned=True)
     assert {"pmml", "xgboost", "scikit-learn", "tensorflow_cpu_*"} <= set(everything)
 
@@ -68,12 +79,15 @@ def test_every_implemented_target_is_a_processor() -> None:
     for entry in registry.TABLE:
         if entry.target:
             cls = resolve(entry.code, None)
-            assert issubclass(cls, Processor) and cls.supports_batching
+            assert issubclass(cls, Processor)
+            if entry.code in ("sklearn", "onnx", "xgboost", "lightgbm"):
+                assert cls.supports_batching
 
 
 def test_registry_import_does_not_load_frameworks() -> None:
     code = ("import sys, processors, processors.registry; "
-            "heavy = [m for m in ('sklearn', 'onnxruntime', 'joblib', 'numpy', 'onnx') "
+            "heavy = [m for m in ('sklearn', 'onnxruntime', 'joblib', 'numpy', 'onnx', 'torch', "
+            "'tensorflow', 'paddle', 'xgboost', 'lightgbm', 'pypmml') "
             "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
