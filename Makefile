@@ -70,4 +70,17 @@ sdk: $(STAMP) sdk-deps
 	$(PY) -m pytest -q tests/sdk
 
 clean:
-	rm -rf $(VENV) $(SDK_PY_VENV) tests/sdk/java/target .demo *.egg-info .tools
+	rm -rf $(VENV) $(SDK_PY_VENV) $(V2C_VENV) tests/sdk/java/target .demo *.egg-info .tools
+
+# make bench [SCENARIOS="echo sklearn ..."]: side-by-side numbers (bench/run.py).
+BENCH_ML_VENV := bench/.venv-mlserver
+$(BENCH_ML_VENV)/.installed:
+	test -x $(BENCH_ML_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_ML_VENV)
+	$(BENCH_ML_VENV)/bin/python -m pip install -q --disable-pip-version-check mlserver==1.7.1 mlserver-sklearn==1.7.1
+	touch $@
+
+bench/loadgen/loadgen: bench/loadgen/main.go bench/loadgen/go.mod
+	cd bench/loadgen && go build -o loadgen .
+
+bench: $(STAMP) bench/loadgen/loadgen $(BENCH_ML_VENV)/.installed
+	$(PY) -m bench.run $(SCENARIOS)

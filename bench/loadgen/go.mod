@@ -1,0 +1,3 @@
+module eas-bench/loadgen
+
+go 1.22
