@@ -269,7 +269,8 @@ public class OfficialJavaSdkTest {
     System.out.printf("DIRECT: second instance answered %.2f s after scaling; then %s%n", spreadSeconds, after);
     assertEquals(after.toString(), 2, after.size());
     for (int count : after.values()) {
-      assertTrue("calls are shared: " + after, count >= 10);
+      // This SDK picks an instance at random by weight: fewer than 5 of 40 is ~1 run in 5 million.
+      assertTrue("calls are shared: " + after, count >= 5);
     }
   }
 }
