@@ -32,7 +32,8 @@ log = logging.getLogger("eas.controller")
 class Backend(Protocol):
     """What the controller needs from the platform hosting instances (Ray Serve)."""
 
-    def deploy(self, name: str, spec: specs.ServiceSpec, cache_dir: str, secrets: dict[str, str]) -> None: ...
+    def deploy(self, name: str, spec: specs.ServiceSpec, cache_dir: str, secrets: dict[str, str],
+               code_dir: str | None = None) -> None: ...
     def delete(self, name: str) -> None: ...
     def observe(self) -> dict[str, Any]: ...
     def restart_instances(self, name: str, replica_ids: list[str], internal_key: str) -> list[str]: ...
@@ -331,11 +332,12 @@ class Controller:
                 # Fetch here first: a bad path or archive fails in a second, with a clear
                 # reason, instead of after several instance start attempts.
                 modelsource.resolve(spec.model_path, f"{self.cache_dir}/models", spec.oss_endpoint)
-                modelsource.resolve(spec.processor_path, f"{self.cache_dir}/code", spec.oss_endpoint)
+                code_dir = modelsource.resolve(spec.processor_path, f"{self.cache_dir}/code", spec.oss_endpoint)
                 self.backend.deploy(rec.name, spec, self.cache_dir,
-                                    {"token": rec.token, "internal_key": self.internal_key})
+                                    {"token": rec.token, "internal_key": self.internal_key}, code_dir)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, modelsource.ModelSourceError) else f"deploy failed: {exc}"
+                known = (modelsource.ModelSourceError, ValueError)  # ValueError: bad requirements.txt
+                reason = str(exc) if isinstance(exc, known) else f"deploy failed: {exc}"
                 with self._lock:
                     self._failed[rec.name] = want
                 self.store.set_status(rec.name, "Failed", reason)

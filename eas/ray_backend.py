@@ -8,6 +8,8 @@ model change is a rolling update, both done by Serve.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eas import objectstore
+from processors.requirements import runtime_env as code_runtime_env
 
 log = logging.getLogger("eas.ray")
 
@@ -109,13 +112,15 @@ class RayBackend:
 
         self._deployment = serve.deployment(name=DEPLOYMENT)(ServiceReplica)
         self._stale: set[tuple[str, str]] = set()
-        self._stale: set[tuple[str, str]] = set()
 
-    def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str]) -> None:
+    def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str],
+               code_dir: str | None = None) -> None:
         """Create or update the service's app; returns once Serve has accepted it.
 
         `secrets` (token, internal key) travel as Serve's user_config: changing them
-        reconfigures running instances instead of replacing them.
+        reconfigures running instances instead of replacing them. A `requirements.txt`
+        in the user's code (`code_dir`, already local) becomes the instances' own pip
+        environment (a Ray runtime_env), never the server's.
         """
         meta = spec.metadata
         actor_options: dict[str, Any] = {"num_cpus": meta.cpu}
@@ -129,11 +134,19 @@ class RayBackend:
             actor_options["resources"] = {meta.resource: 0.001}
         # Object-store settings reach instances on every node (local workers inherit them anyway).
         env = {k: os.environ[k] for k in objectstore.ENV_VARS if os.environ.get(k)}
-        if env:
-            actor_options["runtime_env"] = {"env_vars": env}
+        runtime_env: dict[str, Any] = {"env_vars": env} if env else {}
+        version = spec.code_version()
+        pip_env = code_runtime_env(code_dir)
+        if pip_env:
+            runtime_env.update(pip_env)
+            # The file can change under the same processor_path: make it part of the version.
+            digest = hashlib.sha256(json.dumps(pip_env, sort_keys=True).encode()).hexdigest()[:8]
+            version = f"{version}-{digest}"
+        if runtime_env:
+            actor_options["runtime_env"] = runtime_env
         surge, step = rolling(meta)
         deployment = self._deployment.options(
-            version=spec.code_version(),
+            version=version,
             max_surge_percent=surge,
             max_constructor_retry_count=3,
             num_replicas=meta.instance,

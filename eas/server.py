@@ -27,6 +27,7 @@ from starlette.routing import Route
 from eas import __version__, config
 from eas.api import routes as api_routes
 from eas.apibase import ApiContext
+from eas.asgi import PredictFastPath
 from eas.traffic import routes as traffic_routes
 from eas.controller import Controller
 from eas.gateway import Gateway
@@ -153,6 +154,7 @@ def gateway_lifespan(gateway: Gateway, grpc: GrpcGateway | None = None):  # noqa
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per stats poll is noise
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     check_port_free(args.host, args.port)
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("eas-server %s listening on %s (eascmd config: %s)", __version__, endpoint,
              data_dir / "eascmd.conf")
     server = uvicorn.Server(uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="warning", access_log=False,
+        PredictFastPath(app, gateway.predict), host=args.host, port=args.port, log_level="warning",
+        access_log=False,
         timeout_graceful_shutdown=10,
     ))
     try:

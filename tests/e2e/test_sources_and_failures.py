@@ -147,3 +147,27 @@ def test_user_processor_errors_are_400_and_isolated(server, tmp_path):
     assert server.predict("doubler", json.dumps({"x": 3}), token).json() == {"y": 6}
     for name in ("doubler", "bad_code"):
         server.eascmd("delete", name, "-y")
+
+
+def test_user_code_requirements_install_per_service(server, tmp_path):
+    """requirements.txt next to user code is installed for that service only (a Ray pip env)."""
+    code = tmp_path / "reqcode"
+    code.mkdir()
+    (code / "requirements.txt").write_text("inflection==0.5.1\n")
+    (code / "app.py").write_text(
+        "import inflection\n"
+        "class Camel:\n"
+        "    def initialize(self):\n"
+        "        pass\n"
+        "    def process(self, data):\n"
+        "        return inflection.camelize(data.decode()), 200\n"
+    )
+    spec = {"name": "camel", "processor_type": "python", "processor_path": str(code),
+            "metadata": {"instance": 1, "cpu": 0.5}}
+    server.eascmd("create", str(write_json(tmp_path / "camel.json", spec)), timeout=600)
+    token = server.desc("camel")["AccessToken"]
+    assert server.predict("camel", b"hello_world", token).text == "HelloWorld"
+    import importlib.util
+
+    assert importlib.util.find_spec("inflection") is None, "the server's own environment is untouched"
+    server.eascmd("delete", "camel", "-y")
