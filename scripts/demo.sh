@@ -10,7 +10,7 @@ ENDPOINT="http://127.0.0.1:$PORT"
 T0=$(date +%s)
 
 echo "==> starting eas-server on $ENDPOINT (data in $DIR; log in $DIR/server.log)"
-setsid $PY -m eas.server --data-dir "$DIR" --port "$PORT" >"$DIR/server.log" 2>&1 &
+setsid $PY -m eas.server --data-dir "$DIR" --port "$PORT" --grpc-port 0 >"$DIR/server.log" 2>&1 &
 SERVER=$!
 cleanup() {
   echo "==> stopping eas-server"
