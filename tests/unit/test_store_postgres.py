@@ -126,7 +126,8 @@ class MemoryBackend:
     def __init__(self, cluster: MemoryCluster, who: str) -> None:
         self.cluster, self.who = cluster, who
 
-    def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str]) -> None:
+    def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str],
+               code_dir: str | None = None) -> None:
         with self.cluster.lock:
             self.cluster.calls.append(("deploy", name, self.who))
             replicas = [Replica(f"r{i}", f"actor-{name}-{i}", "RUNNING", "127.0.0.1", None, time.time(),
