@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import math
 import random
@@ -37,6 +38,10 @@ from eas.routes import Entry, Route, RouteTable
 from processors.base import error_body
 
 log = logging.getLogger("eas.gateway")
+#: One JSON line per predict request; off unless eas-server --access-log turns it on.
+access_log = logging.getLogger("eas.access")
+access_log.setLevel(logging.WARNING)
+access_log.propagate = False
 
 #: Extra time the gateway waits beyond the instance's own keepalive before a 504.
 UPSTREAM_GRACE_S = 2.0
@@ -93,9 +98,17 @@ class Gateway:
     async def predict(self, http: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         response = await self._predict(http)
-        self.metrics.observe(http.path_params["service"] if http.path_params["service"] in self.routes
-                             else "_unknown", response.status_code, time.perf_counter() - started,
+        name = http.path_params["service"]
+        seconds = time.perf_counter() - started
+        self.metrics.observe(name if name in self.routes else "_unknown", response.status_code, seconds,
                              response.headers.get(PROCESSOR_TIME_HEADER))
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({
+                "time": time.time(), "request_id": response.headers.get(REQUEST_ID_HEADER),
+                "service": name, "status": response.status_code, "ms": round(seconds * 1000, 3),
+                "bytes_in": int(http.headers.get("content-length") or 0), "bytes_out": len(response.body),
+                "instance": response.headers.get(INSTANCE_HEADER), "client": http.client.host if http.client else None,
+            }, separators=(",", ":")))
         return response
 
     async def _predict(self, http: HttpRequest) -> HttpResponse:

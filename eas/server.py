@@ -67,7 +67,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "services can share a laptop; on a cluster Ray's own count is used)")
     p.add_argument("--region", default="local", help="region name shown by eascmd (default local)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--access-log", default=None, metavar="PATH",
+                   help="write one JSON line per predict request (request id, service, status, ms) "
+                   "to PATH, or '-' for stderr; off by default, it costs throughput")
     return p.parse_args(argv)
+
+
+def enable_access_log(target: str) -> None:
+    """Structured access log: JSON lines, one per predict request, with its request id."""
+    handler: logging.Handler = logging.StreamHandler() if target == "-" else logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("eas.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
 
 
 def internal_key(store: Store) -> str:
@@ -155,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per stats poll is noise
+    if args.access_log:
+        enable_access_log(args.access_log)
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     check_port_free(args.host, args.port)

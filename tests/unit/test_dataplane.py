@@ -125,3 +125,25 @@ def test_instance_checks_the_token_itself(instance):
     assert httpx.post(url, content=body, headers=signed).status_code == 200
     wrong_service = httpx.post(url.replace("/echo", "/other"), content=body, headers={"Authorization": TOKEN})
     assert wrong_service.status_code == 404
+
+
+def test_access_log_lines_carry_the_request_id(gateway, tmp_path):
+    import logging
+
+    from eas.server import enable_access_log
+
+    path = tmp_path / "access.log"
+    enable_access_log(str(path))
+    try:
+        resp = gateway.post("/api/predict/echo", content=b'{"z": 1}', headers={"Authorization": TOKEN})
+        missing = gateway.post("/api/predict/nope", content=b"{}", headers={"Authorization": TOKEN})
+    finally:
+        access = logging.getLogger("eas.access")
+        for handler in list(access.handlers):
+            handler.close()
+            access.removeHandler(handler)
+        access.setLevel(logging.WARNING)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["request_id"] == resp.headers["x-request-id"] and lines[0]["status"] == 200
+    assert lines[0]["service"] == "echo" and lines[0]["instance"] == "echo-abc"
+    assert lines[1]["status"] == 404 and lines[1]["request_id"] == missing.headers["x-request-id"]
