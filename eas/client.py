@@ -227,8 +227,12 @@ class ManagementClient:
         timeout: float = 600,
         interval: float = POLL_INTERVAL_S,
     ) -> dict[str, Any]:
-        """Poll until Status is Running; ServiceFailedError on Failed, TimeoutError on timeout."""
-        return self.wait_for_status(name, {"Running"}, on_progress, timeout, interval)
+        """Poll until Status is Running; ServiceFailedError on Failed, TimeoutError on timeout.
+
+        Sleeping counts as up: a service with `sleep` may doze off before it was ever
+        seen Running, and its first request wakes it.
+        """
+        return self.wait_for_status(name, {"Running", "Sleeping"}, on_progress, timeout, interval)
 
     def wait_for_status(
         self,

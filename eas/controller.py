@@ -224,6 +224,10 @@ class Controller:
         self.wake()
 
     def _idle_s(self, name: str) -> float:
+        # Requests held while the service wakes keep it awake: an instance that takes
+        # longer to start than idle_seconds must not be put back to sleep before it answers.
+        if self.routes.waiting(name):
+            return 0.0
         now = time.monotonic()
         last = max(self._activity.setdefault(name, now), self.routes.last_seen.get(name, 0.0))
         return now - last
@@ -273,11 +277,11 @@ class Controller:
                 self.store.set_status(name, "Stopped", "")
                 self._forget(name)
             return
-        self._deleting.discard(name)
         spec = self._effective(rec, specs.ServiceSpec.model_validate(rec.spec), app)
         if spec.metadata.instance == 0:
             self._zero(rec, spec, app)
             return
+        self._deleting.discard(name)
         want = _Applied(spec.code_version(), spec.metadata.instance, rec.token)
         with self._lock:
             failed = self._failed.get(name) == want

@@ -206,6 +206,7 @@ class Gateway:
             self.routes.on_demand(route.name)
         if not route.endpoints and route.hold_s > 0:
             route = await self.routes.wait_ready(route.name, route.hold_s) or route
+            self.routes.last_seen[route.name] = time.monotonic()  # idle counts from the wake, not the arrival
         if not route.endpoints:
             return _error_answer(503, f"service '{route.name}' is not available: {route.unavailable}", request_id)
         sent = {**(headers or {}), REQUEST_ID_HEADER: request_id, INTERNAL_KEY_HEADER: self.internal_key}

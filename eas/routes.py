@@ -111,6 +111,10 @@ class RouteTable:
                     waiting.remove((loop, future))
         return self._routes.get(name)
 
+    def waiting(self, name: str) -> int:
+        """Requests held for the service right now (a service with callers is not idle)."""
+        return len(self._waiters.get(name, ()))
+
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 

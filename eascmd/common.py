@@ -76,7 +76,8 @@ def confirm(question: str, yes: bool, nothing_done: str) -> None:
         raise Cancelled(f"cancelled: {nothing_done}")
 
 
-def wait_for(settings: Settings, name: str, goal: Literal["running", "stopped", "deleted"], timeout: float) -> None:
+def wait_for(settings: Settings, name: str, goal: Literal["running", "stopped", "deleted"],
+             timeout: float) -> dict[str, Any] | None:
     """The one wait used by create/modify/start/stop/delete, printing progress lines as it goes.
 
     A Failed service raises ServiceFailedError (reported as `[FAIL] Service failed: ...`);
@@ -87,10 +88,10 @@ def wait_for(settings: Settings, name: str, goal: Literal["running", "stopped", 
     try:
         if goal == "deleted":
             client.wait_until_deleted(name, printer, timeout)
-        elif goal == "stopped":
-            client.wait_for_status(name, {"Stopped"}, printer, timeout)
-        else:
-            client.wait_until_running(name, printer, timeout)
+            return None
+        if goal == "stopped":
+            return client.wait_for_status(name, {"Stopped"}, printer, timeout)
+        return client.wait_until_running(name, printer, timeout)
     except TimeoutError as exc:
         raise click.ClickException(
             f"{exc}: the server keeps working on it; follow it with 'eascmd desc {name}' and "

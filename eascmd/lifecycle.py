@@ -33,8 +33,11 @@ def _wait_running(settings: Settings, name: str, timeout: float, stopped: bool =
     if stopped:
         ok(f"Service [{name}] is stopped: the change applies when it starts ('eascmd start {name}')")
         return
-    wait_for(settings, name, "running", timeout)
-    ok("Service is running")
+    service = wait_for(settings, name, "running", timeout)
+    if service and service.get("Status") == "Sleeping":
+        ok("Service is sleeping: its first request wakes it")
+    else:
+        ok("Service is running")
 
 
 @click.command("create")

@@ -23,6 +23,7 @@ class Worker:
         cfg = json.loads(self.model_config) if isinstance(self.model_config, str) else (self.model_config or {})
         self.delay = cfg.get("delay", 0)
         self.first_call = cfg.get("first_call", 0)
+        time.sleep(cfg.get("init_delay", 0))  # a model that is slow to load
     def process(self, data):
         self.calls += 1
         if self.calls == 1:
@@ -79,7 +80,8 @@ def test_autoscaler_scales_up_under_load_and_back_down(server, code, tmp_path):
 
 
 def test_sleeping_service_wakes_for_a_burst_with_no_errors(server, code, tmp_path):
-    spec = worker("sleepy", code, sleep={"idle_seconds": 3, "wake_timeout_seconds": 60})
+    # Loading takes longer than the idle period: the held burst must keep it awake.
+    spec = worker("sleepy", code, config={"init_delay": 2}, sleep={"idle_seconds": 1, "wake_timeout_seconds": 60})
     server.eascmd("create", str(write_json(tmp_path / "s.json", spec)))
     token = server.desc("sleepy")["AccessToken"]
     server.wait_status("sleepy", "Sleeping", timeout=60)

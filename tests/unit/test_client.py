@@ -76,7 +76,7 @@ def test_wait_raises_service_failed(client: ManagementClient) -> None:
 
 def test_wait_times_out(client: ManagementClient) -> None:
     client.create_service({"name": "slow", "metadata": {"instance": 1}})
-    with pytest.raises(TimeoutError, match=r"slow is not Running after 0\.05 s"):
+    with pytest.raises(TimeoutError, match=r"slow is not Running or Sleeping after 0\.05 s"):
         client.wait_until_running("slow", timeout=0.05, interval=0.5)
 
 

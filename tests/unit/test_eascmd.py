@@ -176,7 +176,7 @@ def test_create_existing_asks_before_updating(conf_file: str, standin: StandIn, 
 def test_create_timeout(conf_file: str, tmp_path: Path) -> None:
     result = run(conf_file, "create", write_spec(tmp_path, {"name": "slow"}), "--timeout", "0")
     assert result.exit_code == 1
-    assert "[ERROR] service slow is not Running after 0 s" in result.stderr
+    assert "[ERROR] service slow is not Running or Sleeping after 0 s" in result.stderr
     assert "eascmd desc slow" in result.stderr
 
 
