@@ -2,7 +2,9 @@
 
 It makes the model local, loads the processor once, then runs requests on a bounded
 worker pool (`rpc.worker_threads`) so a slow model never blocks the event loop that
-receives the next request. Ray Serve hosts it (see ray_backend.py), but it runs and
+receives the next request. A built-in processor whose calls measure well under a
+millisecond is called on the loop instead: for such models the hop to a worker thread
+(and the GIL hand-offs it causes) costs more than the prediction. Ray Serve hosts it (see ray_backend.py), but it runs and
 is tested on its own.
 """
 
@@ -22,6 +24,9 @@ from processors import create_processor
 from processors.base import ModelLoadError, Processor, ProcessorError, Request, Response, error_body, error_response
 
 log = logging.getLogger("eas.runtime")
+
+INLINE_MAX_S = 0.001
+"""Estimated predict cost under which an inline-safe processor runs on the event loop."""
 
 
 class ServiceRuntime:
@@ -46,12 +51,28 @@ class ServiceRuntime:
         elif rpc.batching:
             log.warning("%s: rpc.batching is on but processor %s has no batched path; serving one by one",
                         self.spec.name, type(self.processor).__name__)
+        self.inline = InlinePolicy() if self.processor.inline_safe else None
+
+    def _pooled_predict(self, request: Request) -> Response:
+        if self.inline is None:
+            return self.processor.predict(request)
+        started = time.thread_time()
+        try:
+            return self.processor.predict(request)
+        finally:
+            self.inline.pooled(time.thread_time() - started)
 
     async def handle(self, request: Request) -> Response:
         try:
             if self.batcher is not None:
                 return await self.batcher.submit(request)
-            return await asyncio.get_running_loop().run_in_executor(self.pool, self.processor.predict, request)
+            if self.inline is not None and self.inline.now():
+                started = time.process_time()
+                try:
+                    return self.processor.predict(request)
+                finally:
+                    self.inline.inlined(time.process_time() - started)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, self._pooled_predict, request)
         except ProcessorError as exc:
             return error_response(exc, request.request_id)
         except Exception as exc:  # a processor bug is the request's 400, never the instance's death
@@ -63,6 +84,36 @@ class ServiceRuntime:
         if self.batcher is not None:
             self.batcher.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class InlinePolicy:
+    """Whether to call a cheap model on the event loop, from what its calls cost.
+
+    Costs are CPU time, not wall time: on a busy machine the OS preempts a call now
+    and then, and a pooled call's wall time includes waiting for the GIL; neither is
+    the model's cost, and counting them would keep a cheap model in the pool for
+    good. Inline calls count the whole process's CPU, so a model that computes on
+    helper threads (onnxruntime's intra-op pool) still shows its full cost. A slow
+    inline call moves the model to the pool at once; coming back takes a run of
+    cheap pooled calls, so a heavy model is rarely retried on the loop.
+    """
+
+    def __init__(self, limit_s: float = INLINE_MAX_S) -> None:
+        self.limit_s = limit_s
+        self.estimate_s: float | None = None
+
+    def now(self) -> bool:
+        return self.estimate_s is not None and self.estimate_s < self.limit_s
+
+    def inlined(self, cpu_s: float) -> None:
+        self._add(cpu_s, 0.2 if cpu_s < self.limit_s else 0.6)
+
+    def pooled(self, cpu_s: float) -> None:
+        self._add(cpu_s, 0.05)
+
+    def _add(self, sample: float, weight: float) -> None:
+        current = self.estimate_s if self.estimate_s is not None else sample
+        self.estimate_s = current + weight * (sample - current)
 
 
 def warm_up(processor: Processor, spec: ServiceSpec, cache_dir: str) -> None:

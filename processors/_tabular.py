@@ -30,6 +30,7 @@ class TabularProcessor(Processor):
     """`{"instances": [[f1, ...], ...]}` -> `{"predictions": [...]}`, batched across requests."""
 
     supports_batching = True
+    inline_safe = True
     #: Rows may hold text (pipelines with their own encoders); False: numbers or null only.
     allow_text_features = True
 

@@ -75,6 +75,11 @@ class Processor(ABC):
 
     #: True when `predict_batch` is a real batched call (server-side batching uses it).
     supports_batching: bool = False
+    #: True when `predict` is plain model arithmetic that cannot block on I/O or hang
+    #: (built-in tabular and ONNX processors). The runtime may then call it on the event
+    #: loop while it measures sub-millisecond, skipping the thread hop that costs more
+    #: than such a model's own work. User code is never called inline.
+    inline_safe: bool = False
 
     def __init__(self, ctx: ModelContext) -> None:
         self.ctx = ctx

@@ -98,6 +98,7 @@ class OnnxProcessor(Processor):
     """ONNX via onnxruntime; `model_config` may set threads and graph optimisation."""
 
     supports_batching = True
+    inline_safe = True
 
     def __init__(self, ctx: ModelContext) -> None:
         super().__init__(ctx)

@@ -118,6 +118,58 @@ def test_batching_forms_real_batches(tmp_path):
         runtime.close()
 
 
+def test_cheap_builtin_model_runs_on_the_event_loop_and_user_code_never_does(tmp_path, sleepy):
+    import threading
+
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.random.default_rng(1).normal(size=(40, 3))
+    joblib.dump(LogisticRegression().fit(x, (x[:, 0] > 0).astype(int)), tmp_path / "m.joblib")
+    spec = {"name": "cheap", "processor": "sklearn", "model_path": str(tmp_path / "m.joblib"),
+            "metadata": {"instance": 1}}
+    server, runtime, url = start(spec, tmp_path)
+    threads: list[str] = []
+    real_predict = runtime.processor.predict
+
+    def spy(request):  # noqa: ANN001, ANN202 - records where the real predict runs
+        threads.append(threading.current_thread().name)
+        return real_predict(request)
+
+    runtime.processor.predict = spy
+    try:
+        with httpx.Client(timeout=10, headers={"Authorization": TOKEN}) as client:
+            for row in np.tile(x.round(3), (8, 1)):  # 320 calls: a slow first call is averaged out
+                assert client.post(url, content=json.dumps({"instances": [row.tolist()]})).status_code == 200
+        pool = "eas-cheap_"  # the worker pool's thread names
+        assert threads[0].startswith(pool), "the first call, with no cost known yet, goes to the pool"
+        inline = [name for name in threads[-100:] if not name.startswith(pool)]
+        assert len(inline) > 80, f"only {len(inline)} of the last 100 calls ran on the loop"
+    finally:
+        server.stop()
+        runtime.close()
+    assert sleepy[0].app.runtime.inline is None, "user code may block: always on the worker pool"
+
+
+def test_inline_policy_sends_a_slow_model_back_to_the_pool():
+    from eas.runtime import InlinePolicy
+
+    policy = InlinePolicy(limit_s=0.001)
+    assert not policy.now(), "nothing measured yet"
+    policy.pooled(0.0002)
+    assert policy.now()
+    policy.inlined(0.02)  # one slow call on the loop
+    assert not policy.now()
+    for _ in range(20):
+        policy.pooled(0.0002)
+    assert not policy.now(), "a model that was slow on the loop is not retried after a few cheap calls"
+    for _ in range(200):
+        policy.pooled(0.0002)
+    assert policy.now(), "a long run of cheap calls brings it back"
+    for _ in range(200):
+        policy.pooled(0.005)
+    assert not policy.now(), "a model that got slower in the pool stays there"
+
+
 def test_rate_limiter_token_bucket():
     now = [100.0]
     limiter = RateLimiter(clock=lambda: now[0])
