@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import orjson
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -118,12 +120,27 @@ class Processor(ABC):
         raise ProcessorError(f"{type(self).__name__} does not support the Open Inference Protocol (v2)")
 
 
+# orjson parses and writes numbers about ten times faster than `json`: for a request
+# of a few thousand floats, decoding was the largest cost of the whole call. `json`
+# stays as the fallback for what orjson refuses (NaN/Infinity literals, integers
+# beyond 64 bits, odd key types) and for its clearer error messages.
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
 def json_response(payload: Any, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")).encode(), status, "application/json")
+    try:
+        body = orjson.dumps(payload, option=_ORJSON_OPTIONS)
+    except TypeError:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(body, status, "application/json")
 
 
 def parse_json_body(body: bytes) -> Any:
     """Decode a JSON body, or raise a 400 that says what is wrong with it."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -78,6 +78,13 @@ def _session_options(ort: Any, config: dict[str, Any]) -> Any:
             setattr(options, key, value)
     if "graph_optimization_level" in config:
         options.graph_optimization_level = _graph_level(ort, config["graph_optimization_level"])
+    # onnxruntime's intra-op threads spin between calls by default: fine for one
+    # benchmark loop, but in a server they burn the CPU the HTTP side and the other
+    # instances on the node need. `allow_spinning: true` in model_config restores it.
+    spinning = config.get("allow_spinning", False)
+    if not isinstance(spinning, bool):
+        raise ModelLoadError(f"model_config allow_spinning must be true or false, got {spinning!r}")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
 
 
