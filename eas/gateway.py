@@ -129,14 +129,24 @@ class Gateway:
         entry, route = admitted
         sub_path = http.path_params.get("sub_path", "")
         content_type = http.headers.get("content-type")
-        if entry.mirror is not None:
-            self._mirror(entry.mirror, sub_path, body, content_type, request_id)
         try:
-            answer = await until_disconnect(http, self.forward(route, sub_path, body, content_type, request_id))
+            answer = await until_disconnect(http, self.dispatch(entry, route, sub_path, body, content_type,
+                                                                request_id))
         except ClientGone:
             log.info("499 client went away: request %s to %s cancelled", request_id, name)
             return _error(499, "client closed the connection", request_id)
         return HttpResponse(answer.body, answer.status, headers=answer.headers)
+
+    async def dispatch(self, entry: Entry, route: Route, sub_path: str, body: bytes, content_type: str | None,
+                       request_id: str) -> Answer:
+        """Forward an admitted EAS predict request, then copy it to the mirror, if any."""
+        try:
+            return await self.forward(route, sub_path, body, content_type, request_id)
+        finally:
+            # The copy starts once the primary has its answer: the task first runs after
+            # the caller writes the response, so the shadow's work never sits in front of it.
+            if entry.mirror is not None:
+                self._mirror(entry.mirror, sub_path, body, content_type, request_id)
 
     def admit(self, name: str, headers: Mapping[str, str], path: str, body: bytes, request_id: str,
               method: str = "POST") -> tuple[Entry, Route] | Answer:

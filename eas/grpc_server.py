@@ -234,10 +234,7 @@ class GrpcGateway:
         admitted = gw.admit(name, Headers(headers), f"/api/predict/{request.service}", request.body, request_id)
         if isinstance(admitted, tuple):
             entry, route = admitted
-            content_type = request.content_type or None
-            if entry.mirror is not None:
-                gw._mirror(entry.mirror, sub_path, request.body, content_type, request_id)
-            answer = await gw.forward(route, sub_path, request.body, content_type, request_id)
+            answer = await gw.dispatch(entry, route, sub_path, request.body, request.content_type or None, request_id)
         else:
             answer = admitted
         gw.metrics.observe(name if name in gw.routes else "_unknown", answer.status,
