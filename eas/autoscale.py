@@ -95,6 +95,8 @@ class CronScalerSpec(_Model):
 class SleepSpec(_Model):
     idle_seconds: float = Field(..., gt=0)
     wake_timeout_seconds: float = Field(60, gt=0, le=600)
+    max_held_requests: int = Field(1000, ge=1, le=100_000)
+    """Requests held at the gateway while the service wakes; more get 503 at once."""
     valid_from: datetime | None = None
     valid_until: datetime | None = None
 

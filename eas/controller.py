@@ -396,12 +396,13 @@ class Controller:
         coming = rec.desired == st.RUNNING and not reason.startswith("service failed")
         hold = rpc.keepalive / 1000 if coming else 0.0
         asleep = rec.name in self.sleeping
+        max_held = Route.max_held
         if asleep and spec.sleep is not None:
-            hold = spec.sleep.wake_timeout_seconds
+            hold, max_held = spec.sleep.wake_timeout_seconds, spec.sleep.max_held_requests
         elif asleep:
             hold = max(hold, 60.0)  # waking from autoscaler min 0 takes an instance start
         return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit, hold,
-                     wake_on_demand=asleep)
+                     wake_on_demand=asleep, max_held=max_held)
 
 
 def _keepalive(spec: dict[str, Any]) -> float:

@@ -215,6 +215,10 @@ class Gateway:
         if not route.endpoints and route.wake_on_demand:
             self.routes.on_demand(route.name)
         if not route.endpoints and route.hold_s > 0:
+            held = self.routes.waiting(route.name)
+            if held >= route.max_held:
+                return _error_answer(503, f"service '{route.name}' is not available: {route.unavailable}, and "
+                                     f"{held} requests already wait for it; retry later", request_id)
             route = await self.routes.wait_ready(route.name, route.hold_s) or route
             self.routes.last_seen[route.name] = time.monotonic()  # idle counts from the wake, not the arrival
         if not route.endpoints:

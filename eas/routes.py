@@ -40,6 +40,8 @@ class Route:
     coming (deploying, restarting, waking); 0 answers 503 at once."""
     wake_on_demand: bool = False
     """The service sleeps: a request must tell the controller to wake it."""
+    max_held: int = 1000
+    """At most this many requests wait at once; more get 503 at once (bounded memory)."""
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ def gateway(instance):
     routes.set(Route("limited", TOKEN, (), "no instance", keepalive_s=0.3, rate_limit=1))
     routes.set_entries({name: Entry(name, TOKEN, ((name, 100),)) for name in ("echo", "down", "limited")})
     with TestClient(app) as client:
+        client.routes = routes  # tests change routes while the gateway runs
         yield client
 
 
@@ -98,6 +99,34 @@ def test_gateway_status_paths(gateway):
         body = resp.json()
         assert body["code"] == status and words in body["message"], body
         assert body["request_id"] == resp.headers["x-request-id"]
+
+
+def test_held_requests_are_bounded(gateway):
+    import threading
+    import time
+
+    from eas.routes import Route as R
+
+    routes = gateway.routes
+    up = routes.get("echo")
+    routes.set(R("echo", TOKEN, (), "service is waking up", keepalive_s=0.3, hold_s=5, max_held=2))
+    answers: list[httpx.Response] = []
+
+    def call() -> None:
+        answers.append(gateway.post("/api/predict/echo", content=b"{}", headers={"Authorization": TOKEN}))
+
+    held = [threading.Thread(target=call) for _ in range(2)]
+    for t in held:
+        t.start()
+    deadline = time.monotonic() + 5
+    while routes.waiting("echo") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    extra = gateway.post("/api/predict/echo", content=b"{}", headers={"Authorization": TOKEN})
+    assert extra.status_code == 503 and "2 requests already wait" in extra.json()["message"], extra.text
+    routes.set(up)  # an instance is ready: the held requests go through
+    for t in held:
+        t.join(10)
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
 
 
 def test_rate_limit_answers_429_with_retry_after(gateway):
