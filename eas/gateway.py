@@ -19,7 +19,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-import aiohttp
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response as HttpResponse
 
@@ -35,6 +34,7 @@ from eas.instance import (
 )
 from eas.metrics import GatewayMetrics
 from eas.routes import Entry, Route, RouteTable
+from eas.upstream import UpstreamFailed, UpstreamPool, UpstreamRefused, UpstreamTimeout
 from processors.base import error_body
 
 log = logging.getLogger("eas.gateway")
@@ -57,7 +57,7 @@ class Gateway:
         self.routes = routes
         self.internal_key = internal_key
         self.max_body_bytes = max_body_bytes
-        self._session: aiohttp.ClientSession | None = None
+        self.upstream = UpstreamPool()
         self._turn = itertools.count()
         self.limiter = RateLimiter()
         self.metrics = metrics or GatewayMetrics()
@@ -65,19 +65,8 @@ class Gateway:
         self._mirror_tasks: set[asyncio.Task[None]] = set()
         self.mirror_skipped = 0
 
-    def session(self) -> aiohttp.ClientSession:
-        # Created inside the serving loop: aiohttp binds a session to the loop it starts on.
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            )
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self.upstream.close()
 
     async def upstreams(self, http: HttpRequest) -> JSONResponse:
         """Service discovery for SDKs in DIRECT mode: the instances to call themselves.
@@ -228,27 +217,25 @@ class Gateway:
             sent["Content-Type"] = content_type
         path = (path.format(name=route.name) if path
                 else f"/api/predict/{route.name}" + (f"/{sub_path}" if sub_path else ""))
-        timeout = aiohttp.ClientTimeout(total=route.keepalive_s + UPSTREAM_GRACE_S)
+        timeout = route.keepalive_s + UPSTREAM_GRACE_S
         start = next(self._turn)
         # Try each instance at most once: a refused connection (an instance that just
         # went away) moves on to the next; anything after the request was sent does not.
         for attempt in range(len(route.endpoints)):
             endpoint = route.endpoints[(start + attempt) % len(route.endpoints)]
             try:
-                async with self.session().request(method, endpoint.url + path, data=body, headers=sent,
-                                                  timeout=timeout) as resp:
-                    payload = await resp.read()
-                    return Answer(resp.status, payload, _answer_headers(resp, request_id))
-            except aiohttp.ClientConnectorError as exc:
+                up = await self.upstream.request(method, endpoint.host, endpoint.port, path, sent, body, timeout)
+                return Answer(up.status, up.body, _answer_headers(up.headers, request_id))
+            except UpstreamRefused as exc:
                 log.info("instance %s of %s refused the connection: %s", endpoint.instance, route.name, exc)
                 continue
-            except asyncio.TimeoutError:
+            except UpstreamTimeout:
                 return _error_answer(504, f"no answer from instance {endpoint.instance} within "
-                                     f"{route.keepalive_s + UPSTREAM_GRACE_S:.1f} s", request_id)
-            except aiohttp.ClientError as exc:
+                                     f"{timeout:.1f} s", request_id)
+            except UpstreamFailed as exc:
                 log.warning("request %s to %s failed upstream: %s", request_id, route.name, exc)
-                return _error_answer(503, f"instance {endpoint.instance} of '{route.name}' failed: "
-                                     f"{type(exc).__name__}", request_id)
+                return _error_answer(503, f"instance {endpoint.instance} of '{route.name}' failed: {exc}",
+                                     request_id)
         return _error_answer(503, f"no instance of '{route.name}' accepted the request", request_id)
 
 
@@ -281,11 +268,16 @@ class RateLimiter:
         return (1 - tokens) / rate
 
 
-def _answer_headers(resp: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
+_PASSED_HEADERS = ("Content-Type", INSTANCE_HEADER, PROCESSOR_TIME_HEADER, "Inference-Header-Content-Length")
+"""Instance answer headers a caller sees (the rest are the instance server's own)."""
+
+
+def _answer_headers(received: Mapping[str, str], request_id: str) -> dict[str, str]:
     headers = {REQUEST_ID_HEADER: request_id}
-    for key in ("Content-Type", INSTANCE_HEADER, PROCESSOR_TIME_HEADER, "Inference-Header-Content-Length"):
-        if key in resp.headers:
-            headers[key] = resp.headers[key]
+    for key in _PASSED_HEADERS:
+        value = received.get(key.lower())
+        if value is not None:
+            headers[key] = value
     return headers
 
 

@@ -29,6 +29,7 @@ from eas import v2
 from eas.asgi import PredictFastPath
 from eas.auth import AuthError, check_service_auth
 from eas.runtime import ServiceRuntime
+from eas.upstream import INSTANCE_KEEPALIVE_S
 from processors.base import Request, Response, error_body
 
 log = logging.getLogger("eas.instance")
@@ -219,7 +220,7 @@ class InstanceServer:
         self.host, self.port = self.sock.getsockname()[:2]
         self.server = uvicorn.Server(uvicorn.Config(
             PredictFastPath(app.app, app.predict), log_level="warning", access_log=False, lifespan="off",
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=5, timeout_keep_alive=INSTANCE_KEEPALIVE_S,
         ))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name=f"eas-instance-{app.instance}", daemon=True)

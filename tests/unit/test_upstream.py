@@ -1,0 +1,131 @@
+"""The gateway's instance client against real sockets on loopback: a scripted server
+answers each request the way an instance (or a broken one) would."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from eas.upstream import UpstreamFailed, UpstreamPool, UpstreamRefused, UpstreamTimeout
+
+Reply = Callable[[bytes], bytes | None]  # request bytes -> raw answer (None: hang up)
+
+
+async def serve(reply: Reply) -> tuple[asyncio.Server, int, list[bytes], list[int]]:
+    """A server that reads one whole request at a time and writes `reply(request)`."""
+    seen: list[bytes] = []
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                request = head + await reader.readexactly(length)
+                seen.append(request)
+                answer = reply(request)
+                if answer is None:
+                    writer.close()
+                    return
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], seen, connections
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Eas-Instance: i-1\r\n" + extra + \
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+
+
+def test_keep_alive_chunked_and_connection_close() -> None:
+    async def go() -> None:
+        answers = iter([
+            ok(b'{"a":1}'),
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            ok(b"bye", b"Connection: close\r\n"),
+            ok(b"again"),
+        ])
+        server, port, seen, connections = await serve(lambda _: next(answers))
+        pool = UpstreamPool()
+        try:
+            first = await pool.request("POST", "127.0.0.1", port, "/api/predict/s", {"X-A": "1"}, b"{}", 5)
+            assert (first.status, first.body, first.headers["x-eas-instance"]) == (200, b'{"a":1}', "i-1")
+            assert (await pool.request("POST", "127.0.0.1", port, "/p", {}, b"", 5)).body == b"abcde"
+            assert len(connections) == 1, "the second request reused the first connection"
+            assert (await pool.request("GET", "127.0.0.1", port, "/p", {}, b"", 5)).body == b"bye"
+            assert (await pool.request("POST", "127.0.0.1", port, "/p", {}, b"x", 5)).body == b"again"
+            assert len(connections) == 2, "an answer with Connection: close is not reused"
+            assert seen[0].startswith(b"POST /api/predict/s HTTP/1.1\r\n") and b"\r\nX-A: 1\r\n" in seen[0]
+            assert seen[0].endswith(b"Content-Length: 2\r\nX-A: 1\r\n\r\n{}")
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(go())
+
+
+def test_failures_are_told_apart() -> None:
+    async def go() -> None:
+        def reply(request: bytes) -> bytes | None:
+            if b"/hangup" in request:
+                return None
+            if b"/garbage" in request:
+                return b"NOT HTTP AT ALL\r\n\r\n"
+            if b"/slow" in request:
+                return b""  # never answers
+            return ok(b"fine")
+
+        server, port, seen, _ = await serve(reply)
+        pool = UpstreamPool()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()[1]
+        try:
+            with pytest.raises(UpstreamRefused):
+                await pool.request("POST", "127.0.0.1", dead, "/p", {}, b"", 5)
+            with pytest.raises(UpstreamFailed, match="closed the connection"):
+                await pool.request("POST", "127.0.0.1", port, "/hangup", {}, b"", 5)
+            with pytest.raises(UpstreamFailed, match="malformed"):
+                await pool.request("POST", "127.0.0.1", port, "/garbage", {}, b"", 5)
+            with pytest.raises(UpstreamTimeout):
+                await pool.request("POST", "127.0.0.1", port, "/slow", {}, b"", 0.2)
+            assert (await pool.request("POST", "127.0.0.1", port, "/p", {}, b"", 5)).body == b"fine"
+            with pytest.raises(UpstreamFailed, match="line break"):
+                await pool.request("POST", "127.0.0.1", port, "/p", {"X-Bad": "a\r\nX-Injected: 1"}, b"", 5)
+            # A decoded path with a line break is escaped, never sent raw.
+            await pool.request("POST", "127.0.0.1", port, "/p/a\r\nX-Injected: 1", {}, b"", 5)
+            assert seen[-1].startswith(b"POST /p/a%0D%0AX-Injected:%201 HTTP/1.1\r\n"), seen[-1][:60]
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(go())
+
+
+def test_a_cancelled_request_drops_its_connection() -> None:
+    async def go() -> None:
+        server, port, _, connections = await serve(lambda r: b"" if b"/slow" in r else ok(b"ok"))
+        pool = UpstreamPool()
+        try:
+            task = asyncio.create_task(pool.request("POST", "127.0.0.1", port, "/slow", {}, b"", 5))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The late answer to /slow must never be read as the answer to the next request.
+            assert (await pool.request("POST", "127.0.0.1", port, "/p", {}, b"", 5)).body == b"ok"
+            assert len(connections) == 2
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(go())
