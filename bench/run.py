@@ -117,11 +117,9 @@ def echo(workdir: Path) -> dict[str, Any]:
         token = eas.create(python_service("echo", write_code(workdir, "echo", ECHO_CODE), workers=8,
                                           rpc={"worker_threads": 8, "max_queue_size": 256}))
         results["eas gateway"] = measure(f"{eas.url}/api/predict/echo", {"Authorization": token})
-        port = json.loads(eas.eascmd("w", "echo", "--json"))[0]
         items = httpx.get(f"{eas.url}/api/v1/servicediscovery/upstreams/echo").json()["endpoints"]["items"]
         direct = f"http://{items[0]['ip']}:{items[0]['port']}/api/predict/echo"
         results["eas instance (DIRECT)"] = measure(direct, {"Authorization": token})
-        del port
     rows = []
     for name, by_c in results.items():
         rows.append([name, by_c["1"]["p50_ms"], by_c["1"]["p99_ms"]] + [by_c[str(c)]["rps"] for c in levels])
