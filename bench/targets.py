@@ -20,6 +20,8 @@ from typing import Any, Iterator
 
 import httpx
 
+from eas.ray_backend import remove_local_session
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -60,6 +62,7 @@ def process(cmd: list[str], ready_url: str, log: Path, timeout: float = 120,
             pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        remove_local_session(proc.pid)  # eas-server's and bare Serve's local Ray files
 
 
 @contextlib.contextmanager

@@ -8,11 +8,14 @@ model change is a rolling update, both done by Serve.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +71,7 @@ class AppState:
         return sum(1 for r in self.replicas if r.state in ("STARTING", "UPDATING", "RECOVERING"))
 
 
-def start_ray(address: str | None, num_cpus: int | None, temp_dir: str | None = None) -> None:
+def start_ray(address: str | None, num_cpus: int | None) -> None:
     """Connect to a cluster, or start a local one kept on loopback with no dashboard."""
     os.environ.update({k: v for k, v in RAY_ENV.items() if k not in os.environ})
     import ray
@@ -87,11 +90,22 @@ def start_ray(address: str | None, num_cpus: int | None, temp_dir: str | None = 
         )
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
-        if temp_dir:
-            kwargs["_temp_dir"] = temp_dir
         ray.init(**kwargs)
     # No Serve proxies: our gateway is the ingress and calls replicas by handle.
     serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False, "log_level": "WARNING"})
+
+
+def remove_local_session(pid: int) -> None:
+    """Delete the files of the local Ray that the eas-server with this pid started.
+
+    Ray names a session directory after the process that started it and never removes
+    it; each holds logs and per-service pip environments (hundreds of MB), so test
+    and benchmark runs that start many servers would fill the disk. Call it only after
+    that server has exited.
+    """
+    root = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
+    for session in glob.glob(os.path.join(root, f"session_*_{pid}")):
+        shutil.rmtree(session, ignore_errors=True)
 
 
 def stop_ray() -> None:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from eas import config
+from eas.ray_backend import remove_local_session
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,6 +90,7 @@ class EasServer:
                 os.killpg(group, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            remove_local_session(group)  # its Ray's logs and pip environments
         self.groups.clear()
 
     def log_tail(self, n: int = 60) -> str:
