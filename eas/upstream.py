@@ -55,6 +55,8 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reusable = False
+        self.received = False
+        """Any byte of an answer arrived since the last request was sent."""
         self.idle_since = 0.0
         self._waiter: asyncio.Future[UpstreamAnswer] | None = None
         self._headers: dict[str, str] = {}
@@ -66,6 +68,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -99,7 +102,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[UpstreamAnswer] = loop.create_future()
-        self._waiter, self.reusable = waiter, False
+        self._waiter, self.reusable, self.received = waiter, False, False
         # A timer, not asyncio.wait_for: wait_for costs a task per request.
         timer = loop.call_later(timeout, self._fail, UpstreamTimeout(f"no answer within {timeout:.1f} s"))
         waiter.add_done_callback(lambda _: timer.cancel())
@@ -141,10 +144,28 @@ class UpstreamPool:
         raw = "".join(head).encode("latin-1") + body
         key = (host, port)
         conn = self._take(key)
+        reused = conn is not None
         if conn is None:
             conn = await self._connect(host, port, timeout)
         try:
             answer = await conn.send(raw, timeout)
+        except UpstreamFailed:
+            conn.abort()
+            if not reused or conn.received:
+                raise
+            # An idle connection the instance closed just as it was reused (it was
+            # shutting down or restarting): no byte of an answer came, so the request
+            # goes once more on a fresh connection to the same instance. Never to
+            # another: a request that killed its instance must not kill the next one.
+            try:
+                conn = await self._connect(host, port, timeout)
+            except UpstreamRefused as exc:
+                raise UpstreamFailed(f"the instance closed the connection and is gone: {exc}") from None
+            try:
+                answer = await conn.send(raw, timeout)
+            except BaseException:
+                conn.abort()
+                raise
         except BaseException:
             conn.abort()
             raise

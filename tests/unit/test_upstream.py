@@ -129,3 +129,29 @@ def test_a_cancelled_request_drops_its_connection() -> None:
             server.close()
 
     asyncio.run(go())
+
+
+def test_a_reused_connection_closed_by_the_instance_is_retried_once_on_a_fresh_one() -> None:
+    async def go() -> None:
+        calls = {"n": 0}
+
+        def reply(request: bytes) -> bytes | None:
+            calls["n"] += 1
+            return None if calls["n"] == 2 else ok(b"ok")  # the 2nd request finds the instance closing
+
+        server, port, seen, connections = await serve(reply)
+        pool = UpstreamPool()
+        try:
+            assert (await pool.request("POST", "127.0.0.1", port, "/p", {}, b"1", 5)).body == b"ok"
+            assert (await pool.request("POST", "127.0.0.1", port, "/p", {}, b"2", 5)).body == b"ok"
+            assert len(connections) == 2 and [r[-1:] for r in seen] == [b"1", b"2", b"2"]
+            server.close()
+            await server.wait_closed()
+            calls["n"] = 1  # the next request is closed on again, and the instance is gone
+            with pytest.raises(UpstreamFailed, match="is gone"):
+                await pool.request("POST", "127.0.0.1", port, "/p", {}, b"3", 5)
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(go())
