@@ -108,7 +108,8 @@ def test_sleeping_service_wakes_for_a_burst_with_no_errors(server, code, tmp_pat
 def test_cron_scaler_changes_instances_at_the_scheduled_minute(server, code, tmp_path):
     now = datetime.now(timezone.utc)
     minute = (now.minute + (1 if now.second < 30 else 2)) % 60
-    jobs = [{"schedule": f"{(minute - 1) % 60} * * * *", "target": 1}, {"schedule": f"{minute} * * * *", "target": 2}]
+    # The job that fired last decides: "this minute -> 1" until the scheduled one fires.
+    jobs = [{"schedule": f"{now.minute} * * * *", "target": 1}, {"schedule": f"{minute} * * * *", "target": 2}]
     spec = worker("crony", code, cron_scaler={"timezone": "UTC", "jobs": jobs})
     server.eascmd("create", str(write_json(tmp_path / "c.json", spec)))
     count = instances(server, "crony")
