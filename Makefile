@@ -11,7 +11,7 @@ SDK_JAVA_STAMP := tests/sdk/java/target/.deps-resolved
 V2C_VENV := tests/e2e/v2client/.venv
 V2C_STAMP := $(V2C_VENV)/.installed
 
-.PHONY: demo test unit e2e sdk sdk-deps v2client-deps pg-deps deploy-tools bench install clean
+.PHONY: demo test unit e2e sdk sdk-deps v2client-deps pg-deps deploy-tools bench install clean protos
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,18 @@ sdk: $(STAMP) sdk-deps
 
 clean:
 	rm -rf $(VENV) $(SDK_PY_VENV) $(V2C_VENV) tests/sdk/java/target .demo *.egg-info .tools
+
+# The protobuf schemas: each folder's .proto files compiled into one descriptor set,
+# descriptors.binpb beside them, which the code loads (processors/protobuf.py). Both
+# are committed; run this after editing a .proto (tests/unit/test_protos.py fails
+# until the descriptor set matches). grpcio-tools comes with the test extra.
+PROTO_DIRS := processors/protos eas/protocols/protos
+protos: $(STAMP)
+	@for dir in $(PROTO_DIRS); do \
+	  echo "protoc $$dir/*.proto -> $$dir/descriptors.binpb"; \
+	  $(PY) -m grpc_tools.protoc --include_imports --descriptor_set_out=$$dir/descriptors.binpb \
+	    -I$$dir $$dir/*.proto || exit 1; \
+	done
 
 # make bench [SCENARIOS="echo sklearn ..."]: side-by-side numbers (bench/run.py).
 BENCH_ML_VENV := bench/.venv-mlserver

@@ -1,4 +1,4 @@
-"""Per-processor benchmark cases built from tests/e2e/processor_models.py's tiny real models.
+"""Per-processor benchmark cases built from tests/support/models.py's tiny real models.
 
 Each framework's in-process time is measured in a fresh Python process: TensorFlow and
 Paddle cannot share one (both bundle native runtimes), exactly as each service runs in
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("xgboost", "lightgbm", "pmml", "pytorch", "tensorflow", "paddle")
 TIMER = """
 import pickle, sys, time, statistics
-from tests.e2e.processor_models import native_call
+from tests.support.models import native_call
 built = pickle.loads(open(sys.argv[1], 'rb').read())
 call = native_call(built)
 for _ in range(20):
@@ -44,7 +44,7 @@ class Case:
 
 
 def cases(workdir: Path) -> Iterator[Case]:
-    from tests.e2e.processor_models import BUILDERS, build_isolated
+    from tests.support.models import BUILDERS, build_isolated
 
     for name in ("sklearn", "onnx", *FRAMEWORKS):
         if name not in BUILDERS:

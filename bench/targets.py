@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from eas.ray_backend import remove_local_session
+from eas.backend.ray_serve import remove_local_session
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -24,18 +25,21 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from eas import __version__, config
-from eas.api import routes as api_routes
-from eas.apibase import ApiContext
-from eas.asgi import PredictFastPath
-from eas.traffic import routes as traffic_routes
-from eas.controller import Controller
-from eas.gateway import Gateway
-from eas.grpc_server import GrpcGateway
-from eas.v2 import V2Gateway
-from eas.routes import RouteTable
-from eas.leader import LeaderLease, server_identity
-from eas.store import Store, redact
+from eas import __version__
+from eas.api.base import ApiContext
+from eas.api.services import ServicesApi
+from eas.api.traffic import TrafficApi
+from eas.client import config
+from eas.control.backend import Backend
+from eas.control.controller import Controller
+from eas.control.leader import LeaderLease, server_identity
+from eas.control.store import Store, redact
+from eas.gateway.core import Gateway
+from eas.gateway.grpc_server import GrpcGateway
+from eas.gateway.http import EasHttp
+from eas.gateway.oip_http import OipHttp
+from eas.gateway.route_table import RouteTable
+from eas.protocols.http import PredictFastPath
 
 log = logging.getLogger("eas.server")
 
@@ -122,6 +126,39 @@ def check_port_free(host: str, port: int, flag: str = "--port") -> None:
                              f"stop what uses it or pick another {flag}") from None
 
 
+@dataclass
+class Platform:
+    """Everything one eas-server runs, wired together (the composition root's result)."""
+
+    store: Store
+    controller: Controller
+    gateway: Gateway
+    api: ApiContext
+    app: Starlette
+    """The HTTP application: management API, gateway, metrics, health."""
+    asgi: PredictFastPath
+    """`app` behind the predict fast path: what uvicorn serves."""
+
+
+def compose(store: Store, backend: Backend, data_dir: Path, endpoint: str, *, region: str = "local",
+            access_id: str, access_key: str, leader: LeaderLease | None = None,
+            grpc: tuple[str, int] | None = None, interval_s: float = 1.0) -> Platform:
+    """Wire store, controller, gateway and API over a backend; nothing starts yet.
+
+    `main` composes over Ray; tests compose over an in-memory backend.
+    """
+    routes = RouteTable()
+    key = internal_key(store)
+    controller = Controller(store, backend, routes, str(data_dir / "cache"), key, interval_s=interval_s,
+                            leader=leader)
+    routes.set_waker(controller.demand)
+    api = ApiContext(store, controller, access_id, access_key, region, endpoint)
+    gateway = Gateway(routes, key)
+    gateway.metrics.attach(lambda: list(controller.instance_stats.values()), controller.service_counts)
+    app = build_app(api, gateway, GrpcGateway(gateway, *grpc) if grpc else None)
+    return Platform(store, controller, gateway, api, app, PredictFastPath(app, EasHttp(gateway).predict))
+
+
 def build_app(api: ApiContext, gateway: Gateway, grpc: GrpcGateway | None = None) -> Starlette:
     async def healthz(request):  # noqa: ANN001, ANN202
         # Every server answers (leader or follower); "leader" says whose controller acts.
@@ -129,22 +166,17 @@ def build_app(api: ApiContext, gateway: Gateway, grpc: GrpcGateway | None = None
                              "store": api.store.kind})
 
     async def metrics(request):  # noqa: ANN001, ANN202
+        # Rendering reads only memory (the controller's last counts and scrape).
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    predict = ["POST"]
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            Route("/api/predict/{service}", gateway.predict, methods=predict),
-            Route("/api/predict/{service}/{sub_path:path}", gateway.predict, methods=predict),
-            # DIRECT-mode discovery, at the paths the Python and Go SDKs ask.
-            Route("/api/v1/servicediscovery/upstreams/{service}", gateway.upstreams, methods=["GET"]),
-            Route("/exported/apis/eas.alibaba-inc.k8s.io/v1/upstreams/{service}", gateway.upstreams,
-                  methods=["GET"]),
-            *V2Gateway(gateway).routes(),  # Open Inference Protocol: /v2/health/*, /v2/models/...
-            *api_routes(api),
-            *traffic_routes(api),
+            *EasHttp(gateway).routes(),  # /api/predict/... and DIRECT discovery
+            *OipHttp(gateway).routes(),  # Open Inference Protocol: /v2/health/*, /v2/models/...
+            *ServicesApi(api).routes(),
+            *TrafficApi(api).routes(),
         ],
         lifespan=gateway_lifespan(gateway, grpc),
     )
@@ -183,27 +215,20 @@ def main(argv: list[str] | None = None) -> None:
     public_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     endpoint = f"http://{public_host}:{args.port}"
 
-    from eas import ray_backend  # Ray is imported only here, after the cheap checks
+    from eas.backend import ray_serve  # Ray is imported only here, after the cheap checks
 
     num_cpus = args.num_cpus or (None if args.ray_address else 4 * (os.cpu_count() or 1))
     log.info("starting Ray (%s)", args.ray_address or f"local, {num_cpus} logical CPUs")
-    ray_backend.start_ray(args.ray_address, num_cpus)
-    routes = RouteTable()
-    key = internal_key(store)
-    leader = LeaderLease(store, server_identity(data_dir), args.lease_ttl)
-    controller = Controller(store, ray_backend.RayBackend(), routes, str(data_dir / "cache"), key,
-                            leader=leader)
-    controller.start()
-
-    api = ApiContext(store, controller, access_id, access_key, args.region, endpoint)
-    gateway = Gateway(routes, key)
-    gateway.metrics.attach(lambda: list(controller.instance_stats.values()), controller.service_counts)
-    app = build_app(api, gateway, GrpcGateway(gateway, args.host, args.grpc_port) if args.grpc_port else None)
+    ray_serve.start_ray(args.ray_address, num_cpus)
+    platform = compose(store, ray_serve.RayBackend(), data_dir, endpoint, region=args.region, access_id=access_id,
+                       access_key=access_key, leader=LeaderLease(store, server_identity(data_dir), args.lease_ttl),
+                       grpc=(args.host, args.grpc_port) if args.grpc_port else None)
+    platform.controller.start()
     config.write(data_dir / "eascmd.conf", config.ClientConfig(endpoint, access_id, access_key, args.region))
     log.info("eas-server %s listening on %s (eascmd config: %s)", __version__, endpoint,
              data_dir / "eascmd.conf")
     server = uvicorn.Server(uvicorn.Config(
-        PredictFastPath(app, gateway.predict), host=args.host, port=args.port, log_level="warning",
+        platform.asgi, host=args.host, port=args.port, log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
     ))
@@ -211,9 +236,9 @@ def main(argv: list[str] | None = None) -> None:
         server.run()
     finally:
         log.info("shutting down")
-        controller.stop()
+        platform.controller.stop()
         if not args.ray_address:
-            ray_backend.stop_ray()
+            ray_serve.stop_ray()
         store.close()
 
 

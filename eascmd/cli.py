@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 import eas
-from eas import config
+from eas.client import config
 from eas.client import EasApiError, ServiceFailedError
 from eascmd.common import Settings, ok, pass_settings
 from eascmd.lifecycle import (

@@ -4,7 +4,7 @@ Client-side on purpose: the file goes straight from the operator's machine to ob
 storage (OSS or any S3-compatible store), never through eas-server, so a 10 GB model
 does not pass through the control plane. The destination is `--to`, else
 EAS_OSS_UPLOAD_PATH; the endpoint and credentials are the same EAS_OSS_* variables the
-server reads (eas/objectstore.py). Each file lands under a directory named after its
+server reads (eas/sources/objectstore.py). Each file lands under a directory named after its
 content digest, so an upload never changes a model that a running service uses.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from eas import objectstore
+from eas.sources import objectstore
 from eascmd.common import ok
 
 

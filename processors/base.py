@@ -98,7 +98,7 @@ class Processor(ABC):
         """Answer several requests; processors with a vectorised path override this."""
         return [self.predict(r) for r in requests]
 
-    # The Open Inference Protocol (KServe v2, eas/v2.py): optional. A processor that
+    # The Open Inference Protocol (KServe v2, eas/protocols/oip.py): optional. A processor that
     # overrides `infer_v2` serves `/v2/models/{name}/infer` and gRPC ModelInfer; the
     # protocol layer decodes tensors to numpy before and encodes after, so a processor
     # sees arrays only. Without it, v2 calls get a 400 saying so.

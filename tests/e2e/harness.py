@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from eas import config
-from eas.ray_backend import remove_local_session
+from eas.client import config
+from eas.backend.ray_serve import remove_local_session
 
 REPO = Path(__file__).resolve().parents[2]
 

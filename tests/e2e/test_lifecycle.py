@@ -9,7 +9,7 @@ from email.utils import formatdate
 import httpx
 import pytest
 
-from eas.auth import sign_headers
+from eas.protocols.auth import sign_headers
 from tests.e2e.harness import sklearn_service, write_json
 
 pytestmark = pytest.mark.e2e
@@ -108,7 +108,7 @@ def test_auth_raw_token_signature_and_tampering(server, iris, tmp_path):
     assert server.predict("auth_svc", bytes(tampered), None, **signed).status_code == 401
     stale = sign_headers(token, path, body)
     stale_date = formatdate(time.time() - 3600, usegmt=True)
-    from eas.auth import content_md5, signature
+    from eas.protocols.auth import content_md5, signature
 
     stale["Date"] = stale_date
     stale["Authorization"] = "EAS " + signature(token, "POST", content_md5(body), stale["Content-Type"],

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.e2e.harness import EasServer, sklearn_service, write_json
-from tests.s3server import S3Server
+from tests.support.s3 import S3Server
 
 pytestmark = pytest.mark.e2e
 

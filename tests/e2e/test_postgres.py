@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import EasServer, sklearn_service, write_json
-from tests.postgres import PostgresServer
+from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.harness import write_json
-from tests.e2e.processor_models import BUILDERS, BuiltModel, build_isolated, read_answer
+from tests.support.models import BUILDERS, BuiltModel, build_isolated, read_answer
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,7 @@
 """eas-server on a real two-node Ray cluster: instances spread, a node dies under load,
 the service keeps answering and its instances come back on the surviving node.
 
-Both nodes run on this machine on 127.0.0.1 (tests/raycluster.py); the worker node is
+Both nodes run on this machine on 127.0.0.1 (tests/support/raycluster.py); the worker node is
 killed with SIGKILL (its raylet and every process under it), as a lost machine would be.
 """
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import EasServer, sklearn_service, write_json
-from tests.raycluster import ENV, RayCluster
+from tests.support.raycluster import ENV, RayCluster
 
 pytestmark = pytest.mark.e2e
 

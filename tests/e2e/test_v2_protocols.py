@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from eas import v2proto
+from eas.protocols import grpc_messages
 from tests.e2e.harness import REPO, write_json
 
 pytestmark = pytest.mark.e2e
@@ -182,20 +182,20 @@ def test_raw_eas_predict_rpc(server, deployed, iris):
     assert over_http.status_code == 200 and over_http.json()["predictions"] == iris["expected"]
     with grpc.insecure_channel(server.grpc_target) as channel:
         predict = channel.unary_unary("/eas.Predict/Predict",
-                                      request_serializer=v2proto.PredictRequest.SerializeToString,
-                                      response_deserializer=v2proto.PredictReply.FromString)
-        reply = predict(v2proto.PredictRequest(service="v2_iris", body=body, token=token,
+                                      request_serializer=grpc_messages.PredictRequest.SerializeToString,
+                                      response_deserializer=grpc_messages.PredictReply.FromString)
+        reply = predict(grpc_messages.PredictRequest(service="v2_iris", body=body, token=token,
                                                content_type="application/json"), timeout=30)
         assert reply.status == 200 and reply.body == over_http.content, reply
         assert reply.content_type.startswith("application/json") and len(reply.request_id) == 32
         # The token may come in the call's metadata instead of the message.
-        reply = predict(v2proto.PredictRequest(service="v2_iris", body=body), timeout=30,
+        reply = predict(grpc_messages.PredictRequest(service="v2_iris", body=body), timeout=30,
                         metadata=(("authorization", token),))
         assert reply.status == 200 and json.loads(reply.body)["predictions"] == iris["expected"]
 
-        wrong = predict(v2proto.PredictRequest(service="v2_iris", body=body, token="nope"), timeout=30)
+        wrong = predict(grpc_messages.PredictRequest(service="v2_iris", body=body, token="nope"), timeout=30)
         assert wrong.status == 401 and "wrong token" in json.loads(wrong.body)["message"]
-        missing = predict(v2proto.PredictRequest(service="v2_nope", body=body, token=token), timeout=30)
+        missing = predict(grpc_messages.PredictRequest(service="v2_nope", body=body, token=token), timeout=30)
         assert missing.status == 404 and "v2_nope" in json.loads(missing.body)["message"]
-        bad = predict(v2proto.PredictRequest(service="v2_iris", body=b"not json", token=token), timeout=30)
+        bad = predict(grpc_messages.PredictRequest(service="v2_iris", body=b"not json", token=token), timeout=30)
         assert bad.status == 400 and json.loads(bad.body)["code"] == 400

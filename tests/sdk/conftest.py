@@ -54,7 +54,7 @@ def onnx_service(sdk_server: EasServer, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="session")
 def framework_services(sdk_server: EasServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A TensorFlow SavedModel and a TorchScript model (tests/e2e/processor_models.py),
+    """A TensorFlow SavedModel and a TorchScript model (tests/support/models.py),
     served by our tensorflow and pytorch processors, with the frameworks' own answers.
 
     Both models are built at once (each in its own process: TensorFlow and the test
@@ -64,7 +64,7 @@ def framework_services(sdk_server: EasServer, tmp_path_factory: pytest.TempPathF
     from concurrent.futures import ThreadPoolExecutor
 
     from processors import tfproto, torchproto
-    from tests.e2e.processor_models import build_isolated
+    from tests.support.models import build_isolated
 
     root = tmp_path_factory.mktemp("frameworks")
     names = {"tensorflow": "sdk_tf", "pytorch": "sdk_torch"}

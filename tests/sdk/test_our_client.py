@@ -1,4 +1,4 @@
-"""Our own Python client (eas/client.py) against a real eas-server: management, predict, DIRECT.
+"""Our own Python client (eas/client/) against a real eas-server: management, predict, DIRECT.
 
 The same checks the official SDKs pass (tests/sdk/test_*_sdk.py), so our client is held
 to the same contract: signed and raw tokens, retries on 5xx only, clear 401/404/400
@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from eas import config
+from eas.client import config
 from eas.client import ENDPOINT_DIRECT, ManagementClient, PredictClient, PredictError
 from tests.sdk.harness import echo_spec
 from tests.sdk.tamper import TamperProxy

@@ -10,7 +10,7 @@ import time
 import pytest
 from starlette.datastructures import Headers
 
-from eas import auth
+from eas.protocols import auth
 
 PATH = "/api/predict/svc"
 TOKEN = "secret-token-value"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from starlette.datastructures import Headers
 
-from eas.auth import AuthError, check_service_auth, content_md5, sign_headers, signature
+from eas.protocols.auth import AuthError, check_service_auth, content_md5, sign_headers, signature
 
 TOKEN = "t0ken"
 PATH = "/api/predict/svc"

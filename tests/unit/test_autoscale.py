@@ -7,16 +7,8 @@ from datetime import datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from eas.autoscale import (
-    AutoscalerSpec,
-    CronScalerSpec,
-    Load,
-    LoadTracker,
-    Scaler,
-    SleepSpec,
-    cron_target,
-    recommend,
-)
+from eas.control.autoscale import Load, LoadTracker, Scaler, cron_target, recommend
+from eas.spec import AutoscalerSpec, CronScalerSpec, SleepSpec
 
 
 def auto(**kw):

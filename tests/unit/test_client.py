@@ -1,63 +1,100 @@
-"""eas.client against the stand-in server of test_client_standin.py (real HTTP on 127.0.0.1)."""
+"""eas.client against the real eas-server app, over real HTTP on 127.0.0.1.
+
+The server is `eas.server.compose(...)` served by uvicorn in a background thread, its
+controller looping every 50 ms, over SQLite with MemoryBackend in place of Ray Serve
+(the only stand-in, tests/support/backend.py). Python services run as real instances in
+this process (the echo processor behind eas/instance's HTTP server), so PredictClient's
+calls go through the real gateway to a real instance. Where a test needs the steps of a
+deploy, MemoryBackend scripts them and the client's own progress callback releases
+each step once it has seen it, so no step can be missed and nothing depends on timing.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from eas.client import EasApiError, ManagementClient, PredictClient, PredictError, ServiceFailedError
-from tests.unit.test_client_standin import (  # noqa: F401 - the *_fixture names register the fixtures
+from eas.control.store import ServiceRecord, Store
+from tests.support.backend import ABSENT, Phase
+from tests.support.platform import (  # noqa: F401 - the *_fixture names register the fixtures
     ACCESS_ID,
     ACCESS_KEY,
-    FAIL_REASON,
-    StandIn,
+    Harness,
+    build_platform,
     conf_file_fixture,
+    echo_code_fixture,
+    echo_spec,
     free_port,
-    standin_fixture,
-    standin_server_fixture,
+    metric_samples,
+    metric_value,
+    served_fixture,
 )
+
+TOKEN = "tok-echo-12345"
 
 
 @pytest.fixture
-def client(standin: StandIn) -> Iterator[ManagementClient]:
-    with ManagementClient(standin.url, ACCESS_ID, ACCESS_KEY) as c:
+def client(served: Harness) -> Iterator[ManagementClient]:
+    with ManagementClient(served.url, ACCESS_ID, ACCESS_KEY) as c:
         yield c
 
 
-def test_from_config_reads_eascmd_conf(conf_file: str, standin: StandIn) -> None:
+def spec(name: str, instance: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "processor": "sklearn", "metadata": {"instance": instance}, **extra}
+
+
+def test_from_config_reads_eascmd_conf(conf_file: str, served: Harness) -> None:
     with ManagementClient.from_config(conf_file) as c:
-        assert c.endpoint == standin.url and c.region == "local"
+        assert c.endpoint == served.url and c.region == "local"
         assert c.list_services() == []
 
 
-def test_service_lifecycle(client: ManagementClient, standin: StandIn) -> None:
-    answer = client.create_service({"name": "iris", "processor": "sklearn", "metadata": {"instance": 2}})
+#: A first deploy as Serve goes through it, each step held until released by name.
+DEPLOY_STEPS = [
+    Phase(ABSENT, hold=True, step="accepted"),  # Serve does not list the app yet
+    Phase("DEPLOYING", running=0, hold=True, step="starting"),
+    Phase("DEPLOYING", running=1, hold=True, step="one-up"),
+]
+
+
+def test_service_lifecycle(client: ManagementClient, served: Harness) -> None:
+    served.cluster.script = lambda name, s: DEPLOY_STEPS if s.metadata.instance == 2 else None
+    answer = client.create_service(spec("iris", 2))
     assert answer["ServiceName"] == "iris" and answer["RequestId"]
     assert [s["ServiceName"] for s in client.list_services()] == ["iris"]
 
     seen: list[tuple[str, int, int]] = []
+    release = {("Creating", 0, 0): "accepted", ("Waiting", 2, 0): "starting", ("Waiting", 1, 1): "one-up"}
 
     def record(s: dict) -> None:
         seen.append((s["Status"], s["PendingInstance"], s["RunningInstance"]))
+        if seen[-1] in release:  # seen: let the backend take its next step
+            served.cluster.advance("iris", release[seen[-1]])
 
     final = client.wait_until_running("iris", record, timeout=10, interval=0.01)
     assert final["Status"] == "Running" and final["RunningInstance"] == 2
-    assert seen[0] == ("Waiting", 2, 0) and ("Waiting", 1, 1) in seen and seen[-1] == ("Running", 0, 2)
+    assert seen[0] == ("Creating", 0, 0) and seen[-1] == ("Running", 0, 2)
+    assert seen.index(("Waiting", 2, 0)) < seen.index(("Waiting", 1, 1)), seen
 
     client.update_service("iris", {"metadata": {"instance": 3}})
-    assert standin.updates == [{"metadata": {"instance": 3}}]
     assert client.wait_until_running("iris", timeout=10, interval=0.01)["TotalInstance"] == 3
+    assert ("Updated", "scaled from 2 to 3 instances") in [(e["Type"], e["Message"]) for e in client.list_events("iris")]
 
     client.stop_service("iris")
     assert client.wait_for_status("iris", {"Stopped"}, timeout=10, interval=0.01)["Status"] == "Stopped"
     client.start_service("iris")
     client.wait_until_running("iris", timeout=10, interval=0.01)
 
-    assert [i["InstanceName"] for i in client.list_instances("iris")] == ["iris-0", "iris-1", "iris-2"]
-    client.restart_instances("iris", ["iris-0", "iris-2"])
-    assert standin.restarted == ["iris-0", "iris-2"]
-    assert client.list_events("iris")[0]["Type"] == "Normal"
+    assert [i["InstanceName"] for i in client.list_instances("iris")] == ["iris-r0", "iris-r1", "iris-r2"]
+    client.restart_instances("iris", ["iris-r0", "iris-r2"])
+    assert [c[1] for c in served.cluster.calls if c[0] == "restart"] == ["iris-r0", "iris-r2"]
+    events = client.list_events("iris")
+    assert events[0]["Type"] == "Created" and events[-1]["Message"] == "restarting instances iris-r0, iris-r2"
 
     client.delete_service("iris")
     client.wait_until_deleted("iris", timeout=10, interval=0.01)
@@ -66,45 +103,70 @@ def test_service_lifecycle(client: ManagementClient, standin: StandIn) -> None:
     assert err.value.status == 404
 
 
-def test_wait_raises_service_failed(client: ManagementClient) -> None:
-    client.create_service({"name": "bad", "processor": "broken", "metadata": {"instance": 1}})
+def test_wait_raises_service_failed(client: ManagementClient, tmp_path: Path) -> None:
+    """A model the server cannot fetch fails in the controller, with its reason."""
+    missing = tmp_path / "missing.joblib"
+    client.create_service(spec("bad", model_path=str(missing)))
     with pytest.raises(ServiceFailedError) as err:
         client.wait_until_running("bad", timeout=10, interval=0.01)
-    assert err.value.message == FAIL_REASON
-    assert err.value.service["ServiceName"] == "bad"
+    assert err.value.message == f"{missing} does not exist on the server"
+    assert err.value.service["ServiceName"] == "bad" and err.value.service["Status"] == "Failed"
 
 
-def test_wait_times_out(client: ManagementClient) -> None:
-    client.create_service({"name": "slow", "metadata": {"instance": 1}})
+def test_wait_times_out(client: ManagementClient, served: Harness) -> None:
+    served.cluster.script = lambda name, s: [Phase("DEPLOYING", running=0, hold=True, step="never")]
+    client.create_service(spec("slow"))
     with pytest.raises(TimeoutError, match=r"slow is not Running or Sleeping after 0\.05 s"):
         client.wait_until_running("slow", timeout=0.05, interval=0.5)
 
 
-def test_wait_rides_out_transient_server_errors(client: ManagementClient, standin: StandIn) -> None:
-    standin.add_running("iris")
-    standin.describe_failures = 2
-    assert client.wait_until_running("iris", timeout=10, interval=0.01)["Status"] == "Running"
-    standin.describe_failures = 3
-    with pytest.raises(EasApiError) as err:
-        client.wait_until_running("iris", timeout=10, interval=0.01)
-    assert err.value.status == 500 and err.value.message == "the server is restarting"
+class FlakyStore(Store):
+    """A real SQLite store whose next `failures` reads of one service fail, as a
+    database connection that drops does; the API answers those with a 500."""
+
+    failures = 0
+
+    def get(self, name: str) -> ServiceRecord:
+        if self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return super().get(name)
 
 
-def test_api_errors_are_readable(client: ManagementClient, standin: StandIn) -> None:
+def test_wait_rides_out_transient_server_errors(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "flaky.db")
+    harness = build_platform(tmp_path, serve=True, run_controller=True, store=store)
+    try:
+        with ManagementClient(harness.url, ACCESS_ID, ACCESS_KEY) as c:
+            c.create_service(spec("iris"))
+            c.wait_until_running("iris", timeout=10, interval=0.01)
+            store.failures = 2
+            assert c.wait_until_running("iris", timeout=10, interval=0.01)["Status"] == "Running"
+            store.failures = 3
+            with pytest.raises(EasApiError) as err:
+                c.wait_until_running("iris", timeout=10, interval=0.01)
+    finally:
+        harness.close()
+    assert (err.value.status, err.value.code) == (500, "InternalError") and err.value.request_id
+    assert err.value.message.startswith("the server failed on this request (OperationalError)")
+
+
+def test_api_errors_are_readable(client: ManagementClient) -> None:
     with pytest.raises(EasApiError) as err:
         client.describe_service("nope")
     exc = err.value
     assert (exc.status, exc.code) == (404, "ServiceNotFound") and exc.request_id
-    assert str(exc).startswith("service nope does not exist in region local [HTTP 404, ServiceNotFound, RequestId: ")
+    assert str(exc).startswith("service 'nope' does not exist in region local: list services with 'eascmd ls' "
+                               "[HTTP 404, ServiceNotFound, RequestId: ")
 
-    client.create_service({"name": "dup"})
+    client.create_service(spec("dup"))
     with pytest.raises(EasApiError) as err:
-        client.create_service({"name": "dup"})
-    assert err.value.status == 409
+        client.create_service(spec("dup"))
+    assert (err.value.status, err.value.code) == (409, "ServiceAlreadyExists")
 
 
-def test_wrong_credentials_are_401(standin: StandIn) -> None:
-    with ManagementClient(standin.url, ACCESS_ID, "wrong") as c, pytest.raises(EasApiError) as err:
+def test_wrong_credentials_are_401(served: Harness) -> None:
+    with ManagementClient(served.url, ACCESS_ID, "wrong") as c, pytest.raises(EasApiError) as err:
         c.list_services()
     assert (err.value.status, err.value.code) == (401, "Unauthorized")
     assert "wrong access id or key" in str(err.value)
@@ -125,50 +187,64 @@ def test_endpoint_without_scheme_is_explained() -> None:
     assert err.value.code == "InvalidEndpoint" and "write it like http://127.0.0.1:8080" in str(err.value)
 
 
-# -- PredictClient --------------------------------------------------------------------
+# -- PredictClient: through the real gateway to a real echo instance -------------------------------
 
 
-def test_predict_signed_is_verified_by_check_service_auth(standin: StandIn) -> None:
-    svc = standin.add_running("echo")
-    with PredictClient(standin.url, "echo", token=svc.token) as pc:
+@pytest.fixture
+def echo(served: Harness, echo_code: Path) -> Path:
+    """A running echo service (one real instance); returns its code folder."""
+    served.running(echo_spec("echo", echo_code, token=TOKEN))
+    return echo_code
+
+
+def answered(served: Harness, code: str) -> float:
+    """How many predict calls to echo the gateway answered with `code` (its /metrics)."""
+    return metric_value(metric_samples(served.metrics()), "eas_requests_total", service="echo", code=code) or 0
+
+
+def test_predict_signed_is_verified_by_check_service_auth(served: Harness, echo: Path) -> None:
+    with PredictClient(served.url, "echo", token=TOKEN) as pc:
         assert pc.predict(b"\x00\x01") == b"echo:\x00\x01"
         assert pc.predict('{"instances": [1]}', content_type="application/json", sub_path="v1/run") == (
             b'echo:{"instances": [1]}'
         )
-    assert standin.auth_schemes == ["EAS", "EAS"]
+    # The client signs: a wrong token fails the signature check, not the raw-token one.
+    with PredictClient(served.url, "echo", token="not-the-token") as pc, pytest.raises(PredictError) as err:
+        pc.predict(b"x")
+    assert err.value.status == 401 and err.value.message == "signature does not match: check the service token"
+    assert answered(served, "200") == 2
 
 
-def test_predict_raw_token(standin: StandIn) -> None:
-    svc = standin.add_running("echo")
-    with PredictClient(standin.url, "echo", token=svc.token, signed=False) as pc:
+def test_predict_raw_token(served: Harness, echo: Path) -> None:
+    with PredictClient(served.url, "echo", token=TOKEN, signed=False) as pc:
         assert pc.predict("hi") == b"echo:hi"
-    assert standin.auth_schemes == [svc.token]
+    with PredictClient(served.url, "echo", token="not-the-token", signed=False) as pc, pytest.raises(PredictError) as err:
+        pc.predict("hi")
+    assert err.value.message == "wrong token for this service"
 
 
 @pytest.mark.parametrize("signed", [True, False])
-def test_predict_wrong_token_is_not_retried(standin: StandIn, signed: bool) -> None:
-    standin.add_running("echo")
-    with PredictClient(standin.url, "echo", token="wrong", signed=signed) as pc, pytest.raises(PredictError) as err:
+def test_predict_wrong_token_is_not_retried(served: Harness, echo: Path, signed: bool) -> None:
+    with PredictClient(served.url, "echo", token="wrong-token", signed=signed) as pc, \
+            pytest.raises(PredictError) as err:
         pc.predict(b"x")
     assert err.value.status == 401 and err.value.request_id
-    assert standin.predict_calls == 1
+    assert answered(served, "401") == 1
 
 
-def test_predict_retries_503_then_succeeds(standin: StandIn) -> None:
-    svc = standin.add_running("echo")
-    standin.predict_failures = 2
-    with PredictClient(standin.url, "echo", token=svc.token, retries=3) as pc:
+def test_predict_retries_503_then_succeeds(served: Harness, echo: Path) -> None:
+    (echo / "fail_next").write_text("2")
+    with PredictClient(served.url, "echo", token=TOKEN, retries=3) as pc:
         assert pc.predict(b"x") == b"echo:x"
-    assert standin.predict_calls == 3
+    assert (answered(served, "503"), answered(served, "200")) == (2, 1)
 
 
-def test_predict_gives_up_after_retries(standin: StandIn) -> None:
-    svc = standin.add_running("echo")
-    standin.predict_failures = 10
-    with PredictClient(standin.url, "echo", token=svc.token, retries=2) as pc, pytest.raises(PredictError) as err:
+def test_predict_gives_up_after_retries(served: Harness, echo: Path) -> None:
+    (echo / "fail_next").write_text("10")
+    with PredictClient(served.url, "echo", token=TOKEN, retries=2) as pc, pytest.raises(PredictError) as err:
         pc.predict(b"x")
     assert (err.value.status, err.value.message) == (503, "no ready instance")
-    assert standin.predict_calls == 3
+    assert answered(served, "503") == 3
 
 
 def test_predict_connection_error_after_retries() -> None:
@@ -176,3 +252,4 @@ def test_predict_connection_error_after_retries() -> None:
     with PredictClient(url, "echo", token="t", retries=1) as pc, pytest.raises(PredictError) as err:
         pc.predict(b"x")
     assert err.value.status == 0 and "cannot reach" in str(err.value)
+

@@ -12,14 +12,15 @@ import socket
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.routing import Route as HttpRoute
 from starlette.testclient import TestClient
 
-from eas.auth import sign_headers
-from eas.gateway import Gateway
-from eas.instance import Credentials, InstanceApp, InstanceServer
-from eas.routes import Endpoint, Entry, Route, RouteTable
-from eas.runtime import ServiceRuntime
+from eas.protocols.auth import sign_headers
+from eas.gateway.core import Gateway
+from eas.gateway.http import EasHttp
+from eas.instance.core import Credentials, InstanceApp
+from eas.instance.http import InstanceServer
+from eas.gateway.route_table import Endpoint, Entry, Route, RouteTable
+from eas.instance.runtime import ServiceRuntime
 from eas.server import gateway_lifespan
 
 TOKEN = "a-service-token-123"
@@ -59,11 +60,7 @@ def _dead_port() -> int:
 def gateway(instance):
     routes = RouteTable()
     gw = Gateway(routes, internal_key="internal", max_body_bytes=1024)
-    app = Starlette(routes=[
-        HttpRoute("/api/predict/{service}", gw.predict, methods=["POST"]),
-        HttpRoute("/api/predict/{service}/{sub_path:path}", gw.predict, methods=["POST"]),
-        HttpRoute("/api/v1/servicediscovery/upstreams/{service}", gw.upstreams, methods=["GET"]),
-    ], lifespan=gateway_lifespan(gw))
+    app = Starlette(routes=EasHttp(gw).routes(), lifespan=gateway_lifespan(gw))
     live = Endpoint("echo-abc", instance.host, instance.port)
     dead = Endpoint("echo-gone", "127.0.0.1", _dead_port())
     routes.set(Route("echo", TOKEN, (dead, live), "", keepalive_s=0.3))
@@ -105,7 +102,7 @@ def test_held_requests_are_bounded(gateway):
     import threading
     import time
 
-    from eas.routes import Route as R
+    from eas.gateway.route_table import Route as R
 
     routes = gateway.routes
     up = routes.get("echo")

@@ -1,37 +1,54 @@
-"""eascmd driven with click's CliRunner (and once as a real subprocess) against the stand-in server."""
+"""eascmd against the real eas-server app, driven with click's CliRunner and as real subprocesses.
+
+The server is `eas.server.compose(...)` served by uvicorn on 127.0.0.1 in a background
+thread, its controller looping every 50 ms, over SQLite with MemoryBackend in place of
+Ray Serve (the only stand-in, tests/support/backend.py). Statuses, counts, messages and
+errors are the server's own. Where a test needs the steps of a deploy (progress lines),
+MemoryBackend scripts them, each held until the test has read the line eascmd printed
+for it, so no step can be skipped and nothing depends on timing.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 from click.testing import CliRunner, Result
 
-from eas import config
+from eas.client import config
 from eascmd import table
 from eascmd.cli import cli
 from eascmd.progress import ProgressPrinter
 from eascmd.specfile import parse_defines
-from tests.unit.test_client_standin import (  # noqa: F401 - the *_fixture names register the fixtures
-    ACCESS_ID,
-    FAIL_REASON,
-    Phase,
-    StandIn,
+from tests.support.backend import ABSENT, Phase
+from tests.support.platform import (  # noqa: F401 - the *_fixture names register the fixtures
+    WAIT_S,
+    Harness,
     conf_file_fixture,
     free_port,
-    standin_fixture,
-    standin_server_fixture,
+    served_fixture,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: Commands that wait for the server; the tests bound them (the default is 600 s).
+WAITING_COMMANDS = {"create", "modify", "start", "stop", "delete"}
+
+
 def run(conf: str, *args: str, input: str | None = None) -> Result:
+    """eascmd in-process; a waiting command gets a bounded --timeout unless it names one."""
+    if args and args[0] in WAITING_COMMANDS and "--timeout" not in args:
+        args = (*args, "--timeout", str(WAIT_S))
     return CliRunner().invoke(cli, ["-c", conf, *args], input=input)
 
 
@@ -39,6 +56,20 @@ def write_spec(tmp_path: Path, spec: dict, name: str = "svc.json") -> str:
     path = tmp_path / name
     path.write_text(json.dumps(spec, indent=2))
     return str(path)
+
+
+def spec(name: str, instance: int = 1, **extra: Any) -> dict[str, Any]:
+    """A service MemoryBackend deploys (no model_path: the controller has nothing to fetch)."""
+    return {"name": name, "processor": "sklearn", "metadata": {"instance": instance}, **extra}
+
+
+def config_of(served: Harness, name: str) -> dict[str, Any]:
+    """The service JSON the server stored (with defaults), from describe's ServiceConfig."""
+    return json.loads(served.describe(name)["ServiceConfig"])
+
+
+def event_types(served: Harness, name: str) -> list[str]:
+    return [e["Type"] for e in served.ok("GET", served.svc(name, "/events"))["Events"]]
 
 
 # -- pure helpers -----------------------------------------------------------------------
@@ -127,54 +158,107 @@ def test_config_writes_a_readable_file(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "[ERROR]" in bad.stderr and "is not a URL" in bad.stderr
 
 
-def test_create_streams_progress_until_running(conf_file: str, standin: StandIn, tmp_path: Path) -> None:
-    spec = {"name": "iris", "processor": "sklearn", "token": "tok123", "metadata": {"instance": 2}}
-    spec = write_spec(tmp_path, spec)
-    result = run(conf_file, "create", spec)
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+#: The deploy eascmd watches in the progress test, each step held until its line is read.
+PROGRESS_STEPS = [
+    Phase(ABSENT, hold=True, step="accepted"),  # Serve does not list the app yet: Creating
+    Phase("DEPLOYING", running=0, hold=True, step="starting"),
+    Phase("DEPLOYING", running=1, hold=True, step="one-up"),
+    Phase("DEPLOYING", hold=True, step="all-up"),  # both replicas up, the app not yet RUNNING
+]
+
+
+def run_watched(conf: str, args: list[str], release: dict[str, tuple[str, str]], served: Harness) -> tuple[
+        int, list[str], str]:
+    """Run eascmd as a real process; when it prints a line of `release`, leave that
+    (service, step) of the scripted deploy. Returns (exit code, stdout lines, stderr)."""
+    env = {**os.environ, "EASCMD_CONFIG": conf, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "eascmd", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    reader = threading.Thread(target=read, name="eascmd-stdout", daemon=True)
+    reader.start()
+    out: list[str] = []
+    deadline = time.monotonic() + WAIT_S
+    try:
+        while (line := lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            out.append(line)
+            if line in release:
+                served.cluster.release(*release[line], timeout=WAIT_S)
+        code = proc.wait(timeout=WAIT_S)
+        assert proc.stderr is not None
+        return code, out, proc.stderr.read()
+    except queue.Empty:
+        raise AssertionError(f"eascmd printed nothing new for {WAIT_S} s; so far: {out}") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+
+
+def test_create_streams_progress_until_running(conf_file: str, served: Harness, tmp_path: Path) -> None:
+    served.cluster.script = lambda name, s: PROGRESS_STEPS
+    path = write_spec(tmp_path, spec("iris", 2, token="tok12345678"))
+    release = {
+        "[OK] Waiting [Total: 2, Pending: 0, Running: 0]": ("iris", "accepted"),
+        "[OK] Waiting [Total: 2, Pending: 2, Running: 0]": ("iris", "starting"),
+        "[OK] Waiting [Total: 2, Pending: 1, Running: 1]": ("iris", "one-up"),
+        "[OK] Waiting [Total: 2, Pending: 0, Running: 2]": ("iris", "all-up"),
+    }
+    code, lines, stderr = run_watched(conf_file, ["create", path, "--timeout", str(WAIT_S)], release, served)
+    assert code == 0, stderr
     assert lines[0].startswith("[RequestId]: ") and len(lines[0]) > len("[RequestId]: ")
-    assert f"| Intranet Endpoint | {standin.url}/api/predict/iris |" in lines
-    assert any(line.startswith("|             Token | tok123 ") for line in lines)
+    assert f"| Intranet Endpoint | {served.url}/api/predict/iris |" in lines
+    assert any(line.startswith("|             Token | tok12345678 ") for line in lines)
     progress = lines[lines.index("[OK] Creating service") + 1 :]
-    assert progress == [
-        "[OK] loading the model",
-        "[OK] Waiting [Total: 2, Pending: 2, Running: 0]",  # printed once although polled twice
-        "[OK] Waiting [Total: 2, Pending: 1, Running: 1]",
-        "[OK] Running [Total: 2, Pending: 0, Running: 2]",
-        "[OK] Service is running",
-    ]
+    # Each step is held until its line is read, so eascmd polled every step; each line
+    # is printed once however many polls saw it.
+    assert progress == [*release, "[OK] Running [Total: 2, Pending: 0, Running: 2]", "[OK] Service is running"]
 
 
-def test_create_yaml(conf_file: str, standin: StandIn, tmp_path: Path) -> None:
+def test_create_yaml(conf_file: str, served: Harness, tmp_path: Path) -> None:
     path = tmp_path / "svc.yaml"
     path.write_text("name: iris\nprocessor: sklearn\nmetadata:\n  instance: 1\n")
     result = run(conf_file, "create", str(path))
     assert result.exit_code == 0, result.output
-    assert standin.services["iris"].spec == {"name": "iris", "processor": "sklearn", "metadata": {"instance": 1}}
+    stored = config_of(served, "iris")
+    assert (stored["name"], stored["processor"], stored["metadata"]["instance"]) == ("iris", "sklearn", 1)
+    assert served.status("iris") == "Running"
 
 
 def test_create_failed_exits_1_with_reason(conf_file: str, tmp_path: Path) -> None:
-    result = run(conf_file, "create", write_spec(tmp_path, {"name": "bad", "processor": "broken"}))
+    """A model the server cannot fetch: the controller fails it, eascmd shows its reason."""
+    missing = tmp_path / "missing.joblib"
+    result = run(conf_file, "create", write_spec(tmp_path, spec("bad", model_path=str(missing))))
     assert result.exit_code == 1
-    assert f"[FAIL] Service failed: {FAIL_REASON}" in result.stderr
+    assert f"[FAIL] Service failed: {missing} does not exist on the server" in result.stderr
     assert "[ERROR] see 'eascmd events bad'" in result.stderr
     assert "[OK] Service is running" not in result.output and "Traceback" not in result.output
 
 
-def test_create_existing_asks_before_updating(conf_file: str, standin: StandIn, tmp_path: Path) -> None:
-    standin.add_running("iris")
-    spec = write_spec(tmp_path, {"name": "iris", "metadata": {"instance": 1, "cpu": 2}})
-    refused = run(conf_file, "create", spec, input="n\n")
+def test_create_existing_asks_before_updating(conf_file: str, served: Harness, tmp_path: Path) -> None:
+    served.running(spec("iris"))
+    path = write_spec(tmp_path, spec("iris", metadata={"instance": 1, "cpu": 2}))
+    refused = run(conf_file, "create", path, input="n\n")
     assert refused.exit_code == 1 and "Service [iris] already exists in [local]" in refused.output
-    assert "[ERROR] cancelled: service [iris] was not changed" in refused.stderr and standin.updates == []
-    accepted = run(conf_file, "create", spec, "-y")
+    assert "[ERROR] cancelled: service [iris] was not changed" in refused.stderr
+    assert config_of(served, "iris")["metadata"]["cpu"] == 1 and "Updated" not in event_types(served, "iris")
+    accepted = run(conf_file, "create", path, "-y")
     assert accepted.exit_code == 0, accepted.output
-    assert "[OK] Updating service" in accepted.output and standin.updates[0]["metadata"]["cpu"] == 2
+    assert "[OK] Updating service" in accepted.output and config_of(served, "iris")["metadata"]["cpu"] == 2
+    assert accepted.output.rstrip().endswith("[OK] Service is running")
 
 
-def test_create_timeout(conf_file: str, tmp_path: Path) -> None:
-    result = run(conf_file, "create", write_spec(tmp_path, {"name": "slow"}), "--timeout", "0")
+def test_create_timeout(conf_file: str, served: Harness, tmp_path: Path) -> None:
+    served.cluster.script = lambda name, s: [Phase("DEPLOYING", running=0, hold=True, step="never")]
+    result = run(conf_file, "create", write_spec(tmp_path, spec("slow")), "--timeout", "0")
     assert result.exit_code == 1
     assert "[ERROR] service slow is not Running or Sleeping after 0 s" in result.stderr
     assert "eascmd desc slow" in result.stderr
@@ -209,80 +293,91 @@ def test_bad_yaml_and_missing_file(conf_file: str, tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "[ERROR] no such file:" in missing.stderr
 
 
-def test_delete_confirmation(conf_file: str, standin: StandIn) -> None:
-    standin.add_running("iris")
+def test_delete_confirmation(conf_file: str, served: Harness) -> None:
+    served.running(spec("iris"))
     refused = run(conf_file, "delete", "iris", input="n\n")
     assert refused.exit_code == 1
     assert "Are you sure to delete the service [iris] in [local]? [Y/n]" in refused.output
     assert "[ERROR] cancelled: service [iris] was not deleted" in refused.stderr
-    assert "iris" in standin.services
+    assert served.status("iris") == "Running"
 
     accepted = run(conf_file, "delete", "iris", input="Y\n")
     assert accepted.exit_code == 0, accepted.output
     assert "[OK] Service [iris] in region [local] is terminating" in accepted.output
     assert accepted.output.rstrip().endswith("[OK] Service [iris] is deleted")
-    assert "iris" not in standin.services
+    assert served.status("iris") is None
 
-    standin.add_running("iris2")
+    served.running(spec("iris2"))
     default = run(conf_file, "delete", "iris2", input="\n")  # Enter takes the default: yes
-    assert default.exit_code == 0 and "iris2" not in standin.services
+    assert default.exit_code == 0 and served.status("iris2") is None
 
-    standin.add_running("iris3")
+    served.running(spec("iris3"))
     forced = run(conf_file, "delete", "iris3", "-y")
     assert forced.exit_code == 0 and "Are you sure" not in forced.output
     assert "[OK] Service [iris3] is deleted" in forced.output
+    assert [c[:2] for c in served.cluster.calls if c[0] == "delete"] == [
+        ("delete", "iris"), ("delete", "iris2"), ("delete", "iris3")]
 
 
-def test_modify_with_defines_and_file(conf_file: str, standin: StandIn, tmp_path: Path) -> None:
-    standin.add_running("iris")
+def test_modify_with_defines_and_file(conf_file: str, served: Harness, tmp_path: Path) -> None:
+    served.running(spec("iris"))
     result = run(conf_file, "modify", "iris", "-Dmetadata.instance=2", "-Dmetadata.rpc.batching=true")
     assert result.exit_code == 0, result.output
-    assert standin.updates == [{"metadata": {"instance": 2, "rpc": {"batching": True}}}]
+    stored = config_of(served, "iris")
+    assert (stored["metadata"]["instance"], stored["metadata"]["rpc"]["batching"]) == (2, True)
+    assert stored["processor"] == "sklearn", "the change was merged into the service"
     assert "[OK] Service [iris] is updating" in result.output
-    assert "[OK] Waiting [Total: 2, Pending: 1, Running: 1]" in result.output
-    assert result.output.rstrip().endswith("[OK] Service is running")
+    assert result.output.splitlines()[-2:] == ["[OK] Running [Total: 2, Pending: 0, Running: 2]",
+                                               "[OK] Service is running"]
 
     patch = write_spec(tmp_path, {"metadata": {"cpu": 2, "instance": 5}}, "patch.json")
     result = run(conf_file, "modify", "iris", "-s", patch, "-Dmetadata.instance=1")
     assert result.exit_code == 0, result.output
-    assert standin.updates[-1] == {"metadata": {"cpu": 2, "instance": 1}}
+    stored = config_of(served, "iris")
+    assert (stored["metadata"]["cpu"], stored["metadata"]["instance"]) == (2, 1), "-D applies on top of -s"
 
-    standin.services["iris"].phases = [Phase("Stopped", 0, 0)]
+    served.ok("PUT", served.svc("iris", "/stop"))
+    served.wait_status("iris", {"Stopped"})
     stopped = run(conf_file, "modify", "iris", "-Dmetadata.cpu=3", "--timeout", "0")
     assert stopped.exit_code == 0, stopped.output
     assert "[OK] Service [iris] is stopped: the change applies when it starts" in stopped.output
-    assert "Waiting" not in stopped.output and standin.updates[-1] == {"metadata": {"cpu": 3}}
+    assert "Waiting" not in stopped.output and config_of(served, "iris")["metadata"]["cpu"] == 3
+    assert served.status("iris") == "Stopped"
 
     nothing = run(conf_file, "modify", "iris")
     assert nothing.exit_code == 2 and "[ERROR] nothing to change" in nothing.stderr
     bad = run(conf_file, "modify", "iris", "-Dmetadata.instance")
     assert bad.exit_code == 2 and "is not key.path=value" in bad.stderr
+    invalid = run(conf_file, "modify", "iris", "-Dmetadata.instance=-1")
+    assert invalid.exit_code == 1 and "[ERROR] metadata.instance: " in invalid.stderr
 
 
-def test_stop_and_start(conf_file: str, standin: StandIn) -> None:
-    standin.add_running("iris")
+def test_stop_and_start(conf_file: str, served: Harness) -> None:
+    served.running(spec("iris"))
     stopped = run(conf_file, "stop", "iris")
     assert stopped.exit_code == 0, stopped.output
     assert "[OK] Service [iris] is stopping" in stopped.output and "[OK] Service [iris] is stopped" in stopped.output
+    assert served.status("iris") == "Stopped"
     started = run(conf_file, "start", "iris")
     assert started.exit_code == 0, started.output
     assert "[OK] Service [iris] is starting" in started.output
     assert started.output.rstrip().endswith("[OK] Service is running")
 
 
-def test_read_commands_tables_and_json(conf_file: str, standin: StandIn) -> None:
-    standin.add_running("iris", instance=2)
+def test_read_commands_tables_and_json(conf_file: str, served: Harness) -> None:
+    served.running(spec("iris", 2, token="token-iris"))
     ls = run(conf_file, "ls")
     assert ls.exit_code == 0, ls.output
     assert ls.output.splitlines()[1].split() == [
         "|", "SERVICENAME", "|", "REGION", "|", "INSTANCE", "|", "CREATETIME", "|", "UPDATETIME", "|",
         "STATUS", "|", "WEIGHT", "|", "SERVICEPATH", "|",
     ]  # fmt: skip
+    listed = json.loads(run(conf_file, "ls", "--json").output)
+    assert listed[0]["ServiceName"] == "iris"
     assert ls.output.splitlines()[3].split("|")[1:-1] == [
-        " iris        ", " local  ", " 2        ", " 2026-11-23T09:00:00Z ", " 2026-11-23T09:00:00Z ",
+        " iris        ", " local  ", " 2        ", f" {listed[0]['CreateTime']} ", f" {listed[0]['UpdateTime']} ",
         " Running ", " 100    ", " /api/predict/iris ",
     ]  # fmt: skip
-    assert json.loads(run(conf_file, "ls", "--json").output)[0]["ServiceName"] == "iris"
     assert json.loads(CliRunner().invoke(cli, ["-c", conf_file, "--json", "ls"]).output)[0]["Region"] == "local"
 
     desc = run(conf_file, "desc", "iris")
@@ -294,40 +389,45 @@ def test_read_commands_tables_and_json(conf_file: str, standin: StandIn) -> None
         "LastScaling", "Message",
         "IntranetEndpoint", "ServiceConfig",
     ]  # fmt: skip
-    assert f"| {standin.url}/api/predict/iris" in desc.output
+    assert f"| {served.url}/api/predict/iris" in desc.output
     assert '|                  |   "name": "iris",' in desc.output  # pretty ServiceConfig, one line per row
     assert json.loads(run(conf_file, "desc", "iris", "--json").output)["AccessToken"] == "token-iris"
 
     w = run(conf_file, "w", "iris")
     assert w.exit_code == 0, w.output
     assert w.output.splitlines()[1].split("|")[1:-1] == [
-        " INSTANCENAME ", " INNERIP   ", " HOSTIP   ", " STARTAT              ", " RESTARTS ", " STATUS  ",
+        " INSTANCENAME ", " INNERIP   ", " HOSTIP    ", " STARTAT              ", " RESTARTS ", " STATUS  ",
         " READY ", " REASON ", " LASTSTATE ",
     ]  # fmt: skip
-    assert "| iris-1       | 127.0.0.1 | 10.0.0.1 | 2026-11-23T09:00:03Z | 1        | Running | 1/2   |" in w.output
-    assert len(json.loads(run(conf_file, "w", "iris", "--json").output)) == 2
+    instances = json.loads(run(conf_file, "w", "iris", "--json").output)
+    assert [i["InstanceName"] for i in instances] == ["iris-r0", "iris-r1"]
+    started = instances[1]["StartAt"]
+    assert f"| iris-r1      | 127.0.0.1 | 127.0.0.1 | {started} | 0        | Running | 1/1   |" in w.output
 
     events = run(conf_file, "events", "iris")
-    assert events.exit_code == 0 and "| Normal | service iris created |" in events.output
+    assert events.exit_code == 0 and "| Created | service created " in events.output
     assert "TIME" in events.output and "TYPE" in events.output and "MESSAGE" in events.output
-    assert json.loads(run(conf_file, "events", "iris", "--json").output)[0]["Type"] == "Normal"
+    assert json.loads(run(conf_file, "events", "iris", "--json").output)[0]["Type"] == "Created"
 
 
-def test_dw_restarts_after_confirmation(conf_file: str, standin: StandIn) -> None:
-    standin.add_running("iris", instance=2)
-    refused = run(conf_file, "dw", "iris", "iris-0", input="n\n")
-    assert refused.exit_code == 1 and standin.restarted == []
-    result = run(conf_file, "dw", "iris", "iris-0", "iris-1", input="y\n")
+def test_dw_restarts_after_confirmation(conf_file: str, served: Harness) -> None:
+    served.running(spec("iris", 2))
+    restarted = lambda: [c[1] for c in served.cluster.calls if c[0] == "restart"]  # noqa: E731
+    refused = run(conf_file, "dw", "iris", "iris-r0", input="n\n")
+    assert refused.exit_code == 1 and restarted() == []
+    result = run(conf_file, "dw", "iris", "iris-r0", "iris-r1", input="y\n")
     assert result.exit_code == 0, result.output
-    assert "restart the instances [iris-0, iris-1] of service [iris] in [local]? [Y/n]" in result.output
-    assert "[OK] Instances [iris-0, iris-1] of service [iris] are restarting" in result.output
-    assert standin.restarted == ["iris-0", "iris-1"]
+    assert "restart the instances [iris-r0, iris-r1] of service [iris] in [local]? [Y/n]" in result.output
+    assert "[OK] Instances [iris-r0, iris-r1] of service [iris] are restarting" in result.output
+    assert restarted() == ["iris-r0", "iris-r1"]
+    unknown = run(conf_file, "dw", "iris", "iris-r7", "-y")
+    assert unknown.exit_code == 1 and "[ERROR] no such instance of 'iris': iris-r7" in unknown.stderr
 
 
 def test_not_found_says_what_to_do(conf_file: str) -> None:
     result = run(conf_file, "desc", "nope")
     assert result.exit_code == 1
-    assert result.stderr.startswith("[ERROR] service nope does not exist") and "eascmd ls" in result.stderr
+    assert result.stderr.startswith("[ERROR] service 'nope' does not exist") and "eascmd ls" in result.stderr
 
 
 def test_unreachable_server_message(tmp_path: Path) -> None:
@@ -340,9 +440,8 @@ def test_unreachable_server_message(tmp_path: Path) -> None:
     assert "check it is running" in result.stderr and "Traceback" not in result.output
 
 
-def test_wrong_credentials_message(standin: StandIn, tmp_path: Path) -> None:
-    path = str(tmp_path / "eascmd.conf")
-    config.write(path, config.ClientConfig(standin.url, ACCESS_ID, "wrong-key"))
+def test_wrong_credentials_message(served: Harness, tmp_path: Path) -> None:
+    path = served.conf(tmp_path / "eascmd.conf", access_key="wrong-key")
     result = run(path, "ls")
     assert result.exit_code == 1
     assert "[ERROR] wrong access id or key [HTTP 401, Unauthorized" in result.stderr
@@ -357,8 +456,8 @@ def test_missing_config_and_usage_errors(tmp_path: Path) -> None:
     assert "eascmd --help" in unknown.stderr
 
 
-def test_real_subprocess(conf_file: str, standin: StandIn) -> None:
-    standin.add_running("iris")
+def test_real_subprocess(conf_file: str, served: Harness) -> None:
+    served.running(spec("iris"))
     env = {**os.environ, "EASCMD_CONFIG": conf_file}
     ok = subprocess.run(
         [sys.executable, "-m", "eascmd", "ls", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=20
@@ -369,4 +468,4 @@ def test_real_subprocess(conf_file: str, standin: StandIn) -> None:
         [sys.executable, "-m", "eascmd", "desc", "nope"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=20
     )
     assert failed.returncode == 1 and failed.stdout == ""
-    assert failed.stderr.startswith("[ERROR] service nope does not exist") and "Traceback" not in failed.stderr
+    assert failed.stderr.startswith("[ERROR] service 'nope' does not exist") and "Traceback" not in failed.stderr

@@ -12,7 +12,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from eas import modelsource as ms
+from eas import sources as ms
 
 
 def _tar(path, members):  # members: name -> bytes, or TarInfo customiser

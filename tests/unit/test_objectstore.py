@@ -1,6 +1,6 @@
 """oss:// and s3:// model paths and `eascmd upload` against a real S3-compatible server.
 
-The server is moto's server mode, a separate process on 127.0.0.1 (tests/s3server.py);
+The server is moto's server mode, a separate process on 127.0.0.1 (tests/support/s3.py);
 boto3 talks HTTP to it exactly as it would to OSS or S3.
 """
 
@@ -15,9 +15,9 @@ from typing import Iterator
 import pytest
 from click.testing import CliRunner
 
-from eas import modelsource
+from eas import sources
 from eascmd.cli import cli
-from tests.s3server import S3Server
+from tests.support.s3 import S3Server
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +50,16 @@ def _tar_gz(files: dict[str, bytes]) -> bytes:
 def test_object_is_downloaded_once_and_cached_by_etag(env: S3Server, tmp_path: Path) -> None:
     s3 = env.client()
     s3.put_object(Bucket="models", Key="a/model.bin", Body=b"version one")
-    first = Path(modelsource.resolve("s3://models/a/model.bin", tmp_path))
+    first = Path(sources.resolve("s3://models/a/model.bin", tmp_path))
     assert first.read_bytes() == b"version one"
     inode = first.stat().st_ino
-    assert Path(modelsource.resolve("s3://models/a/model.bin", tmp_path)) == first
+    assert Path(sources.resolve("s3://models/a/model.bin", tmp_path)) == first
     assert first.stat().st_ino == inode, "a cache hit must not download again"
 
     s3.put_object(Bucket="models", Key="a/model.bin", Body=b"version one")  # same bytes, same ETag
-    assert Path(modelsource.resolve("s3://models/a/model.bin", tmp_path)) == first
+    assert Path(sources.resolve("s3://models/a/model.bin", tmp_path)) == first
     s3.put_object(Bucket="models", Key="a/model.bin", Body=b"version two")  # new content, new entry
-    second = Path(modelsource.resolve("s3://models/a/model.bin", tmp_path))
+    second = Path(sources.resolve("s3://models/a/model.bin", tmp_path))
     assert second != first and second.read_bytes() == b"version two"
 
 
@@ -68,9 +68,9 @@ def test_oss_archive_with_the_service_endpoint_is_unpacked(env: S3Server, tmp_pa
     env.client().put_object(Bucket="models", Key="b/model.tar.gz",
                             Body=_tar_gz({"m/model.joblib": b"weights", "m/conf.json": b"{}"}))
     monkeypatch.delenv("EAS_OSS_ENDPOINT")
-    with pytest.raises(modelsource.ModelSourceError, match="oss_endpoint"):
-        modelsource.resolve("oss://models/b/model.tar.gz", tmp_path)
-    local = Path(modelsource.resolve("oss://models/b/model.tar.gz", tmp_path, endpoint=env.endpoint))
+    with pytest.raises(sources.ModelSourceError, match="oss_endpoint"):
+        sources.resolve("oss://models/b/model.tar.gz", tmp_path)
+    local = Path(sources.resolve("oss://models/b/model.tar.gz", tmp_path, endpoint=env.endpoint))
     assert local.is_dir() and (local / "model.joblib").read_bytes() == b"weights"
     assert sorted(p.name for p in local.iterdir()) == ["conf.json", "model.joblib"]
 
@@ -80,29 +80,29 @@ def test_prefix_is_a_directory_and_keys_cannot_escape(env: S3Server, tmp_path: P
     s3.put_object(Bucket="models", Key="dir/model.onnx", Body=b"onnx")
     s3.put_object(Bucket="models", Key="dir/sub/vocab.txt", Body=b"a\nb")
     for source in ("oss://models/dir/", "oss://models/dir"):
-        local = Path(modelsource.resolve(source, tmp_path / "c"))
+        local = Path(sources.resolve(source, tmp_path / "c"))
         assert (local / "model.onnx").read_bytes() == b"onnx"
         assert (local / "sub" / "vocab.txt").read_bytes() == b"a\nb"
     s3.put_object(Bucket="models", Key="evil/../../outside.txt", Body=b"x")
-    with pytest.raises(modelsource.ModelSourceError, match="outside"):
-        modelsource.resolve("oss://models/evil/", tmp_path / "d")
+    with pytest.raises(sources.ModelSourceError, match="outside"):
+        sources.resolve("oss://models/evil/", tmp_path / "d")
     assert not (tmp_path / "outside.txt").exists()
 
 
 def test_missing_objects_say_so(env: S3Server, tmp_path: Path) -> None:
-    with pytest.raises(modelsource.ModelSourceError, match="does not exist"):
-        modelsource.resolve("s3://models/no/such/model.bin", tmp_path)
-    with pytest.raises(modelsource.ModelSourceError, match="bucket does not exist"):
-        modelsource.resolve("s3://no-such-bucket/model.bin", tmp_path)
-    with pytest.raises(modelsource.ModelSourceError, match="oss://bucket/key"):
-        modelsource.resolve("oss:///model.bin", tmp_path)
+    with pytest.raises(sources.ModelSourceError, match="does not exist"):
+        sources.resolve("s3://models/no/such/model.bin", tmp_path)
+    with pytest.raises(sources.ModelSourceError, match="bucket does not exist"):
+        sources.resolve("s3://no-such-bucket/model.bin", tmp_path)
+    with pytest.raises(sources.ModelSourceError, match="oss://bucket/key"):
+        sources.resolve("oss:///model.bin", tmp_path)
 
 
 def test_instances_starting_together_download_once(env: S3Server, tmp_path: Path) -> None:
     env.client().put_object(Bucket="models", Key="e/model.tar.gz", Body=_tar_gz({"w.bin": b"1" * 100_000}))
     results: list[str] = []
     threads = [threading.Thread(target=lambda: results.append(
-        modelsource.resolve("oss://models/e/model.tar.gz", tmp_path))) for _ in range(4)]
+        sources.resolve("oss://models/e/model.tar.gz", tmp_path))) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -125,7 +125,7 @@ def test_eascmd_upload_prints_a_path_that_resolves(env: S3Server, tmp_path: Path
     assert result.exit_code == 0, result.output
     path = next(line.split("File uploaded: ")[1] for line in result.output.splitlines() if "File uploaded" in line)
     assert path.startswith("oss://models/uploads/") and path.endswith("/model.joblib")
-    assert Path(modelsource.resolve(path, tmp_path / "cache")).read_bytes() == b"trained weights"
+    assert Path(sources.resolve(path, tmp_path / "cache")).read_bytes() == b"trained weights"
 
     to_s3 = runner.invoke(cli, ["upload", str(model), "--to", "s3://no-such-bucket/x/"])
     assert to_s3.exit_code != 0 and "bucket does not exist" in to_s3.output

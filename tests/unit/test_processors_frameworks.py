@@ -1,5 +1,5 @@
 """Framework processors in-process on real tiny models (Paddle only end to end: it cannot
-share a process with TensorFlow, see tests/e2e/processor_models.py)."""
+share a process with TensorFlow, see tests/support/models.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from processors import ModelLoadError, ProcessorError, Request, create_processor, torchproto
-from tests.e2e.processor_models import BUILDERS, BuiltModel, read_answer
+from tests.support.models import BUILDERS, BuiltModel, read_answer
 
 IN_PROCESS = ["xgboost", "lightgbm", "pmml", "pytorch", "tensorflow"]
 

@@ -12,10 +12,11 @@ import joblib
 import numpy as np
 import pytest
 
-from eas.gateway import RateLimiter
-from eas.instance import Credentials, InstanceApp, InstanceServer
-from eas.routes import Route
-from eas.runtime import ServiceRuntime
+from eas.gateway.core import RateLimiter
+from eas.instance.core import Credentials, InstanceApp
+from eas.instance.http import InstanceServer
+from eas.gateway.route_table import Route
+from eas.instance.runtime import ServiceRuntime
 
 TOKEN = "rpc-token-12345"
 SLEEPY = """
@@ -151,7 +152,7 @@ def test_cheap_builtin_model_runs_on_the_event_loop_and_user_code_never_does(tmp
 
 
 def test_inline_policy_sends_a_slow_model_back_to_the_pool():
-    from eas.runtime import InlinePolicy
+    from eas.instance.runtime import InlinePolicy
 
     policy = InlinePolicy(limit_s=0.001)
     assert not policy.now(), "nothing measured yet"

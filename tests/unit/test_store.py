@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eas import store as st
+from eas.control import store as st
 
 
 def test_create_update_version_and_reopen(tmp_path):

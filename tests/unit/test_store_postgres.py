@@ -1,6 +1,6 @@
 """The store on both dialects, and leader election between two controllers on one database.
 
-PostgreSQL here is a real server (tests/postgres.py) on 127.0.0.1; SQLite is a file two
+PostgreSQL here is a real server (tests/support/postgres.py) on 127.0.0.1; SQLite is a file two
 connections share. The controllers drive a small in-memory backend (the Backend
 protocol without Ray), so the test is about who acts, not about Serve.
 """
@@ -15,12 +15,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from eas import store as st
-from eas.controller import Controller
-from eas.leader import LeaderLease
-from eas.ray_backend import AppState, Replica
-from eas.routes import RouteTable
-from tests.postgres import PostgresServer
+from eas.control import store as st
+from eas.control.controller import Controller
+from eas.control.leader import LeaderLease
+from eas.gateway.route_table import RouteTable
+from tests.support.backend import MemoryBackend, MemoryCluster
+from tests.support.postgres import PostgresServer
 
 
 @pytest.fixture(scope="module")
@@ -109,42 +109,6 @@ def test_lease_is_exclusive_renewable_and_taken_over_after_expiry(target: str) -
     assert a.lease("ctl")["holder"] == "server-a"
     a.close()
     b.close()
-
-
-class MemoryCluster:
-    """What runs, shared by the servers (as one Ray cluster is); logs who did what."""
-
-    def __init__(self) -> None:
-        self.apps: dict[str, AppState] = {}
-        self.calls: list[tuple[str, str, str]] = []
-        self.lock = threading.Lock()
-
-
-class MemoryBackend:
-    """One server's handle on the cluster: apps are RUNNING as soon as deployed."""
-
-    def __init__(self, cluster: MemoryCluster, who: str) -> None:
-        self.cluster, self.who = cluster, who
-
-    def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str],
-               code_dir: str | None = None) -> None:
-        with self.cluster.lock:
-            self.cluster.calls.append(("deploy", name, self.who))
-            replicas = [Replica(f"r{i}", f"actor-{name}-{i}", "RUNNING", "127.0.0.1", None, time.time(),
-                                ("127.0.0.1", 9000 + i)) for i in range(spec.metadata.instance)]
-            self.cluster.apps[name] = AppState("RUNNING", "", spec.metadata.instance, replicas)
-
-    def delete(self, name: str) -> None:
-        with self.cluster.lock:
-            self.cluster.calls.append(("delete", name, self.who))
-            self.cluster.apps.pop(name, None)
-
-    def observe(self) -> dict[str, AppState]:
-        with self.cluster.lock:
-            return dict(self.cluster.apps)
-
-    def restart_instances(self, name: str, replica_ids: list[str], internal_key: str) -> list[str]:
-        return []
 
 
 def _controller(store: st.Store, cluster: MemoryCluster, who: str, ttl: float, cache: Path) -> Controller:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from eas.upstream import UpstreamFailed, UpstreamPool, UpstreamRefused, UpstreamTimeout
+from eas.gateway.upstream import UpstreamFailed, UpstreamPool, UpstreamRefused, UpstreamTimeout
 
 Reply = Callable[[bytes], bytes | None]  # request bytes -> raw answer (None: hang up)
 

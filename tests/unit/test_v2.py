@@ -1,4 +1,4 @@
-"""The Open Inference Protocol codec (eas/v2.py, eas/v2proto.py) and its data plane without Ray.
+"""The Open Inference Protocol codec (eas/oip.py, eas/grpc_messages.py) and its data plane without Ray.
 
 The codec tests pin the wire formats: datatype <-> numpy, the binary layout, JSON
 data, shapes, and errors that name the input at fault. The data-plane tests run the
@@ -20,12 +20,14 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from eas import v2, v2proto
-from eas.gateway import Gateway
-from eas.grpc_server import GrpcGateway, model_name_of
-from eas.instance import Credentials, InstanceApp, InstanceServer
-from eas.routes import Endpoint, Entry, Route, RouteTable
-from eas.runtime import ServiceRuntime
+from eas.protocols import grpc_messages, oip
+from eas.gateway.core import Gateway
+from eas.gateway.grpc_server import GrpcGateway, model_name_of
+from eas.gateway.oip_http import OipHttp
+from eas.instance.core import Credentials, InstanceApp
+from eas.instance.http import InstanceServer
+from eas.gateway.route_table import Endpoint, Entry, Route, RouteTable
+from eas.instance.runtime import ServiceRuntime
 from eas.server import gateway_lifespan
 
 # ---------------------------------------------------------------------------- datatypes
@@ -50,41 +52,41 @@ SAMPLES = {
 @pytest.mark.parametrize("datatype", list(SAMPLES))
 def test_every_datatype_round_trips_raw_json_and_protobuf(datatype):
     array = SAMPLES[datatype]
-    assert v2.datatype_of(array.dtype) == datatype
-    raw = v2.tensor_to_raw(array, datatype)
-    back = v2.tensor_from_raw(raw, datatype, list(array.shape), "input 'x'")
-    assert back.dtype == v2.DATATYPES[datatype] and back.shape == array.shape
+    assert oip.datatype_of(array.dtype) == datatype
+    raw = oip.tensor_to_raw(array, datatype)
+    back = oip.tensor_from_raw(raw, datatype, list(array.shape), "input 'x'")
+    assert back.dtype == oip.DATATYPES[datatype] and back.shape == array.shape
     np.testing.assert_array_equal(back, array)
 
-    request = v2.InferRequest({}, binary={"y": False})
-    body, split = v2.encode_rest("m", request, {"y": array})
+    request = oip.InferRequest({}, binary={"y": False})
+    body, split = oip.encode_rest("m", request, {"y": array})
     assert split is None
     tensor = json.loads(body)["outputs"][0]
     assert tensor["datatype"] == datatype and tensor["shape"] == [1, 3]
     if datatype != "FP16":  # JSON numbers are doubles: FP16 values come back as FP16 after the cast
-        decoded = v2.tensor_from_json(tensor["data"], datatype, tensor["shape"], "input 'x'")
+        decoded = oip.tensor_from_json(tensor["data"], datatype, tensor["shape"], "input 'x'")
         np.testing.assert_array_equal(decoded, array)
 
-    answer = v2proto.ModelInferResponse.FromString(v2.encode_grpc("m", request, {"y": array}))
+    answer = grpc_messages.ModelInferResponse.FromString(oip.encode_grpc("m", request, {"y": array}))
     out = answer.outputs[0]
     assert (out.name, out.datatype, list(out.shape)) == ("y", datatype, [1, 3])
-    np.testing.assert_array_equal(v2.tensor_from_raw(answer.raw_output_contents[0], datatype, [1, 3], "y"), array)
+    np.testing.assert_array_equal(oip.tensor_from_raw(answer.raw_output_contents[0], datatype, [1, 3], "y"), array)
 
 
 def test_binary_layout_is_little_endian_and_bytes_are_length_prefixed():
-    assert v2.tensor_to_raw(np.array([1, 256], dtype=np.int32), "INT32") == b"\x01\x00\x00\x00\x00\x01\x00\x00"
-    assert v2.tensor_to_raw(np.array(["ab", b"\xff"], dtype=object), "BYTES") == \
+    assert oip.tensor_to_raw(np.array([1, 256], dtype=np.int32), "INT32") == b"\x01\x00\x00\x00\x00\x01\x00\x00"
+    assert oip.tensor_to_raw(np.array(["ab", b"\xff"], dtype=object), "BYTES") == \
         struct.pack("<I", 2) + b"ab" + struct.pack("<I", 1) + b"\xff"
     big_endian = np.array([1.5], dtype=">f8")
-    assert v2.datatype_of(big_endian.dtype) == "FP64"
-    assert v2.tensor_to_raw(big_endian, "FP64") == struct.pack("<d", 1.5)
+    assert oip.datatype_of(big_endian.dtype) == "FP64"
+    assert oip.tensor_to_raw(big_endian, "FP64") == struct.pack("<d", 1.5)
 
 
 def test_datatype_mapping_of_other_numpy_types():
-    assert v2.datatype_of(np.dtype("<U5")) == "BYTES"
-    assert v2.datatype_of(np.dtype("S3")) == "BYTES"
-    with pytest.raises(v2.V2Error, match="output 'z' has numpy dtype complex128"):
-        v2.datatype_of(np.dtype(np.complex128), "output 'z'")
+    assert oip.datatype_of(np.dtype("<U5")) == "BYTES"
+    assert oip.datatype_of(np.dtype("S3")) == "BYTES"
+    with pytest.raises(oip.V2Error, match="output 'z' has numpy dtype complex128"):
+        oip.datatype_of(np.dtype(np.complex128), "output 'z'")
 
 
 @pytest.mark.parametrize("data, datatype, shape, words", [
@@ -102,19 +104,19 @@ def test_datatype_mapping_of_other_numpy_types():
 ])
 def test_json_data_errors_name_the_input(data, datatype, shape, words):
     body = json.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": data}]}).encode()
-    with pytest.raises(v2.V2Error) as err:
-        v2.decode_rest(body)
+    with pytest.raises(oip.V2Error) as err:
+        oip.decode_rest(body)
     assert all(w in err.value.message for w in words), err.value.message
     assert err.value.status == 400
 
 
 def test_json_data_may_be_nested_or_flat():
-    flat = v2.decode_rest(b'{"inputs": [{"name": "a", "datatype": "INT64", "shape": [2, 2], "data": [1, 2, 3, 4]}]}')
-    nested = v2.decode_rest(b'{"inputs": [{"name": "a", "datatype": "INT64", "shape": [2, 2], '
+    flat = oip.decode_rest(b'{"inputs": [{"name": "a", "datatype": "INT64", "shape": [2, 2], "data": [1, 2, 3, 4]}]}')
+    nested = oip.decode_rest(b'{"inputs": [{"name": "a", "datatype": "INT64", "shape": [2, 2], '
                             b'"data": [[1, 2], [3, 4]]}]}')
     np.testing.assert_array_equal(flat.inputs["a"], nested.inputs["a"])
     assert flat.inputs["a"].dtype == np.int64 and flat.outputs is None
-    words = v2.decode_rest('{"inputs": [{"name": "w", "datatype": "BYTES", "shape": [2], "data": ["h\u00e9", ""]}]}'
+    words = oip.decode_rest('{"inputs": [{"name": "w", "datatype": "BYTES", "shape": [2], "data": ["h\u00e9", ""]}]}'
                            .encode())
     assert words.inputs["w"].tolist() == ["h\u00e9".encode(), b""]
 
@@ -122,19 +124,19 @@ def test_json_data_may_be_nested_or_flat():
 def test_binary_extension_splits_json_and_tensors():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     b = np.array([b"xy"], dtype=object)
-    raw_a, raw_b = v2.tensor_to_raw(a, "FP32"), v2.tensor_to_raw(b, "BYTES")
+    raw_a, raw_b = oip.tensor_to_raw(a, "FP32"), oip.tensor_to_raw(b, "BYTES")
     head = json.dumps({"id": "r1", "inputs": [
         {"name": "a", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": len(raw_a)}},
         {"name": "b", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(raw_b)}},
         {"name": "c", "datatype": "BOOL", "shape": [1], "data": [True]}],
         "outputs": [{"name": "o1", "parameters": {"binary_data": True}}, {"name": "o2"}],
         "parameters": {"binary_data_output": False}}).encode()
-    request = v2.decode_rest(head + raw_a + raw_b, str(len(head)))
+    request = oip.decode_rest(head + raw_a + raw_b, str(len(head)))
     np.testing.assert_array_equal(request.inputs["a"], a)
     assert request.inputs["b"].tolist() == [b"xy"] and request.inputs["c"].tolist() == [True]
     assert request.outputs == ["o1", "o2"] and request.binary == {"o1": True, "o2": False} and request.id == "r1"
 
-    body, split = v2.encode_rest("m", request, {"o1": a, "o2": np.array([1, 2], dtype=np.int64)})
+    body, split = oip.encode_rest("m", request, {"o1": a, "o2": np.array([1, 2], dtype=np.int64)})
     answer = json.loads(body[:split])
     assert answer["id"] == "r1" and answer["model_name"] == "m"
     o1, o2 = answer["outputs"]
@@ -144,9 +146,9 @@ def test_binary_extension_splits_json_and_tensors():
 
 
 def test_binary_output_for_every_output_when_the_request_asks():
-    request = v2.decode_rest(b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [1], "data": [1]}], '
+    request = oip.decode_rest(b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [1], "data": [1]}], '
                              b'"parameters": {"binary_data_output": true}}')
-    body, split = v2.encode_rest("m", request, {"y": np.array([2.0])})
+    body, split = oip.encode_rest("m", request, {"y": np.array([2.0])})
     assert split is not None and body[split:] == struct.pack("<d", 2.0)
 
 
@@ -156,8 +158,8 @@ def test_binary_output_for_every_output_when_the_request_asks():
     ("0", b"{}", ["is 0"]),
 ])
 def test_bad_header_length(header, body, words):
-    with pytest.raises(v2.V2Error) as err:
-        v2.decode_rest(body, header)
+    with pytest.raises(oip.V2Error) as err:
+        oip.decode_rest(body, header)
     assert all(w in err.value.message for w in words), err.value.message
 
 
@@ -174,8 +176,8 @@ def _binary_body(size: int, extra: bytes) -> tuple[bytes, str]:
 ])
 def test_binary_size_errors_name_the_input(size, extra, words):
     body, header = _binary_body(size, extra)
-    with pytest.raises(v2.V2Error) as err:
-        v2.decode_rest(body, header)
+    with pytest.raises(oip.V2Error) as err:
+        oip.decode_rest(body, header)
     assert all(w in err.value.message for w in words), err.value.message
 
 
@@ -185,8 +187,8 @@ def test_binary_size_errors_name_the_input(size, extra, words):
     (struct.pack("<I", 1) + b"a", ["input 's'", "needs 2 BYTES elements, received 1"]),
 ])
 def test_bytes_layout_errors(raw, words):
-    with pytest.raises(v2.V2Error) as err:
-        v2.tensor_from_raw(raw, "BYTES", [2], "input 's'")
+    with pytest.raises(oip.V2Error) as err:
+        oip.tensor_from_raw(raw, "BYTES", [2], "input 's'")
     assert all(w in err.value.message for w in words), err.value.message
 
 
@@ -202,34 +204,34 @@ def test_bytes_layout_errors(raw, words):
      ["input 'a': parameters must be an object"]),
 ])
 def test_request_shape_errors(payload, words):
-    with pytest.raises(v2.V2Error) as err:
-        v2.decode_rest(json.dumps(payload).encode())
+    with pytest.raises(oip.V2Error) as err:
+        oip.decode_rest(json.dumps(payload).encode())
     assert all(w in err.value.message for w in words), err.value.message
-    with pytest.raises(v2.V2Error, match="not valid JSON"):
-        v2.decode_rest(b"\x00\x01 binary")
+    with pytest.raises(oip.V2Error, match="not valid JSON"):
+        oip.decode_rest(b"\x00\x01 binary")
 
 
 def test_non_utf8_bytes_output_must_go_binary():
-    request = v2.InferRequest({}, binary={"s": False})
-    with pytest.raises(v2.V2Error, match="output 's' holds bytes that are not UTF-8"):
-        v2.encode_rest("m", request, {"s": np.array([b"\xff"], dtype=object)})
+    request = oip.InferRequest({}, binary={"s": False})
+    with pytest.raises(oip.V2Error, match="output 's' holds bytes that are not UTF-8"):
+        oip.encode_rest("m", request, {"s": np.array([b"\xff"], dtype=object)})
 
 
 def test_grpc_request_in_contents_or_raw():
-    message = v2proto.ModelInferRequest(model_name="m", id="7")
+    message = grpc_messages.ModelInferRequest(model_name="m", id="7")
     a = message.inputs.add(name="a", datatype="INT16", shape=[2, 2])
     a.contents.int_contents.extend([1, -2, 3, 4])
     s = message.inputs.add(name="s", datatype="BYTES", shape=[1])
     s.contents.bytes_contents.append(b"hi")
     message.outputs.add(name="y")
-    request = v2.decode_grpc(message.SerializeToString())
+    request = oip.decode_grpc(message.SerializeToString())
     assert request.inputs["a"].dtype == np.int16 and request.inputs["a"].tolist() == [[1, -2], [3, 4]]
     assert request.inputs["s"].tolist() == [b"hi"] and request.outputs == ["y"] and request.id == "7"
 
-    raw = v2proto.ModelInferRequest(model_name="m")
+    raw = grpc_messages.ModelInferRequest(model_name="m")
     raw.inputs.add(name="h", datatype="FP16", shape=[3])
     raw.raw_input_contents.append(np.array([1, 2, 3], dtype="<f2").tobytes())
-    assert v2.decode_grpc(raw.SerializeToString()).inputs["h"].tolist() == [1.0, 2.0, 3.0]
+    assert oip.decode_grpc(raw.SerializeToString()).inputs["h"].tolist() == [1.0, 2.0, 3.0]
 
 
 @pytest.mark.parametrize("build, words", [
@@ -243,23 +245,23 @@ def test_grpc_request_in_contents_or_raw():
     (lambda m: None, ["no inputs"]),
 ])
 def test_grpc_request_errors(build, words):
-    message = v2proto.ModelInferRequest(model_name="m")
+    message = grpc_messages.ModelInferRequest(model_name="m")
     build(message)
-    with pytest.raises(v2.V2Error) as err:
-        v2.decode_grpc(message.SerializeToString())
+    with pytest.raises(oip.V2Error) as err:
+        oip.decode_grpc(message.SerializeToString())
     assert all(w in err.value.message for w in words), err.value.message
-    with pytest.raises(v2.V2Error, match="not a serialized inference.ModelInferRequest"):
-        v2.decode_grpc(b"\xff\xff\xff")
+    with pytest.raises(oip.V2Error, match="not a serialized inference.ModelInferRequest"):
+        oip.decode_grpc(b"\xff\xff\xff")
 
 
 def test_model_name_is_read_off_the_wire_without_decoding():
-    message = v2proto.ModelInferRequest(model_name="my_model", id="x")
+    message = grpc_messages.ModelInferRequest(model_name="my_model", id="x")
     message.inputs.add(name="a", datatype="FP32", shape=[1])
     message.raw_input_contents.append(b"\x00" * 4)
     assert model_name_of(message.SerializeToString()) == "my_model"
     # Fields may come in any order: put id (3) and a raw tensor (7) before model_name (1).
-    tail = v2proto.ModelInferRequest(model_name="late").SerializeToString()
-    early = v2proto.ModelInferRequest(id="first", raw_input_contents=[b"abc"]).SerializeToString()
+    tail = grpc_messages.ModelInferRequest(model_name="late").SerializeToString()
+    early = grpc_messages.ModelInferRequest(id="first", raw_input_contents=[b"abc"]).SerializeToString()
     assert model_name_of(early + tail) == "late"
     assert model_name_of(b"") == ""
     with pytest.raises(ValueError):
@@ -268,32 +270,32 @@ def test_model_name_is_read_off_the_wire_without_decoding():
 
 def test_descriptors_match_the_open_inference_protocol():
     """Field numbers and types as in KServe's grpc_predict_v2.proto: the wire contract."""
-    f = v2proto.ModelInferRequest.DESCRIPTOR.fields_by_name
+    f = grpc_messages.ModelInferRequest.DESCRIPTOR.fields_by_name
     assert [(n, f[n].number) for n in ("model_name", "model_version", "id", "parameters", "inputs", "outputs",
                                        "raw_input_contents")] == \
         [("model_name", 1), ("model_version", 2), ("id", 3), ("parameters", 4), ("inputs", 5), ("outputs", 6),
          ("raw_input_contents", 7)]
-    tensor = v2proto.ModelInferRequest.DESCRIPTOR.nested_types_by_name["InferInputTensor"].fields_by_name
+    tensor = grpc_messages.ModelInferRequest.DESCRIPTOR.nested_types_by_name["InferInputTensor"].fields_by_name
     assert {n: tensor[n].number for n in tensor} == {"name": 1, "datatype": 2, "shape": 3, "parameters": 4,
                                                      "contents": 5}
-    out = v2proto.ModelInferResponse.DESCRIPTOR.fields_by_name
+    out = grpc_messages.ModelInferResponse.DESCRIPTOR.fields_by_name
     assert out["outputs"].number == 5 and out["raw_output_contents"].number == 6
-    contents = v2proto.InferTensorContents.DESCRIPTOR.fields_by_name
+    contents = grpc_messages.InferTensorContents.DESCRIPTOR.fields_by_name
     assert {n: contents[n].number for n in contents} == {
         "bool_contents": 1, "int_contents": 2, "int64_contents": 3, "uint_contents": 4, "uint64_contents": 5,
         "fp32_contents": 6, "fp64_contents": 7, "bytes_contents": 8}
-    param = v2proto.InferParameter.DESCRIPTOR
+    param = grpc_messages.InferParameter.DESCRIPTOR
     assert [fd.name for fd in param.oneofs_by_name["parameter_choice"].fields] == [
         "bool_param", "int64_param", "string_param", "double_param", "uint64_param"]
-    meta = v2proto.ModelMetadataResponse.DESCRIPTOR
+    meta = grpc_messages.ModelMetadataResponse.DESCRIPTOR
     assert {n: meta.fields_by_name[n].number for n in meta.fields_by_name} == {
         "name": 1, "versions": 2, "platform": 3, "inputs": 4, "outputs": 5}
     # A message serialized by hand with those numbers decodes as expected.
     wire = b"\x0a\x01m" + b"\x2a\x0d\x0a\x01x\x12\x04FP32\x1a\x02\x01\x02" + b"\x3a\x08" + b"\x00" * 8
-    parsed = v2proto.ModelInferRequest.FromString(wire)
+    parsed = grpc_messages.ModelInferRequest.FromString(wire)
     assert parsed.model_name == "m" and parsed.inputs[0].name == "x" and list(parsed.inputs[0].shape) == [1, 2]
-    assert list(v2proto.PredictRequest.DESCRIPTOR.fields_by_name) == ["service", "body", "token", "content_type"]
-    assert list(v2proto.PredictReply.DESCRIPTOR.fields_by_name) == ["status", "body", "content_type", "request_id"]
+    assert list(grpc_messages.PredictRequest.DESCRIPTOR.fields_by_name) == ["service", "body", "token", "content_type"]
+    assert list(grpc_messages.PredictReply.DESCRIPTOR.fields_by_name) == ["status", "body", "content_type", "request_id"]
 
 
 # ---------------------------------------------------------------------------- processors
@@ -347,7 +349,7 @@ def test_processors_answer_v2_like_their_frameworks(iris_dir, onnx_dir):
     np.testing.assert_array_equal(out["predictions"], model.predict(rows))
     out = sk.infer_v2({"x": rows.astype(np.float32)}, ["probabilities"])
     np.testing.assert_allclose(out["probabilities"], model.predict_proba(rows.astype(np.float32)))
-    meta = v2.model_metadata("iris", sk)
+    meta = oip.model_metadata("iris", sk)
     assert meta["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 4]}]
     assert meta["outputs"] == [{"name": "predictions", "datatype": "INT64", "shape": [-1]},
                                {"name": "probabilities", "datatype": "FP64", "shape": [-1, 2]}]
@@ -358,7 +360,7 @@ def test_processors_answer_v2_like_their_frameworks(iris_dir, onnx_dir):
     # Whole float64 and int32 values are cast to what the model declares.
     out = ox.infer_v2({"a": onnx_dir["a"].astype(np.float64), "b": onnx_dir["b"].astype(np.int32)}, ["y"])
     np.testing.assert_allclose(out["y"], onnx_dir["expected"], rtol=1e-6)
-    assert v2.model_metadata("two", ox)["inputs"] == [{"name": "a", "datatype": "FP32", "shape": [-1, 3]},
+    assert oip.model_metadata("two", ox)["inputs"] == [{"name": "a", "datatype": "FP32", "shape": [-1, 3]},
                                                       {"name": "b", "datatype": "INT64", "shape": [-1, 1]}]
 
 
@@ -436,7 +438,7 @@ def plane(tmp_path_factory, iris_dir):
     routes.set_entries({n: Entry(n, TOKEN, ((n, 100),)) for n in ("iris", "echo", "down")})
     gw = Gateway(routes, "internal")
     grpc_gw = GrpcGateway(gw, "127.0.0.1", _free_port())
-    app = Starlette(routes=v2.V2Gateway(gw).routes(), lifespan=gateway_lifespan(gw, grpc_gw))
+    app = Starlette(routes=OipHttp(gw).routes(), lifespan=gateway_lifespan(gw, grpc_gw))
     http_port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=http_port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -500,25 +502,25 @@ def test_grpc_v2_and_status_codes(plane):
             return channel.unary_unary(f"/inference.GRPCInferenceService/{name}",
                                        request_serializer=req.SerializeToString, response_deserializer=resp.FromString)
 
-        infer = method("ModelInfer", v2proto.ModelInferRequest, v2proto.ModelInferResponse)
-        ready = method("ModelReady", v2proto.ModelReadyRequest, v2proto.ModelReadyResponse)
-        live = method("ServerLive", v2proto.ServerLiveRequest, v2proto.ServerLiveResponse)
+        infer = method("ModelInfer", grpc_messages.ModelInferRequest, grpc_messages.ModelInferResponse)
+        ready = method("ModelReady", grpc_messages.ModelReadyRequest, grpc_messages.ModelReadyResponse)
+        live = method("ServerLive", grpc_messages.ServerLiveRequest, grpc_messages.ServerLiveResponse)
         auth = (("authorization", TOKEN),)
 
         def request(name: str):
-            message = v2proto.ModelInferRequest(model_name=name, id="abc")
+            message = grpc_messages.ModelInferRequest(model_name=name, id="abc")
             message.inputs.add(name="x", datatype="FP64", shape=list(rows.shape)).contents.fp64_contents.extend(
                 rows.ravel().tolist())
             return message
 
         answer = infer(request("iris"), metadata=auth, timeout=30)
         assert answer.id == "abc" and answer.outputs[0].name == "predictions"
-        got = v2.tensor_from_raw(answer.raw_output_contents[0], answer.outputs[0].datatype,
+        got = oip.tensor_from_raw(answer.raw_output_contents[0], answer.outputs[0].datatype,
                                  list(answer.outputs[0].shape), "predictions")
         np.testing.assert_array_equal(got, model.predict(rows))
-        assert live(v2proto.ServerLiveRequest(), timeout=10).live
-        assert ready(v2proto.ModelReadyRequest(name="iris"), metadata=auth, timeout=10).ready
-        assert not ready(v2proto.ModelReadyRequest(name="down"), metadata=auth, timeout=10).ready
+        assert live(grpc_messages.ServerLiveRequest(), timeout=10).live
+        assert ready(grpc_messages.ModelReadyRequest(name="iris"), metadata=auth, timeout=10).ready
+        assert not ready(grpc_messages.ModelReadyRequest(name="down"), metadata=auth, timeout=10).ready
 
         for name, metadata, code, words in [
             ("iris", (("authorization", "wrong"),), grpc.StatusCode.UNAUTHENTICATED, "wrong token"),
@@ -533,3 +535,89 @@ def test_grpc_v2_and_status_codes(plane):
             assert err.value.code() == code and words in err.value.details(), (name, err.value)
         trailing = dict(err.value.trailing_metadata())
         assert trailing["eas-status"] == "400"
+
+
+# ---------------------------------------------------------------------------- one instance path
+
+def test_batched_v2_calls_are_stacked_and_split_back(iris_dir):
+    """infer_batch stacks compatible calls into one model call; a bad call fails alone."""
+    from eas.instance.oip import infer_batch
+    from processors import Request, create_processor
+
+    sk = create_processor({"processor": "sklearn", "model_path": str(iris_dir["dir"])})
+    calls = []
+    real = sk.infer_v2
+
+    def counting(inputs, outputs):
+        calls.append({k: v.shape for k, v in inputs.items()})
+        return real(inputs, outputs)
+
+    sk.infer_v2 = counting
+    rows, model = iris_dir["rows"], iris_dir["model"]
+    binary = oip.tensor_to_raw(rows[3:5], "FP64")
+    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP64", "shape": [2, 4],
+                                   "parameters": {"binary_data_size": len(binary)}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    grpc_form = grpc_messages.ModelInferRequest(model_name="iris", id="g")
+    grpc_form.inputs.add(name="x", datatype="FP64", shape=[2, 4])
+    grpc_form.raw_input_contents.append(oip.tensor_to_raw(rows[5:7], "FP64"))
+    requests = [
+        Request(json.dumps(_rows_body(rows[:1])).encode(), "application/json", request_id="a"),
+        Request(json.dumps(_rows_body(rows[1:3])).encode(), "application/json", request_id="b"),
+        Request(head + binary, "application/octet-stream", headers={"inference-header-content-length": str(len(head))},
+                request_id="c"),
+        Request(grpc_form.SerializeToString(), oip.INFER_REQUEST_TYPE, request_id="d"),
+        Request(b'{"inputs": "nope"}', "application/json", request_id="bad"),
+        Request(json.dumps(_rows_body(np.zeros((1, 3)))).encode(), "application/json", request_id="narrow"),
+    ]
+    answers = infer_batch(sk, "iris", requests)
+    assert calls[0] == {"x": (7, 4)}, "the four calls of width 4 ran as one model call of 7 rows"
+    assert [a.status for a in answers] == [200, 200, 200, 200, 400, 400]
+    assert json.loads(answers[0].body)["outputs"][0]["data"] == model.predict(rows[:1]).tolist()
+    assert json.loads(answers[1].body)["outputs"][0]["data"] == model.predict(rows[1:3]).tolist()
+    split = int(answers[2].content_type.rpartition("=")[2])
+    meta = json.loads(answers[2].body[:split])["outputs"][0]
+    got = oip.tensor_from_raw(answers[2].body[split:], meta["datatype"], meta["shape"], "predictions")
+    np.testing.assert_array_equal(got, model.predict(rows[3:5]))
+    reply = grpc_messages.ModelInferResponse.FromString(answers[3].body)
+    assert reply.id == "g"
+    np.testing.assert_array_equal(oip.tensor_from_raw(reply.raw_output_contents[0], reply.outputs[0].datatype,
+                                                      list(reply.outputs[0].shape), "p"), model.predict(rows[5:7]))
+    assert "inputs" in json.loads(answers[4].body)["message"]
+    assert "expects 4 features per row, received 3" in json.loads(answers[5].body)["message"]
+
+
+def test_v2_takes_the_instance_path_of_eas_predict(tmp_path, iris_dir):
+    """Over HTTP at one instance, v2 calls share the EAS predict path: server-side
+    batching, the queue limit (450) and the counters /stats reports."""
+    import asyncio
+
+    spec = {"name": "iris", "processor": "sklearn", "model_path": str(iris_dir["dir"]),
+            "metadata": {"instance": 1, "rpc": {"batching": True, "max_batch_size": 16, "max_batch_timeout": 100,
+                                                "worker_threads": 1, "max_queue_size": 3}}}
+    runtime = ServiceRuntime(spec, str(tmp_path / "cache"))
+    server = InstanceServer(InstanceApp(runtime, "iris-1", Credentials(TOKEN, "internal")), "127.0.0.1")
+    server.start()
+    rows, model = iris_dir["rows"], iris_dir["model"]
+    url = f"http://127.0.0.1:{server.port}/v2/models/iris/infer"
+
+    async def burst(n: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, headers={"X-Eas-Internal-Key": "internal"}) as client:
+            return await asyncio.gather(*(client.post(url, json=_rows_body(rows[i % 7:i % 7 + 1]))
+                                          for i in range(n)))
+
+    try:
+        answers = asyncio.run(burst(4))
+        assert [a.status_code for a in answers] == [200] * 4
+        for i, answer in enumerate(answers):
+            assert answer.json()["outputs"][0]["data"] == model.predict(rows[i % 7:i % 7 + 1]).tolist()
+        assert max(runtime.batch_sizes()) > 1, runtime.batch_sizes()
+        shed = asyncio.run(burst(12))
+        codes = sorted(a.status_code for a in shed)
+        assert 450 in codes and set(codes) <= {200, 450}, codes
+        assert "queue is full" in next(a for a in shed if a.status_code == 450).json()["error"]
+        stats = httpx.get(f"http://127.0.0.1:{server.port}/stats").json()
+        assert stats["codes"]["200"] == 4 + codes.count(200) and stats["codes"]["450"] == codes.count(450)
+    finally:
+        server.stop()
+        runtime.close()

@@ -1,0 +1,297 @@
+"""The Ray Serve backend: start Ray, run services as Serve apps, observe them.
+
+With eas/backend/replica.py (what runs inside each replica) this is the only code
+that imports Ray; the controller sees it through eas/control/backend.py.
+
+Each service is its own Serve application (named after the service) with one
+deployment whose replicas are the service's instances. The deployment's version is
+the spec's code digest, so an instance-count change is a pure scale (no restart) and a
+model change is a rolling update, both done by Serve.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from eas.backend.replica import DRAIN_S, KV_NAMESPACE, KV_PREFIX, ServiceReplica
+from eas.control.backend import AppState, Replica
+from eas.protocols.wire import INTERNAL_KEY_HEADER
+from eas.sources import objectstore
+from processors.requirements import runtime_env as code_runtime_env
+
+log = logging.getLogger("eas.ray")
+
+DEPLOYMENT = "ServiceReplica"
+
+# Ray settings that keep it on loopback, quiet and quick to fail a broken model.
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> None:
+    """Connect to a cluster, or start a local one kept on loopback with no dashboard."""
+    os.environ.update({k: v for k, v in RAY_ENV.items() if k not in os.environ})
+    import ray
+    from ray import serve
+
+    if address:
+        ray.init(address=address, log_to_driver=False, namespace="eas")
+    else:
+        kwargs: dict[str, Any] = dict(
+            # "local": always a Ray of our own, never one that `ray start` left on this machine.
+            address="local",
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            namespace="eas",
+        )
+        if num_cpus:
+            kwargs["num_cpus"] = num_cpus
+        ray.init(**kwargs)
+    # No Serve proxies: our gateway is the ingress and calls the instances' own HTTP servers.
+    serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False, "log_level": "WARNING"})
+
+
+def remove_local_session(pid: int) -> None:
+    """Delete the files of the local Ray that the eas-server with this pid started.
+
+    Ray names a session directory after the process that started it and never removes
+    it; each holds logs and per-service pip environments (hundreds of MB), so test
+    and benchmark runs that start many servers would fill the disk. Call it only after
+    that server has exited.
+    """
+    root = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
+    for session in glob.glob(os.path.join(root, f"session_*_{pid}")):
+        shutil.rmtree(session, ignore_errors=True)
+
+
+def stop_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+class RayBackend:
+    """Runs services as Serve applications. Methods return quickly; Serve does the work."""
+
+    def __init__(self) -> None:
+        from ray import serve
+        from ray.serve.context import _get_global_client
+
+        self._serve = serve
+        self._client = _get_global_client()
+
+        self._deployment = serve.deployment(name=DEPLOYMENT)(ServiceReplica)
+        self._stale: set[tuple[str, str]] = set()
+
+    def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str],
+               code_dir: str | None = None) -> None:
+        """Create or update the service's app; returns once Serve has accepted it.
+
+        `secrets` (token, internal key) travel as Serve's user_config: changing them
+        reconfigures running instances instead of replacing them. A `requirements.txt`
+        in the user's code (`code_dir`, already local) becomes the instances' own pip
+        environment (a Ray runtime_env), never the server's.
+        """
+        meta = spec.metadata
+        actor_options: dict[str, Any] = {"num_cpus": meta.cpu}
+        if meta.memory:
+            actor_options["memory"] = meta.memory * 1024 * 1024
+        if meta.gpu:
+            actor_options["num_gpus"] = meta.gpu
+        if meta.resource:
+            # EAS's resource group as a Ray custom resource: instances go only to nodes
+            # that advertise it (a label; the tiny amount does not limit how many fit).
+            actor_options["resources"] = {meta.resource: 0.001}
+        # Object-store settings reach instances on every node (local workers inherit them anyway).
+        env = {k: os.environ[k] for k in objectstore.ENV_VARS if os.environ.get(k)}
+        runtime_env: dict[str, Any] = {"env_vars": env} if env else {}
+        version = spec.code_version()
+        pip_env = code_runtime_env(code_dir)
+        if pip_env:
+            runtime_env.update(pip_env)
+            # The file can change under the same processor_path: make it part of the version.
+            digest = hashlib.sha256(json.dumps(pip_env, sort_keys=True).encode()).hexdigest()[:8]
+            version = f"{version}-{digest}"
+        if runtime_env:
+            actor_options["runtime_env"] = runtime_env
+        surge, step = rolling(meta)
+        deployment = self._deployment.options(
+            version=version,
+            max_surge_percent=surge,
+            max_constructor_retry_count=3,
+            num_replicas=meta.instance,
+            max_ongoing_requests=meta.concurrency,
+            ray_actor_options=actor_options,
+            user_config=secrets,
+            health_check_period_s=5,
+            graceful_shutdown_timeout_s=max(5.0, meta.rpc.keepalive / 1000 * 2) + DRAIN_S,
+            _internal=True,
+        )
+        # Not an options() argument in this Ray version; the config field is public.
+        deployment._deployment_config.rolling_update_percentage = step
+        app = deployment.bind(spec.to_dict(), cache_dir)
+        self._serve._run(app, name=name, route_prefix=None, _blocking=False)
+
+    def delete(self, name: str) -> None:
+        self._serve.delete(name, _blocking=False)
+
+    def observe(self) -> dict[str, AppState]:
+        """One call to the Serve controller for the state of every app."""
+        import ray
+
+        details = ray.get(self._client._controller.get_serve_instance_details.remote(), timeout=30)
+        endpoints = published_endpoints()
+        out: dict[str, AppState] = {}
+        for name, app in (details.get("applications") or {}).items():
+            dep = (app.get("deployments") or {}).get(DEPLOYMENT) or {}
+            status = str(_enum_value(app.get("status")))
+            message = dep.get("message") or app.get("message") or ""
+            if status == "DEPLOY_FAILED":
+                message = failure_reason(message)
+            out[name] = AppState(
+                status=status,
+                message=message,
+                target=int(dep.get("target_num_replicas") or 0),
+                replicas=[_replica(r, endpoints.get((name, r.get("replica_id", "")))) for r in dep.get("replicas") or []],
+                dead_replicas=len(dep.get("recent_dead_replicas") or []),
+                version=(dep.get("deployment_config") or {}).get("version"),
+            )
+        self._forget_dead_endpoints(endpoints, out)
+        return out
+
+    def _forget_dead_endpoints(self, endpoints: dict[tuple[str, str], tuple[str, int]],
+                               apps: dict[str, AppState]) -> None:
+        """Drop the KV entries of instances that died without unpublishing (a lost node).
+
+        They are never routed to (only listed replicas are), but would pile up. An entry
+        goes only after two observations without its replica, so one that published
+        between the two reads of a single observation is never removed.
+        """
+        from ray.experimental import internal_kv
+
+        listed = {(name, r.replica_id) for name, app in apps.items() for r in app.replicas}
+        orphans = set(endpoints) - listed
+        for service, replica_id in orphans & self._stale:
+            try:
+                internal_kv._internal_kv_del(KV_PREFIX + f"{service}/{replica_id}".encode(), namespace=KV_NAMESPACE)
+            except Exception:
+                pass
+        self._stale = orphans - self._stale
+
+    def restart_instances(self, name: str, replica_ids: list[str], internal_key: str) -> list[str]:
+        """Drain the named replicas, then stop them; Serve starts replacements.
+
+        Draining takes an instance out of discovery and lets requests in flight finish,
+        so a restart under load fails no request when other instances can take it.
+        Returns the ids not found.
+        """
+        import httpx
+        import ray
+
+        state = self.observe().get(name)
+        by_id = {r.replica_id: r for r in (state.replicas if state else [])}
+        missing = [rid for rid in replica_ids if rid not in by_id]
+        chosen = [by_id[rid] for rid in replica_ids if rid in by_id]
+        headers = {INTERNAL_KEY_HEADER: internal_key}
+        with httpx.Client(timeout=2) as http:
+            for rep in chosen:
+                if rep.endpoint:
+                    try:
+                        http.post(f"http://{rep.endpoint[0]}:{rep.endpoint[1]}/drain", headers=headers)
+                    except httpx.HTTPError:
+                        pass
+            time.sleep(DRAIN_S)
+            deadline = time.monotonic() + 30
+            for rep in chosen:
+                while rep.endpoint and time.monotonic() < deadline:
+                    try:
+                        url = f"http://{rep.endpoint[0]}:{rep.endpoint[1]}/healthz"
+                        if http.get(url).json().get("in_flight", 0) == 0:
+                            break
+                    except httpx.HTTPError:
+                        break
+                    time.sleep(0.05)
+                try:
+                    ray.kill(ray.get_actor(rep.actor_name, namespace="serve"), no_restart=True)
+                except ValueError:
+                    missing.append(rep.replica_id)
+        return missing
+
+
+def _enum_value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def _replica(r: dict[str, Any], endpoint: tuple[str, int] | None) -> Replica:
+    return Replica(
+        endpoint=endpoint,
+        replica_id=r.get("replica_id", ""),
+        actor_name=r.get("actor_name", ""),
+        state=str(_enum_value(r.get("state"))),
+        node_ip=r.get("node_ip") or "",
+        pid=r.get("pid"),
+        start_time=float(r.get("start_time_s") or time.time()),
+    )
+
+
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+
+
+def failure_reason(message: str) -> str:
+    """The user-facing reason inside Serve's deploy failure text (which ends in a traceback)."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        m = _ERROR_LINE.match(line)
+        if m:
+            kind, text = m.groups()
+            return text if kind == "ModelLoadError" else f"{kind}: {text}"
+    return lines[-1] if lines else "deployment failed"
+
+
+def rolling(meta: Any) -> tuple[int, float]:
+    """EAS `rolling_strategy` as Serve's (max_surge_percent, rolling_update_percentage).
+
+    New instances start before old ones stop (surge defaults to 100 %), so a rollout
+    never lowers capacity; `max_unavailable` (a count or "N%") sets the step size.
+    """
+    n = max(1, meta.instance)
+
+    def percent(value: Any, default: float) -> float:
+        if value is None:
+            return default
+        text = str(value).strip()
+        if text.endswith("%"):
+            return float(text[:-1]) / 100
+        return float(text) / n
+
+    surge = int(round(min(1.0, max(0.0, percent(meta.rolling_strategy.max_surge, 1.0))) * 100))
+    step = min(1.0, max(1 / n, percent(meta.rolling_strategy.max_unavailable, 1 / n)))
+    return surge, step
+
+
+def published_endpoints() -> dict[tuple[str, str], tuple[str, int]]:
+    """(service, replica id) -> (host, port) for every instance that published one."""
+    from ray.experimental import internal_kv
+
+    out: dict[tuple[str, str], tuple[str, int]] = {}
+    for key in internal_kv._internal_kv_list(KV_PREFIX, namespace=KV_NAMESPACE):
+        value = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+        if not value:
+            continue
+        service, _, replica_id = key[len(KV_PREFIX):].decode().rpartition("/")
+        host, _, port = value.decode().rpartition(":")
+        out[(service, replica_id)] = (host, int(port))
+    return out

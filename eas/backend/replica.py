@@ -1,0 +1,81 @@
+"""What runs inside each Ray Serve replica: one instance of a service.
+
+A replica builds the instance (runtime + core + HTTP server, eas/instance/), publishes
+its HTTP endpoint in Ray's internal KV once credentials are set, and on shutdown
+unpublishes, lets requests in flight finish, then closes. Serve places, counts,
+health-checks and replaces replicas; the requests themselves go straight to the
+instance server, from the gateway or from SDKs in DIRECT mode.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from eas.instance.core import Credentials, InstanceApp
+from eas.instance.http import InstanceServer
+from eas.instance.runtime import ServiceRuntime
+
+#: Ray internal-KV namespace and key prefix where instances publish their HTTP endpoint.
+KV_NAMESPACE = "eas"
+KV_PREFIX = b"endpoint/"
+#: Seconds a stopping instance keeps serving after unpublishing, so gateways (which
+#: refresh their routes every second) stop sending to it before it closes.
+DRAIN_S = 2.0
+
+
+class ServiceReplica:
+    """A Serve replica: one ServiceRuntime behind its own HTTP server (eas/instance/http.py)."""
+
+    def __init__(self, spec: dict[str, Any], cache_dir: str) -> None:
+        import ray
+        from ray import serve
+
+        self.runtime = ServiceRuntime(spec, cache_dir)
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.creds = Credentials(token="", internal_key="")
+        app = InstanceApp(self.runtime, f"{self.runtime.spec.name}-{self.replica_id}", self.creds)
+        app.on_drain = self._unpublish
+        self.server = InstanceServer(app, ray.util.get_node_ip_address())
+        self.server.start()
+        self._key = KV_PREFIX + f"{self.runtime.spec.name}/{self.replica_id}".encode()
+        self._closed = False
+
+    def reconfigure(self, secrets: dict[str, str]) -> None:
+        """Serve calls this with user_config at start and on every secrets change."""
+        from ray.experimental import internal_kv
+
+        self.creds.token = secrets["token"]
+        self.creds.internal_key = secrets["internal_key"]
+        # Published only once credentials are set, so no request arrives before them.
+        internal_kv._internal_kv_put(self._key, f"{self.server.host}:{self.server.port}".encode(),
+                                     namespace=KV_NAMESPACE)
+
+    def _unpublish(self) -> None:
+        try:
+            from ray.experimental import internal_kv
+
+            internal_kv._internal_kv_del(self._key, namespace=KV_NAMESPACE)
+        except Exception:  # the cluster may already be going away
+            pass
+
+    def check_health(self) -> None:
+        if not self.server.alive:
+            raise RuntimeError("instance HTTP server stopped")
+
+    def __del__(self) -> None:
+        """Unpublish, let routes refresh and requests in flight finish, then close.
+
+        Serve calls this on graceful shutdown; Python may call it again at collection,
+        or on a replica whose constructor failed, hence the guard.
+        """
+        if getattr(self, "_closed", True) is True or not hasattr(self, "server"):
+            return
+        self._closed = True
+        self._unpublish()
+        deadline = time.monotonic() + DRAIN_S + self.runtime.spec.metadata.rpc.keepalive / 1000
+        time.sleep(DRAIN_S)
+        while self.server.app.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.server.stop()
+        self.runtime.close()

@@ -1,0 +1,75 @@
+"""What the gateway should do with each name, built from the store and what runs: pure functions.
+
+A `Route` per service (its ready instances, or why there are none and whether a
+request should wait for one); an `Entry` per endpoint name clients call (its token and
+the services behind it by weight, a mirror, or why it is closed). The controller
+writes them into the gateway's route table every pass.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from eas.control.backend import AppState
+from eas.control.store import DELETED, RUNNING, ServiceRecord, TrafficRecord
+from eas.gateway.route_table import Endpoint, Entry, Route
+from eas.spec import ServiceSpec
+
+#: How long a request waits for a service woken from autoscaler min 0 (an instance start).
+WAKE_FROM_ZERO_S = 60.0
+
+
+def service_route(rec: ServiceRecord, spec: ServiceSpec, app: AppState | None, reason: str,
+                  asleep: bool = False) -> Route:
+    """A route serves when at least one instance runs, whatever the app's status."""
+    endpoints = tuple(
+        Endpoint(f"{rec.name}-{r.replica_id}", *r.endpoint)
+        for r in (app.replicas if app is not None else [])
+        if r.state == "RUNNING" and r.endpoint
+    )
+    rpc = spec.metadata.rpc
+    # Requests wait (up to the keepalive) for an instance that is on its way rather
+    # than fail: deploys, restarts and rollovers are invisible to callers.
+    coming = rec.desired == RUNNING and not reason.startswith("service failed")
+    hold = rpc.keepalive / 1000 if coming else 0.0
+    max_held = Route.max_held
+    if asleep and spec.sleep is not None:
+        hold, max_held = spec.sleep.wake_timeout_seconds, spec.sleep.max_held_requests
+    elif asleep:
+        hold = max(hold, WAKE_FROM_ZERO_S)
+    return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit, hold,
+                 wake_on_demand=asleep, max_held=max_held)
+
+
+def closed_route(rec: ServiceRecord) -> Route:
+    """A service being stopped or deleted: no instance, no waiting."""
+    keepalive = rec.spec.get("metadata", {}).get("rpc", {}).get("keepalive", 5000)
+    return Route(rec.name, rec.token, (), f"service is {rec.desired.lower()}", float(keepalive) / 1000)
+
+
+def entries(records: Iterable[ServiceRecord], traffic: Iterable[TrafficRecord]) -> tuple[dict[str, Entry], list[str]]:
+    """Endpoint names clients may call: every live service's own, then shared ones.
+
+    Also returns the traffic rows none of whose services exists any more (in any
+    state): the controller removes them.
+    """
+    records = list(records)
+    known = {r.name for r in records}
+    live = {r.name: r for r in records if r.desired != DELETED}
+    out = {name: Entry(name, r.token, ((name, 100),)) for name, r in live.items()}
+    orphans = []
+    for t in traffic:
+        backends = tuple((svc, w) for svc, w in t.backends if svc in live)
+        if not backends:
+            if not any(svc in known for svc, _ in t.backends):
+                orphans.append(t.name)
+            continue
+        if t.kind == "closed":
+            if t.name in out:
+                target = backends[0][0]
+                out[t.name] = Entry(t.name, t.token, (), closed=(
+                    f"'{t.name}' was released into '{target}': call /api/predict/{target}"))
+            continue
+        mirror = t.mirror if t.mirror and t.mirror[0] in live else None
+        out[t.name] = Entry(t.name, t.token, backends, mirror)
+    return out, orphans

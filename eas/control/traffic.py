@@ -1,0 +1,42 @@
+"""Release and traffic rules: one endpoint name, several services behind it by weight.
+
+Versions, blue-green partners, A/B weights, groups and mirrors are one idea: an
+endpoint name that clients call (and whose token they hold) sends each request to one
+of several services, picked at random by weight, and may copy a share to a shadow.
+The store keeps that as a `traffic` row; the controller turns rows into gateway
+entries (eas/control/routing.py). The original endpoint of a service never changes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+from eas.control import store as st
+
+
+def partner_name(original: str) -> str:
+    """`<name>_<6 letters>`: a blue-green partner keeps its origin visible in its name."""
+    suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+    return f"{original}_{suffix}"[:63]
+
+
+def add_partner(store: st.Store, original: st.ServiceRecord, partner: str) -> None:
+    """Blue-green step one: the partner joins the original endpoint at weight 0."""
+    row = store.traffic().get(original.name) or st.TrafficRecord(
+        original.name, "service", original.token, [(original.name, 100)])
+    row.backends = [b for b in row.backends if b[0] != partner] + [(partner, 0)]
+    store.put_traffic(row, original.name, f"blue-green partner {partner} created (weight 0)")
+
+
+def release_shares(backends: list[tuple[str, int]], partner: str, weight: int) -> list[tuple[str, int]]:
+    """`release <partner> -w N`: the partner takes N %, the others share the rest in
+    proportion to their weights (equally when they all had 0)."""
+    others = [(s, w) for s, w in backends if s != partner]
+    rest = 100 - weight
+    total = sum(w for _, w in others)
+    if total:
+        shares = [(s, round(rest * w / total)) for s, w in others]
+    else:
+        shares = [(s, rest // len(others)) for s, _ in others]
+    return shares + [(partner, weight)]

@@ -1,0 +1,52 @@
+"""The EAS face of the gateway: `POST /api/predict/{service}[/{sub_path}]` and DIRECT discovery.
+
+An adapter only: HTTP in, a `Call` to `Gateway.handle` (eas/gateway/core.py), the
+`Answer` back out. The body is read by the core, after the endpoint is known.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from eas.gateway.core import Call, Gateway
+from eas.protocols.http import read_body, to_response, until_disconnect
+
+
+class EasHttp:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/predict/{service}", self.predict, methods=["POST"]),
+            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
+            # DIRECT-mode discovery, at the paths the Python and Go SDKs ask.
+            Route("/api/v1/servicediscovery/upstreams/{service}", self.upstreams, methods=["GET"]),
+            Route("/exported/apis/eas.alibaba-inc.k8s.io/v1/upstreams/{service}", self.upstreams,
+                  methods=["GET"]),
+        ]
+
+    async def predict(self, http: Request) -> Response:
+        call = Call(
+            service=http.path_params["service"], headers=http.headers, path=http.url.path,
+            reader=functools.partial(read_body, http), sub_path=http.path_params.get("sub_path", ""),
+            content_type=http.headers.get("content-type"), client=http.client.host if http.client else None,
+        )
+        return to_response(await self.gateway.handle(call, functools.partial(until_disconnect, http)))
+
+    async def upstreams(self, http: Request) -> JSONResponse:
+        """Service discovery for SDKs in DIRECT mode: the instances to call themselves.
+
+        Open like EAS's (the SDKs send no credentials here); every instance still
+        checks the service token on each request.
+        """
+        name = http.path_params["service"]
+        instances = self.gateway.instances(name)
+        if instances is None:
+            return JSONResponse({"code": 404, "message": f"service '{name}' does not exist"}, 404)
+        return JSONResponse({"endpoints": {"items": [{"ip": host, "port": port, "weight": 100}
+                                                     for host, port in instances]}})

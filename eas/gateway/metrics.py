@@ -1,0 +1,104 @@
+"""Prometheus metrics: what the gateway measures itself, plus what instances report.
+
+The gateway times every request it forwards (total and processor time, by service and
+status). Instance-side numbers (queue depth, in-flight, batch sizes, cold start, and
+answers given to DIRECT callers too) come from each instance's `/stats`, which the
+control plane's scraper reads every second (eas/control/scaling.py); they are turned
+into metric families at scrape time, so nothing is kept twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@dataclass
+class InstanceStats:
+    """The last `/stats` answer of one instance, and when it was read."""
+
+    service: str
+    instance: str
+    data: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def answered(self) -> int:
+        return sum(int(v) for v in self.data.get("codes", {}).values())
+
+
+@dataclass
+class ServiceCounts:
+    desired: int
+    current: int
+    ready: int
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("eas_requests", "Requests answered by the gateway",
+                                ["service", "code"], registry=self.registry)
+        self.latency = Histogram("eas_request_seconds", "Gateway time per request, end to end",
+                                 ["service"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.processor = Histogram("eas_processor_seconds", "Time inside the instance per request",
+                                   ["service"], buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def observe(self, service: str, status: int, seconds: float, processor_ms: str | None) -> None:
+        self.requests.labels(service, str(status)).inc()
+        self.latency.labels(service).observe(seconds)
+        if processor_ms:
+            try:
+                self.processor.labels(service).observe(float(processor_ms) / 1000)
+            except ValueError:
+                pass
+
+    def attach(self, instances: Callable[[], Iterable[InstanceStats]],
+               services: Callable[[], dict[str, ServiceCounts]]) -> None:
+        self.registry.register(_StateCollector(instances, services))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, instances: Callable[[], Iterable[InstanceStats]],
+                 services: Callable[[], dict[str, ServiceCounts]]) -> None:
+        self.instances = instances
+        self.services = services
+
+    def collect(self) -> Iterable[Any]:
+        counts = GaugeMetricFamily("eas_instances", "Instances of a service by kind",
+                                   labels=["service", "kind"])
+        for name, c in sorted(self.services().items()):
+            counts.add_metric([name, "desired"], c.desired)
+            counts.add_metric([name, "current"], c.current)
+            counts.add_metric([name, "ready"], c.ready)
+        yield counts
+        in_flight = GaugeMetricFamily("eas_instance_in_flight", "Requests running or queued at an instance",
+                                      labels=["service", "instance"])
+        queued = GaugeMetricFamily("eas_instance_queue_depth", "Requests waiting for a worker",
+                                   labels=["service", "instance"])
+        load = GaugeMetricFamily("eas_instance_cold_start_seconds", "Model fetch and load time of an instance",
+                                 labels=["service", "instance"])
+        answers = CounterMetricFamily("eas_instance_requests", "Answers given by an instance (all callers)",
+                                      labels=["service", "instance", "code"])
+        batches = CounterMetricFamily("eas_batches", "Server-side batches run, by size",
+                                      labels=["service", "instance", "size"])
+        for st in self.instances():
+            key = [st.service, st.instance]
+            in_flight.add_metric(key, st.data.get("in_flight", 0))
+            queued.add_metric(key, st.data.get("queued", 0))
+            load.add_metric(key, st.data.get("load_seconds", 0))
+            for code, n in st.data.get("codes", {}).items():
+                answers.add_metric(key + [str(code)], n)
+            for size, n in st.data.get("batches", {}).items():
+                batches.add_metric(key + [str(size)], n)
+        yield from (in_flight, queued, load, answers, batches)

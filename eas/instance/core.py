@@ -1,0 +1,171 @@
+"""One instance's data plane, free of any transport: every request to a model enters here.
+
+The gateway forwards to it, and SDKs in DIRECT mode call it straight from the upstream
+list, over EAS HTTP or the Open Inference Protocol (eas/instance/http.py is the
+adapter). So per-instance rules hold whatever the path and the protocol: the service
+token or the gateway's internal key (401), the queue limit (450), the keepalive (408),
+cancel when the caller goes away (499), and the counters /stats reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Literal, Mapping, TypeVar
+
+from eas.instance.runtime import ServiceRuntime
+from eas.protocols.auth import AuthError, check_service_auth
+from eas.protocols.http import ClientGone
+from eas.protocols.wire import (
+    INSTANCE_HEADER,
+    INTERNAL_KEY_HEADER,
+    MAX_BODY_BYTES,
+    PROCESSOR_TIME_HEADER,
+    REQUEST_ID_HEADER,
+    Answer,
+    error_answer,
+)
+from processors.base import Request, Response
+
+log = logging.getLogger("eas.instance")
+T = TypeVar("T")
+#: Wraps the work of one call so the transport can cancel it (HTTP: when the client leaves).
+Guard = Callable[[Awaitable[Response]], Awaitable[Response]]
+
+
+@dataclass
+class Credentials:
+    """Mutable so a token change reaches a running instance without a restart."""
+
+    token: str
+    internal_key: str
+
+
+@dataclass(slots=True)
+class Call:
+    """One request to this instance, as every transport hands it over."""
+
+    service: str
+    """The service the caller named (404 unless it is this instance's)."""
+    kind: Literal["predict", "infer_v2"]
+    """An EAS predict body, or an Open Inference Protocol call."""
+    body: bytes
+    headers: Mapping[str, str]
+    """Case-insensitive (what the auth checks read)."""
+    path: str
+    """The path as the caller signed it."""
+    request_id: str
+    content_type: str | None = None
+    sub_path: str = ""
+    passed: dict[str, str] = field(default_factory=dict)
+    """Headers the processor sees (lower-case names)."""
+
+
+class InstanceApp:
+    def __init__(self, runtime: ServiceRuntime, instance: str, creds: Credentials,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.runtime = runtime
+        self.service = runtime.spec.name
+        self.instance = instance
+        self.creds = creds
+        self.max_body_bytes = max_body_bytes
+        meta = runtime.spec.metadata
+        self.keepalive_s = meta.rpc.keepalive / 1000
+        self.workers = meta.concurrency
+        self.max_queue = meta.rpc.max_queue_size
+        self.in_flight = 0
+        """Requests running or queued here; past workers + max_queue_size we shed with 450."""
+        self.codes: dict[int, int] = {}
+        """Answers by status code since start (cumulative, scraped by the controller)."""
+        self.processor_seconds = 0.0
+        self.on_drain: Callable[[], None] = lambda: None
+        """Set by the host (eas/backend/replica.py) to take this instance out of discovery."""
+
+    # -- checks ---------------------------------------------------------------------
+
+    def from_gateway(self, headers: Mapping[str, str]) -> bool:
+        """The request carries the server's internal key: the gateway already checked the client."""
+        key = headers.get(INTERNAL_KEY_HEADER)
+        return key is not None and hmac.compare_digest(key.encode(), self.creds.internal_key.encode())
+
+    def refusal(self, service: str, headers: Mapping[str, str], path: str, body: bytes = b"",
+                method: str = "POST") -> tuple[int, str] | None:
+        """Why a caller may not use this instance (404 another service, 401), or None."""
+        if service != self.service:
+            return 404, f"this instance serves '{self.service}', not '{service}'"
+        if self.from_gateway(headers):
+            return None
+        try:
+            check_service_auth(self.creds.token, headers, path, body, method=method)
+        except AuthError as exc:
+            return 401, str(exc)
+        return None
+
+    def reject(self, status: int, message: str, request_id: str) -> Answer:
+        """An error answer, counted as given."""
+        self.codes[status] = self.codes.get(status, 0) + 1
+        answer = error_answer(status, message, request_id)
+        answer.headers[INSTANCE_HEADER] = self.instance
+        return answer
+
+    # -- the one path to the model --------------------------------------------------
+
+    async def handle(self, call: Call, guard: Guard | None = None) -> Answer:
+        """Admit a call (404, 413, 401, 450), run it within the keepalive (408), count it."""
+        refused = self.refusal(call.service, call.headers, call.path, call.body)
+        if refused is not None:
+            return self.reject(*refused, call.request_id)
+        if len(call.body) > self.max_body_bytes:
+            return self.reject(413, f"request body over {self.max_body_bytes} bytes", call.request_id)
+        if self.in_flight >= self.workers + self.max_queue:
+            return self.reject(450, f"instance queue is full ({self.max_queue} waiting, {self.workers} running): "
+                               "retry later or add instances", call.request_id)
+        request = Request(body=call.body, content_type=call.content_type, sub_path=call.sub_path.lstrip("/"),
+                          headers=call.passed, request_id=call.request_id)
+        run = self.runtime.predict if call.kind == "predict" else self.runtime.infer_v2
+        self.in_flight += 1
+        started = time.perf_counter()
+        try:
+            work = asyncio.wait_for(run(request), self.keepalive_s)
+            response = await (guard(work) if guard is not None else work)
+        except asyncio.TimeoutError:
+            return self.reject(408, f"request ran longer than the keepalive of {self.keepalive_s * 1000:.0f} ms",
+                               call.request_id)
+        except ClientGone:
+            log.info("499 client went away: request %s to %s cancelled", call.request_id, self.instance)
+            return self.reject(499, "client closed the connection", call.request_id)
+        finally:
+            self.in_flight -= 1
+        spent = time.perf_counter() - started
+        self.processor_seconds += spent
+        self.codes[response.status] = self.codes.get(response.status, 0) + 1
+        return Answer(response.status, response.body, {
+            "Content-Type": response.content_type, REQUEST_ID_HEADER: call.request_id,
+            INSTANCE_HEADER: self.instance, PROCESSOR_TIME_HEADER: f"{spent * 1000:.3f}"})
+
+    # -- what the host and the controller read ---------------------------------------
+
+    def health(self) -> dict[str, object]:
+        return {"service": self.service, "instance": self.instance, "in_flight": self.in_flight}
+
+    def stats(self) -> dict[str, object]:
+        """Cumulative counters for metrics and autoscaling (the control plane's scraper reads them)."""
+        return {
+            "instance": self.instance,
+            "in_flight": self.in_flight,
+            "queued": max(0, self.in_flight - self.workers),
+            "codes": self.codes,
+            "processor_seconds": self.processor_seconds,
+            "load_seconds": self.runtime.load_seconds,
+            "warm_up_seconds": self.runtime.warm_up_seconds,
+            "cpu_seconds": time.process_time(),
+            "batches": self.runtime.batch_sizes(),
+        }
+
+    def drain(self) -> dict[str, object]:
+        """Stop taking new work before a restart: leave discovery, report what is in flight."""
+        self.on_drain()
+        return {"instance": self.instance, "in_flight": self.in_flight}

@@ -1,0 +1,130 @@
+"""The HTTP face of one instance: EAS predict, the Open Inference Protocol (v2 REST),
+and what the server asks of it (health, stats, drain).
+
+Each route only translates HTTP to a `Call` for the transport-free core
+(eas/instance/core.py) and its `Answer` back; `InstanceServer` runs it on its own
+thread and event loop, on a port picked by the OS.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import threading
+import uuid
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from eas.instance.core import Call, InstanceApp
+from eas.protocols.http import PredictFastPath, read_body, to_response, until_disconnect
+from eas.protocols.oip import HEADER_LENGTH, model_metadata
+from eas.protocols.oip_rest import health_routes, v2_error, v2_response
+from eas.protocols.wire import INSTANCE_KEEPALIVE_S, REQUEST_ID_HEADER, Answer
+from processors.base import ProcessorError
+
+
+class InstanceHttp:
+    def __init__(self, core: InstanceApp) -> None:
+        self.core = core
+        self.app = Starlette(routes=[
+            Route("/api/predict/{service}", self.predict, methods=["POST"]),
+            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
+            Route("/v2/models/{service}/infer", self.infer, methods=["POST"]),
+            Route("/v2/models/{service}/ready", self.ready, methods=["GET"]),
+            Route("/v2/models/{service}", self.metadata, methods=["GET"]),
+            *health_routes(),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/stats", self.stats, methods=["GET"]),
+            Route("/drain", self.drain, methods=["POST"]),
+        ])
+
+    async def _answer(self, http: Request, kind: str, passed: dict[str, str] | None = None) -> Answer:
+        request_id = http.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        body = await read_body(http, self.core.max_body_bytes)
+        if body is None:
+            return self.core.reject(413, f"request body over {self.core.max_body_bytes} bytes", request_id)
+        call = Call(http.path_params["service"], kind, body, http.headers, http.url.path,  # type: ignore[arg-type]
+                    request_id, http.headers.get("content-type"), http.path_params.get("sub_path", ""),
+                    passed or {})
+        return await self.core.handle(call, functools.partial(until_disconnect, http))
+
+    async def predict(self, http: Request) -> Response:
+        """`POST /api/predict/{service}[/{sub_path}]`: the EAS predict call."""
+        return to_response(await self._answer(http, "predict"))
+
+    async def infer(self, http: Request) -> Response:
+        """`POST /v2/models/{service}/infer`: v2 JSON, binary, or a serialized ModelInferRequest."""
+        length = http.headers.get(HEADER_LENGTH)
+        passed = {HEADER_LENGTH.lower(): length} if length is not None else {}
+        return v2_response(await self._answer(http, "infer_v2", passed))
+
+    def _refused(self, http: Request) -> Response | None:
+        refused = self.core.refusal(http.path_params["service"], http.headers, http.url.path, method=http.method)
+        return v2_error(*refused) if refused else None
+
+    async def metadata(self, http: Request) -> Response:
+        refused = self._refused(http)
+        if refused is not None:
+            return refused
+        try:
+            return JSONResponse(model_metadata(self.core.service, self.core.runtime.processor))
+        except ProcessorError as exc:
+            return v2_error(exc.status, exc.message)
+
+    async def ready(self, http: Request) -> Response:
+        return self._refused(http) or JSONResponse({"name": self.core.service, "ready": True})
+
+    async def healthz(self, http: Request) -> JSONResponse:
+        return JSONResponse(self.core.health())
+
+    async def stats(self, http: Request) -> JSONResponse:
+        return JSONResponse(self.core.stats())
+
+    async def drain(self, http: Request) -> JSONResponse:
+        """Only the server (holding the internal key) may ask; it then waits for routes to
+        refresh and `in_flight` to reach zero before stopping the instance."""
+        if not self.core.from_gateway(http.headers):
+            return JSONResponse({"message": "drain needs the server's internal key"}, 401)
+        return JSONResponse(self.core.drain())
+
+
+class InstanceServer:
+    """Runs an instance's HTTP face on its own thread and event loop, on a port picked by the OS."""
+
+    def __init__(self, app: InstanceApp, host: str) -> None:
+        self.app = app
+        self.http = InstanceHttp(app)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.server = uvicorn.Server(uvicorn.Config(
+            PredictFastPath(self.http.app, self.http.predict), log_level="warning", access_log=False,
+            lifespan="off", timeout_graceful_shutdown=5, timeout_keep_alive=INSTANCE_KEEPALIVE_S,
+        ))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name=f"eas-instance-{app.instance}", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.01)):
+            if self.server.started:
+                return
+            if not self.thread.is_alive():
+                break
+            deadline.wait(0.01)
+        raise RuntimeError(f"instance server for {self.app.instance} did not start")
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive() and not self.server.should_exit
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()

@@ -1,0 +1,228 @@
+"""The runtime: where the model runs, for one instance of a service, free of Ray.
+
+It makes the model local, loads the processor once, then runs requests on a bounded
+worker pool (`rpc.worker_threads`) so a slow model never blocks the event loop that
+receives the next request. A built-in processor whose calls measure well under a
+millisecond is called on the loop instead: for such models the hop to a worker thread
+(and the GIL hand-offs it causes) costs more than the prediction. Ray Serve hosts it
+(eas/backend/replica.py), but it runs and is tested on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import traceback
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from eas import sources
+from eas.instance import oip
+from eas.instance.batching import BatchFn, Batcher
+from eas.spec import ServiceSpec
+from processors import create_processor
+from processors.base import ModelLoadError, Processor, ProcessorError, Request, Response, error_body, error_response
+
+log = logging.getLogger("eas.runtime")
+
+INLINE_MAX_S = 0.001
+"""Estimated predict cost under which an inline-safe processor runs on the event loop."""
+
+
+class ServiceRuntime:
+    """Loads a service's processor and answers requests with it.
+
+    Two kinds of request reach a model: an EAS predict body (`predict`) and an Open
+    Inference Protocol call (`infer_v2`). Each has its own lane with the same rules:
+    server-side batching when `rpc.batching` is on and the processor batches, the
+    inline path for cheap built-in models, the worker pool otherwise.
+    """
+
+    def __init__(self, spec: dict[str, Any], cache_dir: str) -> None:
+        self.spec = ServiceSpec.model_validate(spec)
+        started = time.perf_counter()
+        self.processor = load_processor(self.spec, cache_dir)
+        self.load_seconds = time.perf_counter() - started
+        """Fetch + load time of this instance: its cold start, as metrics report it."""
+        started = time.perf_counter()
+        warm_up(self.processor, self.spec, cache_dir)
+        self.warm_up_seconds = time.perf_counter() - started
+        workers = self.spec.metadata.concurrency
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"eas-{self.spec.name}")
+        rpc = self.spec.metadata.rpc
+        batching = rpc.batching and self.processor.supports_batching
+        if rpc.batching and not batching:
+            log.warning("%s: rpc.batching is on but processor %s has no batched path; serving one by one",
+                        self.spec.name, type(self.processor).__name__)
+        processor, name = self.processor, self.spec.name
+        # Looked up per call (not bound once), so a processor's methods can be wrapped later.
+        self.lanes = {
+            kind: _Lane(one, many, self.pool, workers, rpc.max_batch_size, rpc.max_batch_timeout / 1000,
+                        batching, processor.inline_safe)
+            for kind, one, many in (
+                ("predict", lambda request: processor.predict(request),
+                 lambda requests: processor.predict_batch(requests)),
+                ("infer_v2", functools.partial(oip.infer_one, processor, name),
+                 functools.partial(oip.infer_batch, processor, name)),
+            )
+        }
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The EAS predict lane's batcher (its batch sizes are what /stats reports)."""
+        return self.lanes["predict"].batcher
+
+    @property
+    def inline(self) -> InlinePolicy | None:
+        return self.lanes["predict"].inline
+
+    def batch_sizes(self) -> dict[int, int]:
+        """How many batches of each size ran, over every lane (cumulative)."""
+        counts: Counter[int] = Counter()
+        for lane in self.lanes.values():
+            if lane.batcher is not None:
+                counts.update(lane.batcher.size_counts)
+        return dict(counts)
+
+    async def predict(self, request: Request) -> Response:
+        """An EAS predict call: the body goes to the processor as it came."""
+        return await self._run(self.lanes["predict"], request)
+
+    async def infer_v2(self, request: Request) -> Response:
+        """An Open Inference Protocol call (v2 JSON, binary or serialized ModelInferRequest)."""
+        return await self._run(self.lanes["infer_v2"], request)
+
+    async def _run(self, lane: "_Lane", request: Request) -> Response:
+        try:
+            return await lane.run(request)
+        except ProcessorError as exc:
+            return error_response(exc, request.request_id)
+        except Exception as exc:  # a processor bug is the request's 400, never the instance's death
+            log.warning("processor of %s raised on request %s: %s", self.spec.name, request.request_id,
+                        traceback.format_exc())
+            return Response(error_body(400, f"processor raised {type(exc).__name__}: {exc}", request.request_id), 400)
+
+    def close(self) -> None:
+        for lane in self.lanes.values():
+            lane.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Lane:
+    """One kind of request on its way to the model: batched, inline or on the pool."""
+
+    def __init__(self, one: Callable[[Request], Response], many: BatchFn, pool: ThreadPoolExecutor,
+                 workers: int, max_batch: int, batch_timeout_s: float, batching: bool, inline_safe: bool) -> None:
+        self.one = one
+        self.pool = pool
+        self.batcher = Batcher(many, pool, workers, max_batch, batch_timeout_s) if batching else None
+        self.inline = InlinePolicy() if inline_safe else None
+
+    def _pooled(self, request: Request) -> Response:
+        if self.inline is None:
+            return self.one(request)
+        started = time.thread_time()
+        try:
+            return self.one(request)
+        finally:
+            self.inline.pooled(time.thread_time() - started)
+
+    async def run(self, request: Request) -> Response:
+        if self.batcher is not None:
+            return await self.batcher.submit(request)
+        if self.inline is not None and self.inline.now():
+            started = time.process_time()
+            try:
+                return self.one(request)
+            finally:
+                self.inline.inlined(time.process_time() - started)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._pooled, request)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+class InlinePolicy:
+    """Whether to call a cheap model on the event loop, from what its calls cost.
+
+    Costs are CPU time, not wall time: on a busy machine the OS preempts a call now
+    and then, and a pooled call's wall time includes waiting for the GIL; neither is
+    the model's cost, and counting them would keep a cheap model in the pool for
+    good. Inline calls count the whole process's CPU, so a model that computes on
+    helper threads (onnxruntime's intra-op pool) still shows its full cost. A slow
+    inline call moves the model to the pool at once; coming back takes a run of
+    cheap pooled calls, so a heavy model is rarely retried on the loop.
+    """
+
+    def __init__(self, limit_s: float = INLINE_MAX_S) -> None:
+        self.limit_s = limit_s
+        self.estimate_s: float | None = None
+
+    def now(self) -> bool:
+        return self.estimate_s is not None and self.estimate_s < self.limit_s
+
+    def inlined(self, cpu_s: float) -> None:
+        self._add(cpu_s, 0.2 if cpu_s < self.limit_s else 0.6)
+
+    def pooled(self, cpu_s: float) -> None:
+        self._add(cpu_s, 0.05)
+
+    def _add(self, sample: float, weight: float) -> None:
+        current = self.estimate_s if self.estimate_s is not None else sample
+        self.estimate_s = current + weight * (sample - current)
+
+
+def warm_up(processor: Processor, spec: ServiceSpec, cache_dir: str) -> None:
+    """Replay the recorded warm-up requests before the instance takes traffic.
+
+    `.txt`: one request per line; anything else (`.bin`, as the SDKs write a
+    serialised request): the whole file is one request. Each is sent
+    `metadata.warm_up_count` times (EAS: 5). A failing request fails the instance with
+    the reason, so a broken rollout never replaces instances that work.
+    """
+    if not spec.warm_up_data_path:
+        return
+    try:
+        path = sources.resolve(spec.warm_up_data_path, f"{cache_dir}/warmup")
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except (sources.ModelSourceError, OSError) as exc:
+        raise ModelLoadError(f"warm-up data {spec.warm_up_data_path}: {exc}") from None
+    if str(path).endswith(".txt"):
+        bodies = [line for line in data.splitlines() if line.strip()]
+    else:
+        bodies = [data]
+    for number, body in enumerate(bodies, 1):
+        for _ in range(spec.metadata.warm_up_count):
+            try:
+                answer = processor.predict(Request(body=body, request_id=f"warm-up-{number}"))
+            except Exception as exc:
+                raise ModelLoadError(f"warm-up request {number} failed: {exc}") from None
+            if answer.status >= 400:
+                raise ModelLoadError(f"warm-up request {number} answered {answer.status}: "
+                                     f"{answer.body[:200].decode(errors='replace')}")
+
+
+def load_processor(spec: ServiceSpec, cache_dir: str) -> Processor:
+    """Fetch the model and code, build the processor and load it.
+
+    Every failure becomes a ModelLoadError whose text is what the user reads in
+    `eascmd desc` (the controller shows the last line of it).
+    """
+    try:
+        return create_processor(
+            spec.to_dict(),
+            model_dir=sources.resolve(spec.model_path, f"{cache_dir}/models", spec.oss_endpoint),
+            processor_path=sources.resolve(spec.processor_path, f"{cache_dir}/code", spec.oss_endpoint),
+            workers=spec.metadata.concurrency,
+        )
+    except ModelLoadError:
+        raise
+    except (sources.ModelSourceError, ValueError) as exc:
+        raise ModelLoadError(str(exc)) from None
+    except Exception as exc:
+        raise ModelLoadError(f"loading failed with {type(exc).__name__}: {exc}") from None
