@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from eas.client import config
 from eas.backend.ray_serve import remove_local_session
