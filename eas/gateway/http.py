@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eas.gateway.core import Call, Gateway
-from eas.protocols.http import read_body, to_response, until_disconnect
+from eas.protocols.http import read_body, signed_path, to_response, until_disconnect
 
 
 class EasHttp:
@@ -32,7 +32,7 @@ class EasHttp:
 
     async def predict(self, http: Request) -> Response:
         call = Call(
-            service=http.path_params["service"], headers=http.headers, path=http.url.path,
+            service=http.path_params["service"], headers=http.headers, path=signed_path(http),
             reader=functools.partial(read_body, http), sub_path=http.path_params.get("sub_path", ""),
             content_type=http.headers.get("content-type"), client=http.client.host if http.client else None,
         )

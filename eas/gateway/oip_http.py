@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eas.gateway.core import Call, Gateway
-from eas.protocols.http import read_body, until_disconnect
+from eas.protocols.http import read_body, signed_path, until_disconnect
 from eas.protocols.oip import HEADER_LENGTH, INFER_PATH, METADATA_PATH
 from eas.protocols.oip_rest import health_routes, v2_error, v2_response
 
@@ -31,19 +31,19 @@ class OipHttp:
         ]
 
     async def ready(self, http: Request) -> Response:
-        status, why = self.gateway.ready(http.path_params["model"], http.headers, http.url.path)
+        status, why = self.gateway.ready(http.path_params["model"], http.headers, signed_path(http))
         if status != 200:
             return v2_error(status, why)
         return JSONResponse({"name": http.path_params["model"], "ready": True})
 
     async def metadata(self, http: Request) -> Response:
-        call = Call(service=http.path_params["model"], headers=http.headers, path=http.url.path, method="GET",
+        call = Call(service=http.path_params["model"], headers=http.headers, path=signed_path(http), method="GET",
                     instance_path=METADATA_PATH)
         return v2_response(await self.gateway.handle(call))
 
     async def infer(self, http: Request) -> Response:
         length = http.headers.get(HEADER_LENGTH)
-        call = Call(service=http.path_params["model"], headers=http.headers, path=http.url.path,
+        call = Call(service=http.path_params["model"], headers=http.headers, path=signed_path(http),
                     reader=functools.partial(read_body, http), instance_path=INFER_PATH,
                     content_type=http.headers.get("content-type"),
                     forward_headers={HEADER_LENGTH: length} if length is not None else {},

@@ -125,11 +125,10 @@ class InstanceApp:
                                "retry later or add instances", call.request_id)
         request = Request(body=call.body, content_type=call.content_type, sub_path=call.sub_path.lstrip("/"),
                           headers=call.passed, request_id=call.request_id)
-        run = self.runtime.predict if call.kind == "predict" else self.runtime.infer_v2
         self.in_flight += 1
         started = time.perf_counter()
         try:
-            work = asyncio.wait_for(run(request), self.keepalive_s)
+            work = asyncio.wait_for(self.runtime.run(call.kind, request), self.keepalive_s)
             response = await (guard(work) if guard is not None else work)
         except asyncio.TimeoutError:
             return self.reject(408, f"request ran longer than the keepalive of {self.keepalive_s * 1000:.0f} ms",

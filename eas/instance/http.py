@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eas.instance.core import Call, InstanceApp
-from eas.protocols.http import PredictFastPath, read_body, to_response, until_disconnect
+from eas.protocols.http import PredictFastPath, read_body, signed_path, to_response, until_disconnect
 from eas.protocols.oip import HEADER_LENGTH, model_metadata
 from eas.protocols.oip_rest import health_routes, v2_error, v2_response
 from eas.protocols.wire import INSTANCE_KEEPALIVE_S, REQUEST_ID_HEADER, Answer
@@ -47,7 +47,7 @@ class InstanceHttp:
         body = await read_body(http, self.core.max_body_bytes)
         if body is None:
             return self.core.reject(413, f"request body over {self.core.max_body_bytes} bytes", request_id)
-        call = Call(http.path_params["service"], kind, body, http.headers, http.url.path,  # type: ignore[arg-type]
+        call = Call(http.path_params["service"], kind, body, http.headers, signed_path(http),  # type: ignore[arg-type]
                     request_id, http.headers.get("content-type"), http.path_params.get("sub_path", ""),
                     passed or {})
         return await self.core.handle(call, functools.partial(until_disconnect, http))
@@ -63,7 +63,7 @@ class InstanceHttp:
         return v2_response(await self._answer(http, "infer_v2", passed))
 
     def _refused(self, http: Request) -> Response | None:
-        refused = self.core.refusal(http.path_params["service"], http.headers, http.url.path, method=http.method)
+        refused = self.core.refusal(http.path_params["service"], http.headers, signed_path(http), method=http.method)
         return v2_error(*refused) if refused else None
 
     async def metadata(self, http: Request) -> Response:

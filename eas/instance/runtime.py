@@ -87,23 +87,29 @@ class ServiceRuntime:
                 counts.update(lane.batcher.size_counts)
         return dict(counts)
 
-    async def predict(self, request: Request) -> Response:
-        """An EAS predict call: the body goes to the processor as it came."""
-        return await self._run(self.lanes["predict"], request)
-
-    async def infer_v2(self, request: Request) -> Response:
-        """An Open Inference Protocol call (v2 JSON, binary or serialized ModelInferRequest)."""
-        return await self._run(self.lanes["infer_v2"], request)
-
-    async def _run(self, lane: "_Lane", request: Request) -> Response:
+    async def run(self, kind: str, request: Request) -> Response:
+        """Answer one request of `kind` ("predict" or "infer_v2"): batched, inline or pooled."""
+        lane = self.lanes[kind]
         try:
-            return await lane.run(request)
+            if lane.batcher is not None:
+                return await lane.batcher.submit(request)
+            if lane.inline is not None and lane.inline.now():
+                return lane.inlined(request)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, lane.pooled, request)
         except ProcessorError as exc:
             return error_response(exc, request.request_id)
         except Exception as exc:  # a processor bug is the request's 400, never the instance's death
             log.warning("processor of %s raised on request %s: %s", self.spec.name, request.request_id,
                         traceback.format_exc())
             return Response(error_body(400, f"processor raised {type(exc).__name__}: {exc}", request.request_id), 400)
+
+    async def predict(self, request: Request) -> Response:
+        """An EAS predict call: the body goes to the processor as it came."""
+        return await self.run("predict", request)
+
+    async def infer_v2(self, request: Request) -> Response:
+        """An Open Inference Protocol call (v2 JSON, binary or serialized ModelInferRequest)."""
+        return await self.run("infer_v2", request)
 
     def close(self) -> None:
         for lane in self.lanes.values():
@@ -121,7 +127,8 @@ class _Lane:
         self.batcher = Batcher(many, pool, workers, max_batch, batch_timeout_s) if batching else None
         self.inline = InlinePolicy() if inline_safe else None
 
-    def _pooled(self, request: Request) -> Response:
+    def pooled(self, request: Request) -> Response:
+        """On a worker thread; measures the call's CPU when the model may run inline."""
         if self.inline is None:
             return self.one(request)
         started = time.thread_time()
@@ -130,16 +137,14 @@ class _Lane:
         finally:
             self.inline.pooled(time.thread_time() - started)
 
-    async def run(self, request: Request) -> Response:
-        if self.batcher is not None:
-            return await self.batcher.submit(request)
-        if self.inline is not None and self.inline.now():
-            started = time.process_time()
-            try:
-                return self.one(request)
-            finally:
-                self.inline.inlined(time.process_time() - started)
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._pooled, request)
+    def inlined(self, request: Request) -> Response:
+        """On the event loop: only for cheap built-in models, measured as they run."""
+        assert self.inline is not None
+        started = time.process_time()
+        try:
+            return self.one(request)
+        finally:
+            self.inline.inlined(time.process_time() - started)
 
     def close(self) -> None:
         if self.batcher is not None:

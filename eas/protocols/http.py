@@ -100,3 +100,9 @@ async def until_disconnect(http: Request, work: Awaitable[T]) -> T:
 async def _disconnected(http: Request) -> None:
     while (await http.receive())["type"] != "http.disconnect":
         pass
+
+
+def signed_path(http: Request) -> str:
+    """The request path a client's EAS signature covers: the path as routed, without
+    building Starlette's whole URL object (scheme, host, query) on the hot path."""
+    return http.scope.get("root_path", "") + http.scope["path"]

@@ -92,6 +92,15 @@ class EasServer:
             remove_local_session(group)  # its Ray's logs and pip environments
         self.groups.clear()
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the eas-server process (not its Ray workers), from /proc."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS for eas-server")
+
     def log_tail(self, n: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
