@@ -54,6 +54,45 @@ class ScaleDriver:
         return before
 
 
+def _csv(values) -> str:  # noqa: ANN001
+    """Numbers for a client test's environment: integers as such, floats at full precision."""
+    import numpy as np
+
+    return ",".join(str(int(v)) if isinstance(v, (int, np.integer)) else repr(float(v)) for v in values)
+
+
+def sdk_env(server: EasServer, echo_service: dict[str, Any], onnx_service: dict[str, Any],
+            framework_services: dict[str, Any], tamper_port: int, direct: tuple[str, str],
+            sync: Path) -> dict[str, str]:
+    """The EAS_* variables the Java and Go SDK tests read: where the server is, each
+    service's name and token, the inputs to send and the answers to expect."""
+    import os
+
+    rows, expected = onnx_service["rows"], onnx_service["expected"]
+    tf, torch = framework_services["tf"], framework_services["torch"]
+    return {
+        **{k: v for k, v in os.environ.items() if k not in ("NAMESPACE", "POD_NAME")},
+        "EAS_ENDPOINT": f"127.0.0.1:{server.port}",
+        "EAS_DISCOVERY": f"127.0.0.1:{server.port}",
+        "EAS_TAMPER_ENDPOINT": f"127.0.0.1:{tamper_port}",
+        "EAS_ECHO_SERVICE": echo_service["name"], "EAS_ECHO_TOKEN": echo_service["token"],
+        "EAS_ONNX_SERVICE": onnx_service["name"], "EAS_ONNX_TOKEN": onnx_service["token"],
+        "EAS_ONNX_INPUT": onnx_service["input"], "EAS_ONNX_OUTPUT": onnx_service["output"],
+        "EAS_ONNX_SHAPE": _csv(rows.shape), "EAS_ONNX_ROWS": _csv(rows.ravel()),
+        "EAS_ONNX_EXPECTED": _csv(expected.ravel()), "EAS_ONNX_EXPECTED_SHAPE": _csv(expected.shape),
+        "EAS_TF_SERVICE": tf["name"], "EAS_TF_TOKEN": tf["token"], "EAS_TF_SIGNATURE": tf["signature"],
+        "EAS_TF_X": _csv(tf["x"].ravel()), "EAS_TF_X_SHAPE": _csv(tf["x"].shape),
+        "EAS_TF_IDS": _csv(tf["ids"].tolist()), "EAS_TF_IDS_SHAPE": _csv(tf["ids"].shape),
+        "EAS_TF_OUTPUT": tf["output"], "EAS_TF_EXPECTED": _csv(tf["expected"].ravel()),
+        "EAS_TF_EXPECTED_SHAPE": _csv(tf["expected"].shape),
+        "EAS_TORCH_SERVICE": torch["name"], "EAS_TORCH_TOKEN": torch["token"],
+        "EAS_TORCH_X": _csv(torch["x"].ravel()), "EAS_TORCH_X_SHAPE": _csv(torch["x"].shape),
+        "EAS_TORCH_EXPECTED": _csv(torch["expected"].ravel()),
+        "EAS_TORCH_EXPECTED_SHAPE": _csv(torch["expected"].shape),
+        "EAS_DIRECT_SERVICE": direct[0], "EAS_DIRECT_TOKEN": direct[1], "EAS_SYNC_DIR": str(sync),
+    }
+
+
 def assert_spread(result: dict[str, Any], deadline_s: float = 10) -> None:
     """The DIRECT-mode contract: one instance before, both within `deadline_s` after scaling."""
     assert result.get("ok"), result

@@ -8,15 +8,13 @@ report: every JUnit test ran and passed.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import pytest
 
-from tests.sdk.harness import SDK_DIR, ScaleDriver, deploy, echo_spec
+from tests.sdk.harness import SDK_DIR, ScaleDriver, deploy, echo_spec, sdk_env
 from tests.sdk.tamper import TamperProxy
 
 pytestmark = pytest.mark.e2e
@@ -28,41 +26,15 @@ JUNIT_TESTS = {"stringPredictIsSigned", "bodyWhoseMd5StartsWithZero", "contentTy
                "tamperedBodyIsRefused", "directModeSpreadsOverNewInstances"}
 
 
-def _csv(values) -> str:  # noqa: ANN001
-    """Numbers for a Java test's environment: integers as such, floats at full precision."""
-    return ",".join(str(int(v)) if isinstance(v, (int, np.integer)) else repr(float(v)) for v in values)
-
-
 def test_official_java_sdk(sdk_server, echo_service, onnx_service, framework_services, tmp_path):
     if shutil.which("mvn") is None or not RESOLVED.exists():
         pytest.fail("Maven or the Java SDK's artifacts are missing: run `make sdk-deps` (part of `make test`)")
     token = deploy(sdk_server, echo_spec("java_direct"), tmp_path)
     sync = tmp_path / "sync"
     driver = ScaleDriver(sdk_server, "java_direct", sync)
-    rows, expected = onnx_service["rows"], onnx_service["expected"]
-    tf, torch = framework_services["tf"], framework_services["torch"]
     with TamperProxy(sdk_server.port) as tampering:
-        env = {
-            **{k: v for k, v in os.environ.items() if k not in ("NAMESPACE", "POD_NAME")},
-            "EAS_ENDPOINT": f"127.0.0.1:{sdk_server.port}",
-            "EAS_DISCOVERY": f"127.0.0.1:{sdk_server.port}",
-            "EAS_TAMPER_ENDPOINT": f"127.0.0.1:{tampering.port}",
-            "EAS_ECHO_SERVICE": echo_service["name"], "EAS_ECHO_TOKEN": echo_service["token"],
-            "EAS_ONNX_SERVICE": onnx_service["name"], "EAS_ONNX_TOKEN": onnx_service["token"],
-            "EAS_ONNX_INPUT": onnx_service["input"], "EAS_ONNX_OUTPUT": onnx_service["output"],
-            "EAS_ONNX_SHAPE": _csv(rows.shape), "EAS_ONNX_ROWS": _csv(rows.ravel()),
-            "EAS_ONNX_EXPECTED": _csv(expected.ravel()), "EAS_ONNX_EXPECTED_SHAPE": _csv(expected.shape),
-            "EAS_TF_SERVICE": tf["name"], "EAS_TF_TOKEN": tf["token"], "EAS_TF_SIGNATURE": tf["signature"],
-            "EAS_TF_X": _csv(tf["x"].ravel()), "EAS_TF_X_SHAPE": _csv(tf["x"].shape),
-            "EAS_TF_IDS": _csv(tf["ids"].tolist()), "EAS_TF_IDS_SHAPE": _csv(tf["ids"].shape),
-            "EAS_TF_OUTPUT": tf["output"], "EAS_TF_EXPECTED": _csv(tf["expected"].ravel()),
-            "EAS_TF_EXPECTED_SHAPE": _csv(tf["expected"].shape),
-            "EAS_TORCH_SERVICE": torch["name"], "EAS_TORCH_TOKEN": torch["token"],
-            "EAS_TORCH_X": _csv(torch["x"].ravel()), "EAS_TORCH_X_SHAPE": _csv(torch["x"].shape),
-            "EAS_TORCH_EXPECTED": _csv(torch["expected"].ravel()),
-            "EAS_TORCH_EXPECTED_SHAPE": _csv(torch["expected"].shape),
-            "EAS_DIRECT_SERVICE": "java_direct", "EAS_DIRECT_TOKEN": token, "EAS_SYNC_DIR": str(sync),
-        }
+        env = sdk_env(sdk_server, echo_service, onnx_service, framework_services, tampering.port,
+                      ("java_direct", token), sync)
         shutil.rmtree(JAVA_DIR / "target" / "surefire-reports", ignore_errors=True)
         log = tmp_path / "mvn.log"
         with open(log, "wb") as out:
