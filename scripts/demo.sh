@@ -13,10 +13,15 @@ echo "==> starting eas-server on $ENDPOINT (data in $DIR; log in $DIR/server.log
 setsid $PY -m eas.server --data-dir "$DIR" --port "$PORT" --grpc-port 0 >"$DIR/server.log" 2>&1 &
 SERVER=$!
 cleanup() {
+  local status=$?
   echo "==> stopping eas-server"
   kill -TERM "$SERVER" 2>/dev/null || true
   for _ in $(seq 1 60); do kill -0 "$SERVER" 2>/dev/null || break; sleep 0.5; done
   kill -KILL -- "-$SERVER" 2>/dev/null || true
+  # Leave nothing behind: the local Ray's session directory (logs) and, after a success,
+  # the demo's data; after a failure the data stays for a look at server.log.
+  $PY -c "from eas.backend.ray_serve import remove_local_session as rm; rm($SERVER)" 2>/dev/null || true
+  if [ "$status" = 0 ]; then rm -rf "$DIR"; else echo "==> kept $DIR (server.log) for a look"; fi
 }
 trap cleanup EXIT
 
@@ -46,4 +51,5 @@ BODY='{"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}'
 echo "    request:  $BODY"
 ANSWER=$(curl -sS -H "Authorization: $TOKEN" -d "$BODY" "$ENDPOINT/api/predict/iris")
 echo "    response: $ANSWER"
+case "$ANSWER" in *'"predictions"'*) ;; *) echo "no prediction in the answer" >&2; exit 1 ;; esac
 echo "==> done in $(( $(date +%s) - T0 )) s"
