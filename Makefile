@@ -2,6 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
+# One .venv, filled in two steps, each redone only when pyproject.toml changes:
+# DEMO_STAMP: eas-serving itself (editable) with the sklearn extra, what `make demo` needs
+#   (Ray Serve, the server, scikit-learn; about 0.7 GB);
+# STAMP: the test extra on top (every framework; torch from PyPI brings its CUDA
+#   libraries: about 8.9 GB in all). pip keeps whatever already satisfies a requirement:
+#   it adds the missing packages and changes one the demo installed only where a test
+#   package needs another version. README.md has the numbers (scripts/measure-first-run.sh).
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed-test
 # The official EAS SDKs the tests drive (tests/sdk); versions pinned in their own files.
 SDK_PY_VENV := tests/sdk/python/.venv
@@ -11,12 +20,22 @@ SDK_JAVA_STAMP := tests/sdk/java/target/.deps-resolved
 V2C_VENV := tests/e2e/v2client/.venv
 V2C_STAMP := $(V2C_VENV)/.installed
 
-.PHONY: demo test unit e2e sdk sdk-deps v2client-deps pg-deps deploy-tools bench install clean protos
+.PHONY: demo test unit e2e sdk sdk-deps v2client-deps pg-deps browser-deps deploy-tools bench install clean protos
 
-$(STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PIP_INSTALL) -e ".[sklearn]"
+	touch $(DEMO_STAMP)
+
+# "eas-serving[test]" names the editable install of this checkout made above (its
+# metadata refreshed from pyproject.toml): pip resolves the extra against it and installs
+# only what is missing. Should .venv hold no such install, `-e ".[test]"` makes one.
+EDITABLE_HERE := import json, pathlib, sys, importlib.metadata as md; \
+  url = json.loads(md.distribution("eas-serving").read_text("direct_url.json") or "{}").get("url"); \
+  sys.exit(url != pathlib.Path.cwd().resolve().as_uri())
+$(STAMP): pyproject.toml $(DEMO_STAMP)
+	@if $(PY) -I -c '$(EDITABLE_HERE)' 2>/dev/null; then set -x; $(PIP_INSTALL) "eas-serving[test]"; \
+	else set -x; $(PIP_INSTALL) -e ".[test]"; fi
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,7 +61,7 @@ $(V2C_STAMP): tests/e2e/v2client/requirements.txt
 
 v2client-deps: $(V2C_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	bash scripts/demo.sh
 
 # PostgreSQL for the store tests (Debian's package; the tests run their own server).
@@ -51,11 +70,18 @@ pg-deps:
 	  || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q postgresql; } \
 	  || { echo "make pg-deps: install PostgreSQL (apt-get install postgresql)" >&2; exit 1; }
 
+# Chromium and chromedriver for the console's browser test (tests/e2e/test_console_browser.py):
+# Debian's packages, driven by selenium from the test extra; no test tool downloads a browser.
+browser-deps:
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } \
+	  || { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } \
+	  || { echo "make browser-deps: install Chromium (apt-get install chromium chromium-driver)" >&2; exit 1; }
+
 # helm, kubeconform and the Kubernetes + KubeRay schemas, cached under .tools/ (tests/deploy).
 deploy-tools: $(STAMP)
 	PY=$(PY) bash scripts/deploy-tools.sh
 
-test: $(STAMP) sdk-deps v2client-deps pg-deps deploy-tools
+test: $(STAMP) sdk-deps v2client-deps pg-deps browser-deps deploy-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/deploy
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 	$(PY) -m pytest -q -p no:cacheprovider tests/sdk

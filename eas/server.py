@@ -3,11 +3,16 @@
 Start-up order matters: the store first (the truth), then Ray, then the controller
 (which redeploys whatever the store says should run), then the HTTP port. The port
 is checked before Ray starts so a taken port fails in a second, not after Ray's boot.
+
+With `--admin-port` the management API (and the console) listens apart, on loopback
+by default, and the predict port answers 404 for it; without, one port serves both.
+Every listener runs within `ListenerLimits` (eas/protocols/http.py, docs/security.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -23,13 +28,14 @@ import uvicorn
 from starlette.applications import Starlette
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from eas import __version__
 from eas.api.base import ApiContext
 from eas.api.services import ServicesApi
 from eas.api.traffic import TrafficApi
 from eas.client import config
+from eas.console import Console
 from eas.control.backend import Backend
 from eas.control.controller import Controller
 from eas.control.leader import LeaderLease, server_identity
@@ -39,7 +45,7 @@ from eas.gateway.grpc_server import GrpcGateway
 from eas.gateway.http import EasHttp
 from eas.gateway.oip_http import OipHttp
 from eas.gateway.route_table import RouteTable
-from eas.protocols.http import PredictFastPath
+from eas.protocols.http import ListenerLimits, PredictFastPath, uvicorn_config
 
 log = logging.getLogger("eas.server")
 
@@ -60,7 +66,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds the controller's leader lease lasts; a follower takes over "
                    "this long after the leader dies (default 10; env EAS_LEASE_TTL_S)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port for the API and the gateway (default 8080)")
+    p.add_argument("--port", type=int, default=8080,
+                   help="port for the gateway, and for the management API unless --admin-port (default 8080)")
+    p.add_argument("--admin-port", type=int, default=None,
+                   help="serve the management API (/api/v2/..., the console) only on this port, apart "
+                   "from predict traffic; the predict port then answers 404 for it, and eascmd.conf "
+                   "points here (default: none, one port serves both)")
+    p.add_argument("--admin-host", default="127.0.0.1",
+                   help="address of the --admin-port listener (default 127.0.0.1: this machine only)")
+    limits = ListenerLimits()
+    p.add_argument("--limit-concurrency", type=int, default=limits.concurrency,
+                   help="open connections plus requests in progress per HTTP listener, and gRPC calls at "
+                   f"once; beyond, 503 (gRPC: RESOURCE_EXHAUSTED); 0 is no limit (default {limits.concurrency})")
+    p.add_argument("--keep-alive", type=float, default=limits.keep_alive_s, metavar="SECONDS",
+                   help=f"an idle keep-alive connection closes after this long (default {limits.keep_alive_s:g})")
+    p.add_argument("--header-timeout", type=float, default=limits.head_timeout_s, metavar="SECONDS",
+                   help="a request's line and headers must arrive within this long of the connection (or "
+                   "of their first byte): else 408 and the connection closes; also the gRPC handshake "
+                   f"time (default {limits.head_timeout_s:g})")
+    p.add_argument("--body-timeout", type=float, default=limits.body_timeout_s, metavar="SECONDS",
+                   help=f"a request body that stops arriving for this long: 408, connection closed "
+                   f"(default {limits.body_timeout_s:g})")
     p.add_argument("--grpc-port", type=int, default=8081,
                    help="gRPC port on the same host: KServe v2 inference.GRPCInferenceService and "
                    "eas.Predict (default 8081; 0 turns gRPC off)")
@@ -87,7 +113,9 @@ def enable_access_log(target: str) -> None:
 
 
 def internal_key(store: Store) -> str:
-    """The key the gateway presents to instances; kept so instances outlive a restart.
+    """The master key each service's internal key is derived from (eas/control/keys.py);
+    kept so instances outlive a restart. It never leaves the control plane: instances
+    get only their own service's key, and the gateway presents the route's.
 
     Servers sharing a store share it (the first one to start writes it).
     """
@@ -135,17 +163,23 @@ class Platform:
     gateway: Gateway
     api: ApiContext
     app: Starlette
-    """The HTTP application: management API, gateway, metrics, health."""
+    """The HTTP application: management API (unless apart), gateway, metrics, health."""
     asgi: PredictFastPath
     """`app` behind the predict fast path: what uvicorn serves."""
+    console: Console | None = None
+    """The web console at /console (its metrics sampler starts with the controller)."""
+    admin: Starlette | None = None
+    """The management API and the console on a listener of their own (`--admin-port`)."""
 
 
 def compose(store: Store, backend: Backend, data_dir: Path, endpoint: str, *, region: str = "local",
             access_id: str, access_key: str, leader: LeaderLease | None = None,
-            grpc: tuple[str, int] | None = None, interval_s: float = 1.0) -> Platform:
+            grpc: tuple[str, int] | None = None, interval_s: float = 1.0, admin_apart: bool = False,
+            limits: ListenerLimits = ListenerLimits()) -> Platform:
     """Wire store, controller, gateway and API over a backend; nothing starts yet.
 
-    `main` composes over Ray; tests compose over an in-memory backend.
+    `main` composes over Ray; tests compose over an in-memory backend. With
+    `admin_apart`, the management API is `Platform.admin`, not part of `app`.
     """
     routes = RouteTable()
     key = internal_key(store)
@@ -153,17 +187,47 @@ def compose(store: Store, backend: Backend, data_dir: Path, endpoint: str, *, re
                             leader=leader)
     routes.set_waker(controller.demand)
     api = ApiContext(store, controller, access_id, access_key, region, endpoint)
-    gateway = Gateway(routes, key)
+    gateway = Gateway(routes, "")  # each route carries its service's own key; the master key stays here
     gateway.metrics.attach(lambda: list(controller.instance_stats.values()), controller.service_counts)
-    app = build_app(api, gateway, GrpcGateway(gateway, *grpc) if grpc else None)
-    return Platform(store, controller, gateway, api, app, PredictFastPath(app, EasHttp(gateway).predict))
+    console = Console(store, controller, gateway, access_id=access_id, access_key=access_key, region=region,
+                      endpoint=endpoint)
+    grpc_gateway = GrpcGateway(gateway, *grpc, max_concurrent_rpcs=limits.concurrency,
+                               handshake_timeout_s=limits.head_timeout_s) if grpc else None
+    app = build_app(api, gateway, grpc_gateway, console, admin_apart)
+    admin = build_admin_app(api, console) if admin_apart else None
+    return Platform(store, controller, gateway, api, app, PredictFastPath(app, EasHttp(gateway).predict), console,
+                    admin)
 
 
-def build_app(api: ApiContext, gateway: Gateway, grpc: GrpcGateway | None = None) -> Starlette:
+def _healthz(api: ApiContext):  # noqa: ANN202
     async def healthz(request):  # noqa: ANN001, ANN202
         # Every server answers (leader or follower); "leader" says whose controller acts.
         return JSONResponse({"status": "ok", "version": __version__, "leader": api.controller.leading,
                              "store": api.store.kind})
+
+    return healthz
+
+
+def management_routes(api: ApiContext, console: Console | None) -> list[BaseRoute]:
+    """The management API, and the web console beside the API it drives (docs/console.md)."""
+    api_routes = [*ServicesApi(api).routes(), *TrafficApi(api).routes()]
+    return [*api_routes, *(console.routes(api_routes) if console is not None else [])]
+
+
+def build_admin_app(api: ApiContext, console: Console | None = None) -> Starlette:
+    """The management listener's application (`--admin-port`): health and management only."""
+    return Starlette(routes=[Route("/healthz", _healthz(api), methods=["GET"]), *management_routes(api, console)])
+
+
+def _served_apart(request):  # noqa: ANN001, ANN202
+    return JSONResponse({"Code": "NotFound", "Message": "the management API is not served on this port"}, 404)
+
+
+def build_app(api: ApiContext, gateway: Gateway, grpc: GrpcGateway | None = None,
+              console: Console | None = None, admin_apart: bool = False) -> Starlette:
+    """Health, metrics and the predict gateway; the management API too unless it is apart
+    (then its paths answer 404 here, whatever the credentials)."""
+    healthz = _healthz(api)
 
     async def metrics(request):  # noqa: ANN001, ANN202
         # Rendering reads only memory (the controller's last counts and scrape).
@@ -175,8 +239,8 @@ def build_app(api: ApiContext, gateway: Gateway, grpc: GrpcGateway | None = None
             Route("/metrics", metrics, methods=["GET"]),
             *EasHttp(gateway).routes(),  # /api/predict/... and DIRECT discovery
             *OipHttp(gateway).routes(),  # Open Inference Protocol: /v2/health/*, /v2/models/...
-            *ServicesApi(api).routes(),
-            *TrafficApi(api).routes(),
+            *([Route("/api/v2/{rest:path}", _served_apart, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])]
+              if admin_apart else management_routes(api, console)),
         ],
         lifespan=gateway_lifespan(gateway, grpc),
     )
@@ -203,7 +267,12 @@ def main(argv: list[str] | None = None) -> None:
         enable_access_log(args.access_log)
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)  # the store, eascmd.conf and server-id hold secrets: the server's user only
     check_port_free(args.host, args.port)
+    if args.admin_port is not None:
+        if args.admin_port == args.port:
+            raise SystemExit("eas-server: --admin-port must differ from --port")
+        check_port_free(args.admin_host, args.admin_port, "--admin-port")
     if args.grpc_port:
         check_port_free(args.host, args.grpc_port, "--grpc-port (0 turns gRPC off)")
     lock_fd = lock_data_dir(data_dir)  # noqa: F841 (held for the life of the process)
@@ -214,6 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     access_id, access_key = admin_credentials(store)
     public_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     endpoint = f"http://{public_host}:{args.port}"
+    admin_host = "127.0.0.1" if args.admin_host in ("0.0.0.0", "::", "") else args.admin_host
+    admin_endpoint = endpoint if args.admin_port is None else f"http://{admin_host}:{args.admin_port}"
+    limits = ListenerLimits(concurrency=args.limit_concurrency, keep_alive_s=args.keep_alive,
+                            head_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
 
     from eas.backend import ray_serve  # Ray is imported only here, after the cheap checks
 
@@ -222,24 +295,54 @@ def main(argv: list[str] | None = None) -> None:
     ray_serve.start_ray(args.ray_address, num_cpus)
     platform = compose(store, ray_serve.RayBackend(), data_dir, endpoint, region=args.region, access_id=access_id,
                        access_key=access_key, leader=LeaderLease(store, server_identity(data_dir), args.lease_ttl),
-                       grpc=(args.host, args.grpc_port) if args.grpc_port else None)
+                       grpc=(args.host, args.grpc_port) if args.grpc_port else None,
+                       admin_apart=args.admin_port is not None, limits=limits)
     platform.controller.start()
-    config.write(data_dir / "eascmd.conf", config.ClientConfig(endpoint, access_id, access_key, args.region))
-    log.info("eas-server %s listening on %s (eascmd config: %s)", __version__, endpoint,
-             data_dir / "eascmd.conf")
-    server = uvicorn.Server(uvicorn.Config(
-        platform.asgi, host=args.host, port=args.port, log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    ))
+    if platform.console is not None:
+        platform.console.start()
+    config.write(data_dir / "eascmd.conf", config.ClientConfig(admin_endpoint, access_id, access_key, args.region))
+    log.info("eas-server %s listening on %s, management API on %s (eascmd config: %s)", __version__, endpoint,
+             admin_endpoint, data_dir / "eascmd.conf")
+    servers = [uvicorn.Server(uvicorn_config(platform.asgi, limits, host=args.host, port=args.port,
+                                             log_level="warning", access_log=False, timeout_graceful_shutdown=10))]
+    if platform.admin is not None:
+        servers.append(uvicorn.Server(uvicorn_config(
+            platform.admin, limits, host=args.admin_host, port=args.admin_port, log_level="warning",
+            access_log=False, lifespan="off", timeout_graceful_shutdown=10)))
     try:
-        server.run()
+        serve(servers)
     finally:
         log.info("shutting down")
+        if platform.console is not None:
+            platform.console.stop()
         platform.controller.stop()
         if not args.ray_address:
             ray_serve.stop_ray()
         store.close()
+
+
+def serve(servers: list[uvicorn.Server]) -> None:
+    """Run the listeners on one event loop (they share the gateway, the controller and the
+    store) until a signal stops them all: the first one's lifespan runs the gateway (and
+    gRPC); each of the others installs its signal handlers over the previous one's and
+    hands a signal on when it has stopped (uvicorn's own chaining)."""
+    first, *others = servers
+    if not others:
+        first.run()
+        return
+
+    async def run_all() -> None:
+        rest = [asyncio.ensure_future(s.serve()) for s in others]
+        try:
+            await first.serve()
+        finally:
+            for s in others:
+                s.should_exit = True
+            await asyncio.gather(*rest, return_exceptions=True)
+
+    factory = getattr(first.config, "get_loop_factory", lambda: None)()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(run_all())
 
 
 if __name__ == "__main__":

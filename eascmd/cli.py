@@ -20,7 +20,7 @@ import click
 import eas
 from eas.client import config
 from eas.client import EasApiError, ServiceFailedError
-from eascmd.common import Settings, ok, pass_settings
+from eascmd.common import Settings, echo, ok, pass_settings
 from eascmd.lifecycle import (
     create_command,
     delete_command,
@@ -53,7 +53,7 @@ def _version() -> str:
 
 
 def _error(message: str) -> None:
-    click.echo(f"[ERROR] {message}", err=True)
+    echo(f"[ERROR] {message}", err=True)
 
 
 def _api_error_text(exc: EasApiError, settings: Settings | None) -> str:
@@ -87,7 +87,7 @@ class EasGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except ServiceFailedError as exc:
             name = exc.service.get("ServiceName") or "<name>"
-            click.echo(f"[FAIL] Service failed: {exc.message}", err=True)
+            echo(f"[FAIL] Service failed: {exc.message}", err=True)
             raise click.ClickException(
                 f"see 'eascmd events {name}' for what happened; fix the description and run "
                 f"'eascmd modify {name} -s FILE', or 'eascmd delete {name}'"

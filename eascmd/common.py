@@ -11,6 +11,7 @@ import click
 
 from eas.client import ManagementClient
 from eascmd.progress import ProgressPrinter
+from eascmd.table import clean
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,12 +39,18 @@ class Settings:
 pass_settings = click.make_pass_decorator(Settings)
 
 
+def echo(message: str = "", err: bool = False) -> None:
+    """Print a line: every line eascmd prints goes through here, control characters
+    and terminal escapes from server text stripped (eascmd/table.py `clean`)."""
+    click.echo(clean(message), err=err)
+
+
 def ok(message: str) -> None:
-    click.echo(f"[OK] {message}")
+    echo(f"[OK] {message}")
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def json_option(func: F) -> F:
@@ -84,7 +91,7 @@ def wait_for(settings: Settings, name: str, goal: Literal["running", "stopped", 
     a timeout becomes an error saying how to keep watching.
     """
     client = settings.client()
-    printer = ProgressPrinter(click.echo)
+    printer = ProgressPrinter(echo)
     try:
         if goal == "deleted":
             client.wait_until_deleted(name, printer, timeout)

@@ -12,13 +12,13 @@ import click
 
 from eas.client import EasApiError
 from eascmd import table
-from eascmd.common import Settings, confirm, ok, pass_settings, timeout_option, wait_for, yes_option
+from eascmd.common import Settings, confirm, echo, ok, pass_settings, timeout_option, wait_for, yes_option
 from eascmd.specfile import deep_merge, load_spec, parse_defines
 from eascmd.views import intranet_url
 
 
 def _print_request_id(answer: dict[str, Any]) -> None:
-    click.echo(f"[RequestId]: {answer.get('RequestId', '')}")
+    echo(f"[RequestId]: {answer.get('RequestId', '')}")
 
 
 def _update(settings: Settings, name: str, partial: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -80,7 +80,7 @@ def create_command(settings: Settings, file: str, blue_green: bool, yes: bool, t
     service = client.describe_service(name)
     service["IntranetEndpoint"] = service.get("IntranetEndpoint") or answer.get("IntranetEndpoint")
     pairs = [("Intranet Endpoint", intranet_url(service)), ("Token", service.get("AccessToken"))]
-    click.echo(table.render_pairs(pairs))
+    echo(table.render_pairs(pairs))
     ok(action)
     _wait_running(settings, name, timeout, stopped)
 

@@ -10,6 +10,7 @@ from eascmd import table
 from eascmd.common import (
     Settings,
     confirm,
+    echo,
     json_option,
     ok,
     pass_settings,
@@ -122,7 +123,7 @@ def group_command() -> None:
 
 def _show_group(group: dict) -> None:  # type: ignore[type-arg]
     members = ", ".join(f"{m['Service']}:{m['Weight']}" for m in group.get("Members", []))
-    click.echo(table.render_pairs([
+    echo(table.render_pairs([
         ("GroupName", group.get("GroupName")), ("AccessToken", group.get("AccessToken")),
         ("Members", members), ("Endpoint", f"{group.get('IntranetEndpoint', '')}{group.get('GroupPath', '')}"),
     ]))
@@ -159,7 +160,7 @@ def group_ls(settings: Settings, json_output: bool) -> None:
         return
     rows = [[g["GroupName"], ", ".join(f"{m['Service']}:{m['Weight']}" for m in g["Members"]), g["GroupPath"]]
             for g in groups]
-    click.echo(table.render(rows, ["GROUPNAME", "MEMBERS", "GROUPPATH"]))
+    echo(table.render(rows, ["GROUPNAME", "MEMBERS", "GROUPPATH"]))
 
 
 @group_command.command("desc")
@@ -225,7 +226,7 @@ def autoscale_command(settings: Settings, name: str, min_: int | None, max_: int
         if settings.wants_json(json_output):
             print_json(shown)
         else:
-            click.echo(table.render_pairs([(k, json.dumps(v)) for k, v in shown.items()]))
+            echo(table.render_pairs([(k, json.dumps(v)) for k, v in shown.items()]))
         return
     if max_ is None or not strategies:
         raise click.UsageError("set --max and at least one of --qps, --cpu, --inflight (or --off)")

@@ -6,9 +6,23 @@ several lines (desc's ServiceConfig), and wide (CJK) characters count as two col
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
+
+#: Terminal escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ST`, two-byte `ESC x`).
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]|\x9b[0-?]*[ -/]*[@-~]")
+#: Characters that steer a terminal or reorder text: C0/C1 controls but tab and newline,
+#: DEL, and the Unicode bidirectional overrides and isolates.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str) -> str:
+    """Text from the server made safe to print: no escape sequences or control characters
+    (a service name, message or event cannot recolour, move or clear the operator's
+    terminal, rewrite earlier lines with \\r, or reorder what it shows)."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
 def display_width(text: str) -> int:
@@ -27,7 +41,7 @@ def cell_text(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    return clean(str(value))
 
 
 def render(

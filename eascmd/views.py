@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from eascmd import table
-from eascmd.common import Settings, json_option, pass_settings, print_json
+from eascmd.common import Settings, echo, json_option, pass_settings, print_json
 
 
 def intranet_url(service: dict[str, Any]) -> str:
@@ -44,7 +44,7 @@ def ls_command(settings: Settings, json_output: bool) -> None:
         return
     headers = ["SERVICENAME", "REGION", "INSTANCE", "CREATETIME", "UPDATETIME", "STATUS", "WEIGHT", "SERVICEPATH"]
     fields = ["ServiceName", "Region", "TotalInstance", "CreateTime", "UpdateTime", "Status", "Weight", "ServicePath"]
-    click.echo(table.render([[s.get(f) for f in fields] for s in services], headers))
+    echo(table.render([[s.get(f) for f in fields] for s in services], headers))
 
 
 DESC_FIELDS = [
@@ -79,7 +79,7 @@ def desc_command(settings: Settings, name: str, json_output: bool) -> None:
     pairs = [(f, _scaling(service.get(f)) if f == "LastScaling" else service.get(f)) for f in DESC_FIELDS]
     pairs.append(("IntranetEndpoint", intranet_url(service)))
     pairs.append(("ServiceConfig", pretty_config(service.get("ServiceConfig"))))
-    click.echo(table.render_pairs(pairs))
+    echo(table.render_pairs(pairs))
 
 
 @click.command("w")
@@ -106,7 +106,7 @@ def w_command(settings: Settings, name: str, json_output: bool) -> None:
         ]
         for i in instances
     ]  # fmt: skip
-    click.echo(table.render(rows, headers))
+    echo(table.render(rows, headers))
 
 
 @click.command("events")
@@ -125,4 +125,4 @@ def events_command(settings: Settings, name: str, json_output: bool) -> None:
         print_json(events)
         return
     rows = [[e.get("Time"), e.get("Type"), e.get("Message")] for e in events]
-    click.echo(table.render(rows, ["TIME", "TYPE", "MESSAGE"]))
+    echo(table.render(rows, ["TIME", "TYPE", "MESSAGE"]))

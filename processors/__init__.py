@@ -26,12 +26,18 @@ from .base import (
     parse_json_body,
     predict_or_error,
 )
-from .registry import UnknownProcessorError, known_codes, resolve
+from .registry import (
+    MissingFrameworkError,
+    UnknownProcessorError,
+    check_framework,
+    known_codes,
+    resolve,
+)
 
 __all__ = [
-    "ModelContext", "ModelLoadError", "Processor", "ProcessorError", "Request", "Response",
-    "UnknownProcessorError", "context_from_spec", "create_processor", "error_response",
-    "json_response", "known_codes", "parse_json_body", "predict_or_error", "resolve",
+    "MissingFrameworkError", "ModelContext", "ModelLoadError", "Processor", "ProcessorError", "Request",
+    "Response", "UnknownProcessorError", "check_framework", "context_from_spec", "create_processor",
+    "error_response", "json_response", "known_codes", "parse_json_body", "predict_or_error", "resolve",
 ]
 
 DEFAULT_WORKERS = 5
@@ -81,10 +87,14 @@ def create_processor(
 ) -> Processor:
     """Resolve, build and (unless load=False) load the processor a service JSON asks for.
 
-    Raises UnknownProcessorError (a ValueError) for a bad `processor` code and
-    ModelLoadError when the model or user code cannot be loaded.
+    Raises UnknownProcessorError (a ValueError) for a bad `processor` code,
+    MissingFrameworkError (a ValueError) when loading needs a framework that is not
+    installed (its text is the pip command), and ModelLoadError when the model or user
+    code cannot be loaded.
     """
     cls = resolve(spec.get("processor"), spec.get("processor_type"))
+    if load:
+        check_framework(spec.get("processor"), spec.get("processor_type"))
     ctx = context_from_spec(spec, model_dir=model_dir, processor_path=processor_path, workers=workers)
     processor = cls(ctx)
     if load:

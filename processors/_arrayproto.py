@@ -7,11 +7,13 @@ the conversion here serves both and checks which value fields the message has.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from .base import ProcessorError
+from ._tensors import TensorSpec, check_declared
+from .base import STRING_ITEM_BYTES, Budget, ProcessorError, check_rank
 
 #: TensorFlow's DataType numbering, which EAS reuses for `ArrayDataType` (the enum of
 #: both .proto files; tests/unit/test_protos.py checks they agree with this table).
@@ -71,8 +73,14 @@ def _infer_dtype_code(proto: Any) -> int:
     return DT["DT_FLOAT"]
 
 
-def array_from_proto(proto: Any, name: str = "array") -> np.ndarray:
-    """Decode an `ArrayProto` (TF or Torch flavour) to numpy; bad ones are the client's 400."""
+def array_from_proto(proto: Any, name: str = "array", *, spec: TensorSpec | None = None,
+                     budget: Budget | None = None) -> np.ndarray:
+    """Decode an `ArrayProto` (TF or Torch flavour) to numpy; bad ones are the client's 400.
+
+    One value fills the whole declared shape (TensorFlow's convention), so the shape is
+    checked before anything is allocated: against the model's input `spec` (rank, fixed
+    dimensions: 400) and against the request's `budget` (elements and bytes: 413).
+    """
     code = proto.dtype or _infer_dtype_code(proto)
     if code not in _DECODE:
         raise ProcessorError(
@@ -82,6 +90,23 @@ def array_from_proto(proto: Any, name: str = "array") -> np.ndarray:
     if not _has_field(proto, field):
         raise ProcessorError(f"{name}: dtype {_DT_NAMES[code]} cannot be sent in this request format")
     values = getattr(proto, field)
+    dims = list(proto.array_shape.dim)
+    if any(d < 0 for d in dims):
+        raise ProcessorError(f"{name}: negative dimension in shape {dims}")
+    check_rank(name, dims)
+    sent = len(values)
+    need = math.prod(dims) if dims else sent
+    if dims and sent not in (need, 1):
+        raise ProcessorError(f"{name}: shape {dims} needs {need} values, received {sent}")
+    declared = dims if dims else ([] if sent == 1 else [sent])
+    if spec is not None:
+        check_declared(spec, declared, np.dtype(np_dtype))
+    budget = budget if budget is not None else Budget()
+    if np_dtype is object:
+        text = need * len(values[0]) if sent == 1 else sum(len(v) for v in values)
+        budget.take(name, declared, STRING_ITEM_BYTES, extra_bytes=text)
+    else:
+        budget.take(name, declared, np.dtype(np_dtype).itemsize)
     if np_dtype is object:
         flat = np.empty(len(values), dtype=object)
         flat[:] = list(values)
@@ -93,17 +118,12 @@ def array_from_proto(proto: Any, name: str = "array") -> np.ndarray:
                 raise ProcessorError(f"{name}: a value is out of range for {_DT_NAMES[code]}")
         flat = flat.astype(np_dtype, copy=False)
 
-    dims = list(proto.array_shape.dim)
-    if any(d < 0 for d in dims):
-        raise ProcessorError(f"{name}: negative dimension in shape {dims}")
     if not dims:
         return flat.reshape(()) if flat.size == 1 else flat
-    need = int(np.prod(dims))
     if flat.size == need:
         return flat.reshape(dims)
-    if flat.size == 1:  # TensorFlow's convention: one value fills the whole shape
-        return np.full(dims, flat[0], dtype=flat.dtype)
-    raise ProcessorError(f"{name}: shape {dims} needs {need} values, received {flat.size}")
+    # TensorFlow's convention: one value fills the whole shape (checked above).
+    return np.full(dims, flat[0], dtype=flat.dtype)
 
 
 def array_to_proto(array: Any, message_cls: type) -> Any:

@@ -19,6 +19,7 @@ from .base import (
     ProcessorError,
     Request,
     Response,
+    decode_error,
     error_response,
     json_response,
     parse_json_body,
@@ -49,6 +50,13 @@ class TabularProcessor(Processor):
     # ------------------------------------------------------------------ parsing
 
     def _features(self, request: Request) -> np.ndarray:
+        """The request's rows as a 2-D array; whatever fails while decoding is its 4xx."""
+        try:
+            return self._decode_rows(request)
+        except Exception as exc:
+            raise decode_error(exc) from None
+
+    def _decode_rows(self, request: Request) -> np.ndarray:
         """The request's rows as a 2-D array, checked against the model's feature count."""
         rows = instances_of(parse_json_body(request.body))
         width = None
@@ -66,6 +74,7 @@ class TabularProcessor(Processor):
         if rows and expected is not None and width != expected:
             raise ProcessorError(
                 f"model expects {expected} features per instance, received {width}")
+        self.decode_limits.budget().take("instances", [len(rows), width or 0], 8)
         try:
             return np.asarray(rows, dtype=np.float64).reshape(len(rows), width or 0)
         except (TypeError, ValueError):
@@ -113,7 +122,7 @@ class TabularProcessor(Processor):
         try:
             outputs = self._infer(np.concatenate([f for _, f in parsed]))
             joint = all(len(v) == total for v in outputs.values())
-        except (ProcessorError, ValueError, TypeError):
+        except Exception:  # the model failed on the joint rows: find the culprit below
             joint = False
         if not joint:
             # The joint call failed (or its output does not line up with the rows):

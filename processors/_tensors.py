@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ._jsonio import instances_of, to_jsonable
-from .base import ProcessorError
+from .base import Budget, ProcessorError, nested_shape
 
 Dim = int | str | None
 """A fixed dimension (int) or a dynamic one (None, or a symbolic name)."""
@@ -64,9 +64,13 @@ def normalize_shape(dims: Sequence[Any] | None) -> tuple[Dim, ...] | None:
 
 def mismatch(spec: TensorSpec, array: np.ndarray, reason: str) -> ProcessorError:
     """The one 400 for a bad input: names the input, the expected and the received."""
+    return _mismatch(spec, array.dtype, array.shape, reason)
+
+
+def _mismatch(spec: TensorSpec, dtype: np.dtype, shape: Sequence[int], reason: str) -> ProcessorError:
     return ProcessorError(
         f"input {spec.name!r} expects {spec.type_text()} with shape {spec.shape_text()}; "
-        f"received {dtype_text(array.dtype)} with shape {list(array.shape)}: {reason}")
+        f"received {dtype_text(np.dtype(dtype))} with shape {list(shape)}: {reason}")
 
 
 def _as_str_array(array: np.ndarray) -> np.ndarray:
@@ -120,20 +124,41 @@ def cast(spec: TensorSpec, array: np.ndarray, *, strings_as: str = "str") -> np.
     raise mismatch(spec, array, f"cannot be read as {target}")
 
 
+def shape_problem(spec: TensorSpec, shape: Sequence[int]) -> str | None:
+    """What is wrong with `shape` for this input (rank, a fixed dimension), or None."""
+    if spec.shape is None:
+        return None
+    if len(shape) != len(spec.shape):
+        hint = "; wrap a single instance in a list" if len(shape) == len(spec.shape) - 1 else ""
+        return f"rank {len(shape)} instead of {len(spec.shape)}{hint}"
+    for axis, (want, got) in enumerate(zip(spec.shape, shape)):
+        if isinstance(want, int) and want != got:
+            return f"dimension {axis} is {got}, the model needs {want}"
+    return None
+
+
 def check_shape(spec: TensorSpec, array: np.ndarray) -> None:
     """Rank and every fixed dimension must match; dynamic dimensions take anything."""
-    if spec.shape is None:
-        return
-    if array.ndim != len(spec.shape):
-        hint = "; wrap a single instance in a list" if array.ndim == len(spec.shape) - 1 else ""
-        raise mismatch(spec, array, f"rank {array.ndim} instead of {len(spec.shape)}{hint}")
-    for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
-        if isinstance(want, int) and want != got:
-            raise mismatch(spec, array, f"dimension {axis} is {got}, the model needs {want}")
+    problem = shape_problem(spec, array.shape)
+    if problem:
+        raise mismatch(spec, array, problem)
 
 
-def from_json(spec: TensorSpec, value: Any) -> np.ndarray:
-    """A JSON value (nested lists) as an array, refusing ragged or mixed nesting."""
+def check_declared(spec: TensorSpec, shape: Sequence[int], dtype: Any) -> None:
+    """A shape a request declares, checked before anything of that size is allocated:
+    the same 400 `check_shape` gives the decoded array."""
+    problem = shape_problem(spec, shape)
+    if problem:
+        raise _mismatch(spec, dtype, shape, problem)
+
+
+def from_json(spec: TensorSpec, value: Any, budget: Budget | None = None) -> np.ndarray:
+    """A JSON value (nested lists) as an array, refusing ragged or mixed nesting.
+
+    The shape the lists imply is counted against `budget` before numpy copies them.
+    """
+    if budget is not None:
+        budget.take(f"input {spec.name!r}", nested_shape(value, f"input {spec.name!r}"), 8)
     wants_text = spec.dtype is not None and spec.dtype.kind in "OSU"
     try:
         array = np.asarray(value, dtype=object if wants_text else None)
@@ -160,17 +185,24 @@ def describe_all(specs: Mapping[str, TensorSpec]) -> str:
 def collect_feeds(
     specs: Mapping[str, TensorSpec],
     raw: Mapping[str, Any],
-    to_array: Callable[[TensorSpec, Any], np.ndarray],
+    to_array: Callable[[TensorSpec, Any, Budget], np.ndarray],
     *,
     strings_as: str = "str",
+    budget: Budget | None = None,
 ) -> dict[str, np.ndarray]:
-    """Checked, cast arrays for every model input; unknown and missing names are 400s."""
+    """Checked, cast arrays for every model input; unknown and missing names are 400s.
+
+    `to_array(spec, value, budget)` decodes one input; it checks what the value
+    declares against `spec` and `budget` (this request's, shared by its inputs) before
+    it allocates.
+    """
+    budget = budget if budget is not None else Budget()
     feeds = {}
     for name, value in raw.items():
         spec = specs.get(name)
         if spec is None:
             raise ProcessorError(f"unknown input {name!r}; model inputs: {describe_all(specs)}")
-        feeds[name] = checked(spec, to_array(spec, value), strings_as=strings_as)
+        feeds[name] = checked(spec, to_array(spec, value, budget), strings_as=strings_as)
     missing = [n for n in specs if n not in feeds]
     if missing:
         raise ProcessorError(

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from ._jsonio import guess_content_type, is_json_request, to_jsonable
 from ._usercode import accepts, load_failure, positional_count
-from .base import ModelContext, ProcessorError, Request, Response
+from .base import ModelContext, ProcessorError, Request, Response, decode_error
 
 
 class CustomException(Exception):
@@ -79,6 +79,8 @@ def request_value(request: Request) -> Any:
             return json.loads(request.body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ProcessorError(f"request body is not valid JSON: {exc}") from None
+        except Exception as exc:  # RecursionError for nesting past Python's limit, MemoryError
+            raise decode_error(exc) from None
     return request.body
 
 

@@ -16,12 +16,14 @@ from ._files import find_model_file, model_config_dict
 from ._jsonio import is_json_request
 from ._tensors import TensorSpec, collect_feeds, decode_json, from_json, json_outputs, pick_outputs
 from .base import (
+    Budget,
     ModelContext,
     ModelLoadError,
     Processor,
     ProcessorError,
     Request,
     Response,
+    decode_error,
     error_response,
     json_response,
     parse_json_body,
@@ -88,8 +90,8 @@ def _session_options(ort: Any, config: dict[str, Any]) -> Any:
     return options
 
 
-def _from_proto(spec: TensorSpec, proto: Any) -> np.ndarray:
-    return tfproto.array_from_proto(proto, f"input {spec.name!r}")
+def _from_proto(spec: TensorSpec, proto: Any, budget: Budget) -> np.ndarray:
+    return tfproto.array_from_proto(proto, f"input {spec.name!r}", spec=spec, budget=budget)
 
 
 @dataclass
@@ -132,7 +134,8 @@ class OnnxProcessor(Processor):
 
     def _decode_json(self, payload: Any) -> _Call:
         call = decode_json(payload, self.inputs, self.outputs, first_output_only=True)
-        return _Call(collect_feeds(self.inputs, call.raw, from_json), call.outputs, call.form)
+        feeds = collect_feeds(self.inputs, call.raw, from_json, budget=self.decode_limits.budget())
+        return _Call(feeds, call.outputs, call.form)
 
     def _decode_proto(self, body: bytes) -> _Call:
         request = tfproto.PredictRequest()
@@ -141,7 +144,7 @@ class OnnxProcessor(Processor):
         except Exception as exc:
             raise ProcessorError(
                 f"request body is neither JSON nor a serialized TF PredictRequest: {exc}") from None
-        feeds = collect_feeds(self.inputs, dict(request.inputs), _from_proto)
+        feeds = collect_feeds(self.inputs, dict(request.inputs), _from_proto, budget=self.decode_limits.budget())
         outputs = pick_outputs(self.outputs, list(request.output_filter))
         # Sequences/maps (e.g. sklearn's ZipMap) have no ArrayProto form: refuse them when
         # asked for by name, leave them out otherwise.
@@ -153,6 +156,13 @@ class OnnxProcessor(Processor):
         return _Call(feeds, [n for n in outputs if n not in non_tensor], "proto")
 
     def _decode(self, request: Request) -> _Call:
+        """The request's call; whatever fails while decoding is this request's 4xx."""
+        try:
+            return self._decode_body(request)
+        except Exception as exc:
+            raise decode_error(exc) from None
+
+    def _decode_body(self, request: Request) -> _Call:
         if not request.body.strip():
             raise ProcessorError("empty request body: send JSON or a TF PredictRequest")
         if not is_json_request(request):
@@ -205,7 +215,7 @@ class OnnxProcessor(Processor):
                 "outputs": [tensor(s) for s in self.outputs.values() if _is_tensor(s) and s.dtype is not None]}
 
     def infer_v2(self, inputs: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
-        feeds = collect_feeds(self.inputs, inputs, lambda spec, array: array)
+        feeds = collect_feeds(self.inputs, inputs, lambda spec, array, budget: array)
         if outputs is None:
             names = [n for n, s in self.outputs.items() if _is_tensor(s)]
         else:
@@ -230,19 +240,29 @@ class OnnxProcessor(Processor):
         stackable = len(self.inputs) == 1 and self._batch_axis_free()
         for i, request in enumerate(requests):
             try:
-                call = self._decode(request)
-                array = next(iter(call.feeds.values()))
-                if not (stackable and call.form == "instances" and array.ndim > 0):
-                    responses[i] = self._encode(call, self._run(call))
-                    continue
+                call = self._decode(request)  # any decode failure is a ProcessorError
             except ProcessorError as exc:
                 responses[i] = error_response(exc, request.request_id)
+                continue
+            array = next(iter(call.feeds.values()))
+            if not (stackable and call.form == "instances" and array.ndim > 0):
+                responses[i] = self._answer_alone(call, request)
                 continue
             key = (array.shape[1:], array.dtype.str, tuple(call.outputs))
             groups.setdefault(key, []).append((i, call))
         for members in groups.values():
             responses.update(self._run_group(members, requests))
         return [responses[i] for i in range(len(requests))]
+
+    def _answer_alone(self, call: _Call, request: Request) -> Response:
+        """One decoded request's own model call: whatever it raises is its answer only."""
+        try:
+            return self._encode(call, self._run(call))
+        except ProcessorError as exc:
+            return error_response(exc, request.request_id)
+        except Exception as exc:
+            return error_response(ProcessorError(f"processor raised {type(exc).__name__}: {exc}"),
+                                  request.request_id)
 
     def _run_group(self, members: list[tuple[int, _Call]],
                    requests: Sequence[Request]) -> dict[int, Response]:
@@ -253,7 +273,7 @@ class OnnxProcessor(Processor):
         try:
             (result,) = self._run(joint)
             aligned = isinstance(result, np.ndarray) and result.ndim > 0 and len(result) == sum(counts)
-        except ProcessorError:
+        except Exception:  # the model failed on the joint input: find the culprit below
             aligned = False
         if not aligned:
             # The joint run failed, or its output is not one row per input row: answer

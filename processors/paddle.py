@@ -13,6 +13,7 @@ predictor clones (they share the weights).
 from __future__ import annotations
 
 import json
+import math
 import queue
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +22,28 @@ from typing import Any, Iterator
 import numpy as np
 
 from ._files import find_model_file, model_config_dict
-from ._tensors import TensorSpec, checked, collect_feeds, decode_json, from_json, json_outputs, normalize_shape
-from .base import ModelLoadError, Processor, ProcessorError, Request, Response, json_response, parse_json_body
+from ._tensors import (
+    TensorSpec,
+    check_declared,
+    checked,
+    collect_feeds,
+    decode_json,
+    from_json,
+    json_outputs,
+    normalize_shape,
+)
+from .base import (
+    Budget,
+    ModelLoadError,
+    Processor,
+    ProcessorError,
+    Request,
+    Response,
+    check_rank,
+    decode_error,
+    json_response,
+    parse_json_body,
+)
 
 PROGRAM_SUFFIXES = (".json", ".pdmodel")
 PARAMS_SUFFIX = ".pdiparams"
@@ -93,6 +114,11 @@ def _pir_input_specs(program: Path) -> dict[str, TensorSpec]:
 class PaddleProcessor(Processor):
     """`paddle.inference` predictor pool; `model_config`: `cpu_threads`, `ir_optim`."""
 
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.inputs: dict[str, TensorSpec] = {}
+        self.outputs: dict[str, TensorSpec] = {}
+
     def load(self) -> None:
         from paddle import inference
 
@@ -146,8 +172,9 @@ class PaddleProcessor(Processor):
 
     # ------------------------------------------------------------ BML tensors
 
-    def _bml_tensor(self, i: int, tensor: Any) -> tuple[str, np.ndarray]:
+    def _bml_tensor(self, i: int, tensor: Any, budget: Budget | None = None) -> tuple[str, np.ndarray]:
         where = f"instance {i}"
+        budget = budget if budget is not None else self.decode_limits.budget()
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise ProcessorError(f'{where}: each tensor must be an object with "name", "type", "shape" '
                                  'and "<type>_data"')
@@ -160,15 +187,26 @@ class PaddleProcessor(Processor):
         data, shape = tensor.get(field), tensor.get("shape")
         if not isinstance(data, list):
             raise ProcessorError(f"{where}: tensor {name!r} of type {kind} needs a {field} list")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise ProcessorError(f"{where}: tensor {name!r} needs a shape: a list of non-negative integers")
+        # The declared shape, checked before numpy copies anything: it must match the data,
+        # the model's input and this request's budget.
+        check_rank(f"{where}: tensor {name!r}", shape)
+        count = math.prod(shape)
+        if len(data) != count or any(isinstance(v, (list, dict)) for v in data[:1]):
+            raise ProcessorError(f"{where}: tensor {name!r}: shape {shape} needs {count} values in a flat "
+                                 f"list, {field} has {len(data)} items")
+        spec = self.inputs.get(name)
+        if spec is not None:
+            check_declared(spec, shape, np.dtype(dtype))
+        budget.take(f"{where}: tensor {name!r}", shape, np.dtype(dtype).itemsize)
         try:
             flat = np.asarray(data, dtype=dtype)
         except (TypeError, ValueError):
             raise ProcessorError(f"{where}: tensor {name!r}: {field} must hold numbers") from None
-        if flat.ndim != 1 or flat.size != int(np.prod(shape)):
-            raise ProcessorError(f"{where}: tensor {name!r}: shape {shape} needs {int(np.prod(shape))} "
-                                 f"values, {field} has {flat.size}")
+        if flat.ndim != 1:
+            raise ProcessorError(f"{where}: tensor {name!r}: {field} must be a flat list of numbers")
         return name, flat.reshape(shape)
 
     def _bml_answer(self, results: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -185,27 +223,35 @@ class PaddleProcessor(Processor):
                             BML_TYPES[kind][1]: value.ravel().tolist()})
         return {"tensors": tensors}
 
-    def _predict_bml(self, instances: list[Any]) -> Response:
-        predictions = []
+    def _decode_bml(self, instances: list[Any], budget: Budget) -> list[dict[str, np.ndarray]]:
+        """Every instance's feeds, all decoded (and checked) before the model runs once."""
+        runs = []
         for i, instance in enumerate(instances):
             if not isinstance(instance, dict) or not isinstance(instance.get("tensors"), list):
                 raise ProcessorError(f'instance {i} must be {{"tensors": [...]}} like the others')
-            raw = dict(self._bml_tensor(i, t) for t in instance["tensors"])
-            feeds = collect_feeds(self.inputs, raw, lambda spec, a: a)
-            predictions.append(self._bml_answer(self._run(feeds)))
-        return json_response({"predictions": predictions})
+            raw = dict(self._bml_tensor(i, t, budget) for t in instance["tensors"])
+            runs.append(collect_feeds(self.inputs, raw, lambda spec, a, budget: a))
+        return runs
 
     # ------------------------------------------------------------ requests
 
     def predict(self, request: Request) -> Response:
-        payload = parse_json_body(request.body)
-        instances = payload.get("instances") if isinstance(payload, dict) else None
-        if isinstance(instances, list) and instances and isinstance(instances[0], dict) \
-                and "tensors" in instances[0]:
-            return self._predict_bml(instances)
-        call = decode_json(payload, self.inputs, self.outputs)
-        feeds = collect_feeds(self.inputs, call.raw, from_json)
-        feeds = {n: _default_dtype(self.inputs[n], a) for n, a in feeds.items()}
+        budget = self.decode_limits.budget()
+        call = None
+        try:  # whatever fails while decoding is this request's 4xx
+            payload = parse_json_body(request.body)
+            instances = payload.get("instances") if isinstance(payload, dict) else None
+            if isinstance(instances, list) and instances and isinstance(instances[0], dict) \
+                    and "tensors" in instances[0]:
+                runs = self._decode_bml(instances, budget)
+            else:
+                call = decode_json(payload, self.inputs, self.outputs)
+                feeds = collect_feeds(self.inputs, call.raw, from_json, budget=budget)
+                feeds = {n: _default_dtype(self.inputs[n], a) for n, a in feeds.items()}
+        except Exception as exc:
+            raise decode_error(exc) from None
+        if call is None:
+            return json_response({"predictions": [self._bml_answer(self._run(feeds)) for feeds in runs]})
         results = self._run(feeds)
         return json_response(json_outputs(call.form, {n: results[n] for n in call.outputs}, single_unwrapped=False))
 

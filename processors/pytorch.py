@@ -22,7 +22,17 @@ from . import torchproto
 from ._files import find_model_file, model_config_dict
 from ._jsonio import is_json_request, to_jsonable
 from ._tensors import TensorSpec, checked, dtype_text, from_json, normalize_shape
-from .base import ModelLoadError, Processor, ProcessorError, Request, Response, json_response, parse_json_body
+from .base import (
+    Budget,
+    ModelLoadError,
+    Processor,
+    ProcessorError,
+    Request,
+    Response,
+    decode_error,
+    json_response,
+    parse_json_body,
+)
 
 MODEL_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
 
@@ -191,23 +201,22 @@ class PyTorchProcessor(Processor):
     def predict(self, request: Request) -> Response:
         if not request.body.strip():
             raise ProcessorError("empty request body: send JSON or a Torch PredictRequest")
-        if is_json_request(request):
-            return self._predict_json(parse_json_body(request.body))
-        proto = torchproto.PredictRequest()
-        try:
-            proto.ParseFromString(request.body)
+        budget = self.decode_limits.budget()
+        try:  # whatever fails while decoding is this request's 4xx
+            if is_json_request(request):
+                args, kwargs, form = self._decode_json(parse_json_body(request.body), budget)
+                wanted: list[int] = []
+            else:
+                args, kwargs, wanted = self._decode_proto(request.body, budget)
+                form = "proto"
         except Exception as exc:
-            raise ProcessorError(f"request body is neither JSON nor a serialized Torch PredictRequest: {exc}") from None
-        if proto.inputs and proto.map_inputs:
-            raise ProcessorError("send either positional inputs or map_inputs, not both")
-        if proto.map_inputs:
-            args, kwargs = self._named({k: torchproto.array_from_proto(v, f"input {k!r}")
-                                        for k, v in proto.map_inputs.items()})
-        else:
-            args, kwargs = self._positional([torchproto.array_from_proto(v, f"input {i}")
-                                             for i, v in enumerate(proto.inputs)]), {}
+            raise decode_error(exc) from None
         positional, named = self._outputs(self._run(args, kwargs))
-        wanted = list(proto.output_filter)
+        if form != "proto":
+            key = "outputs" if form == "inputs" else "predictions"
+            if named:
+                return json_response({key: to_jsonable(named)})
+            return json_response({key: to_jsonable(positional[0] if len(positional) == 1 else positional)})
         bad = [i for i in wanted if not 0 <= i < len(positional)]
         if bad:
             raise ProcessorError(f"output_filter index {bad[0]} is out of range: the model returned "
@@ -219,28 +228,49 @@ class PyTorchProcessor(Processor):
             response.map_outputs[name].CopyFrom(torchproto.array_to_proto(value))
         return Response(response.SerializeToString(), 200, "application/octet-stream")
 
-    def _json_array(self, name: str, value: Any) -> np.ndarray:
-        spec = self.specs.get(name) or TensorSpec(name, None, None)
-        return from_json(spec, value)
+    def _proto_array(self, proto: Any, what: str, name: str | None, budget: Budget) -> np.ndarray:
+        """One ArrayProto, its declared shape checked against a declared input and the budget."""
+        spec = self.specs.get(name) if name is not None else None
+        return torchproto.array_from_proto(proto, what, spec=spec, budget=budget)
 
-    def _predict_json(self, payload: Any) -> Response:
+    def _decode_proto(self, body: bytes, budget: Budget) -> tuple[list[Any], dict[str, Any], list[int]]:
+        proto = torchproto.PredictRequest()
+        try:
+            proto.ParseFromString(body)
+        except Exception as exc:
+            raise ProcessorError(f"request body is neither JSON nor a serialized Torch PredictRequest: {exc}") from None
+        if proto.inputs and proto.map_inputs:
+            raise ProcessorError("send either positional inputs or map_inputs, not both")
+        if proto.map_inputs:
+            args, kwargs = self._named({k: self._proto_array(v, f"input {k!r}", k, budget)
+                                        for k, v in proto.map_inputs.items()})
+        else:
+            names = [a.name for a in self.arguments]
+            args, kwargs = self._positional([
+                self._proto_array(v, f"input {i}", names[i] if i < len(names) else None, budget)
+                for i, v in enumerate(proto.inputs)]), {}
+        return args, kwargs, list(proto.output_filter)
+
+    def _json_array(self, name: str, value: Any, budget: Budget) -> np.ndarray:
+        spec = self.specs.get(name) or TensorSpec(name, None, None)
+        return from_json(spec, value, budget)
+
+    def _decode_json(self, payload: Any, budget: Budget) -> tuple[list[Any], dict[str, Any], str]:
+        """(args, kwargs, answer form) of a JSON request."""
         names = [a.name for a in self.arguments]
         if isinstance(payload, dict) and "inputs" in payload:
             raw = payload["inputs"]
             if isinstance(raw, dict):
-                args, kwargs = self._named({k: self._json_array(k, v) for k, v in raw.items()})
+                args, kwargs = self._named({k: self._json_array(k, v, budget) for k, v in raw.items()})
             elif len(self.arguments) > 1:
                 if not isinstance(raw, list):
                     raise ProcessorError(f'"inputs" must be a list of the inputs in order or an object '
                                          f"naming them ({self._names_text()})")
                 padded = names + [f"input_{i}" for i in range(len(names), len(raw))]
-                args, kwargs = self._positional([self._json_array(n, v) for n, v in zip(padded, raw)]), {}
+                args, kwargs = self._positional([self._json_array(n, v, budget) for n, v in zip(padded, raw)]), {}
             else:
-                args, kwargs = self._positional([self._json_array(names[0] if names else "input_0", raw)]), {}
-            positional, named = self._outputs(self._run(args, kwargs))
-            if named:
-                return json_response({"outputs": to_jsonable(named)})
-            return json_response({"outputs": to_jsonable(positional[0] if len(positional) == 1 else positional)})
+                args, kwargs = self._positional([self._json_array(names[0] if names else "input_0", raw, budget)]), {}
+            return args, kwargs, "inputs"
         if not (isinstance(payload, dict) and "instances" in payload):
             keys = ", ".join(sorted(map(str, payload))) if isinstance(payload, dict) else type(payload).__name__
             raise ProcessorError(f'expected {{"instances": [...]}} or {{"inputs": ...}}; received {keys}')
@@ -250,11 +280,7 @@ class PyTorchProcessor(Processor):
         name = names[0] if names else "input_0"
         if self.takes_dict:
             raise ProcessorError(f"forward() takes {self._names_text()}: send {{\"inputs\": {{name: values}}}}")
-        args = self._positional([self._json_array(name, payload["instances"])])
-        positional, named = self._outputs(self._run(args, {}))
-        if named:
-            return json_response({"predictions": to_jsonable(named)})
-        return json_response({"predictions": to_jsonable(positional[0] if len(positional) == 1 else positional)})
+        return self._positional([self._json_array(name, payload["instances"], budget)]), {}, "instances"
 
 
 def _shape_text(name: str, value: Any) -> str:

@@ -23,6 +23,7 @@ from .base import (
     ProcessorError,
     Request,
     Response,
+    decode_error,
     json_response,
     parse_json_body,
 )
@@ -115,26 +116,40 @@ class TensorFlowProcessor(Processor):
             result = {"output_0": result}
         return {n: result[n].numpy() for n in outputs}
 
-    def predict(self, request: Request) -> Response:
+    def _decode(self, request: Request) -> tuple[Signature, dict[str, np.ndarray], list[str], str]:
+        """(signature, feeds, outputs, answer form); any decode failure is this request's 4xx."""
+        try:
+            return self._decode_body(request)
+        except Exception as exc:
+            raise decode_error(exc) from None
+
+    def _decode_body(self, request: Request) -> tuple[Signature, dict[str, np.ndarray], list[str], str]:
         if not request.body.strip():
             raise ProcessorError("empty request body: send JSON or a TF PredictRequest")
+        budget = self.decode_limits.budget()
         if is_json_request(request):
             payload = parse_json_body(request.body)
             sig = self._signature(payload.get("signature_name") if isinstance(payload, dict) else None)
             call = decode_json(payload, sig.inputs, sig.outputs)
-            feeds = collect_feeds(sig.inputs, call.raw, from_json, strings_as="bytes")
-            results = self._run(sig, feeds, call.outputs)
-            return json_response(json_outputs(call.form, results, single_unwrapped=True))
+            feeds = collect_feeds(sig.inputs, call.raw, from_json, strings_as="bytes", budget=budget)
+            return sig, feeds, call.outputs, call.form
         proto = tfproto.PredictRequest()
         try:
             proto.ParseFromString(request.body)
         except Exception as exc:
             raise ProcessorError(f"request body is neither JSON nor a serialized TF PredictRequest: {exc}") from None
         sig = self._signature(proto.signature_name)
-        feeds = collect_feeds(sig.inputs, dict(proto.inputs),
-                              lambda spec, p: tfproto.array_from_proto(p, f"input {spec.name!r}"),
-                              strings_as="bytes")
-        results = self._run(sig, feeds, pick_outputs(sig.outputs, list(proto.output_filter)))
+        feeds = collect_feeds(
+            sig.inputs, dict(proto.inputs),
+            lambda spec, p, budget: tfproto.array_from_proto(p, f"input {spec.name!r}", spec=spec, budget=budget),
+            strings_as="bytes", budget=budget)
+        return sig, feeds, pick_outputs(sig.outputs, list(proto.output_filter)), "proto"
+
+    def predict(self, request: Request) -> Response:
+        sig, feeds, outputs, form = self._decode(request)
+        results = self._run(sig, feeds, outputs)
+        if form != "proto":
+            return json_response(json_outputs(form, results, single_unwrapped=True))
         response = tfproto.PredictResponse()
         for name, value in results.items():
             response.outputs[name].CopyFrom(tfproto.array_to_proto(value))

@@ -35,12 +35,15 @@ DT_UINT16: int = ArrayDataType.DT_UINT16
 DT_HALF: int = ArrayDataType.DT_HALF
 
 
-def array_from_proto(proto: Any, name: str = "array") -> np.ndarray:
+def array_from_proto(proto: Any, name: str = "array", *, spec: Any = None, budget: Any = None) -> np.ndarray:
     """ArrayProto -> numpy. Strings come back as an object array of bytes.
 
-    Raises ProcessorError (400) for an unsupported dtype or a shape/value-count mismatch.
+    Raises ProcessorError (400) for an unsupported dtype or a shape/value-count mismatch,
+    or a declared shape the model input `spec` (a `_tensors.TensorSpec`) does not take;
+    LimitError (413) for a shape over the request's `budget` (`base.Budget`), before
+    allocating anything.
     """
-    return _arrayproto.array_from_proto(proto, name)
+    return _arrayproto.array_from_proto(proto, name, spec=spec, budget=budget)
 
 
 def array_to_proto(array: Any) -> Any:

@@ -24,9 +24,10 @@ PredictResponse: Any = _defs[f"{PACKAGE}.PredictResponse"]
 ArrayDataType: Any = _defs[f"{PACKAGE}.ArrayDataType"]
 
 
-def array_from_proto(proto: Any, name: str = "array") -> np.ndarray:
-    """Torch ArrayProto -> numpy (ProcessorError 400 on a bad array)."""
-    return _arrayproto.array_from_proto(proto, name)
+def array_from_proto(proto: Any, name: str = "array", *, spec: Any = None, budget: Any = None) -> np.ndarray:
+    """Torch ArrayProto -> numpy (ProcessorError 400 on a bad array, LimitError 413 over
+    the request's `budget`; `spec` and `budget` as for tfproto.array_from_proto)."""
+    return _arrayproto.array_from_proto(proto, name, spec=spec, budget=budget)
 
 
 def array_to_proto(array: Any) -> Any:

@@ -22,6 +22,7 @@ from eas import spec as specs
 from eas.control.controller import Controller
 from eas.control.store import NotFound, Store
 from eas.protocols.auth import AuthError, check_admin_auth
+from eas.protocols.http import CLOSE, ClientGone, close_unread, read_body
 
 log = logging.getLogger("eas.api")
 
@@ -62,23 +63,27 @@ def iso_time(ts: float) -> str:
 
 
 def endpoint(ctx: ApiContext, fn: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
-    """Wrap a handler: admin auth, the body read on the loop, the handler on a worker
-    thread, a request id, and every error as EAS JSON."""
+    """Wrap a handler: admin auth (before the body is read), the body read on the loop
+    and counted as it arrives (413 past MAX_API_BODY_BYTES, the connection closed), the
+    handler on a worker thread, a request id, and every error as EAS JSON."""
 
     async def handler(request: Request) -> JSONResponse:
         request_id = str(uuid.uuid4()).upper()
         try:
             check_admin_auth(request.headers.get("authorization"), ctx.access_id, ctx.access_key)
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > MAX_API_BODY_BYTES:
-                raise ApiError(413, "RequestTooLarge", f"request body over {MAX_API_BODY_BYTES} bytes")
-            body = await request.body()
-            if len(body) > MAX_API_BODY_BYTES:
-                raise ApiError(413, "RequestTooLarge", f"request body over {MAX_API_BODY_BYTES} bytes")
+            try:
+                body = await read_body(request, MAX_API_BODY_BYTES)
+            except ClientGone:
+                return _error(499, "ClientClosedRequest", "the client closed the connection", request_id)
+            if body is None:  # the rest is never read: the connection closes after the answer
+                response = _error(413, "RequestTooLarge", f"request body over {MAX_API_BODY_BYTES} bytes",
+                                  request_id)
+                response.headers.update(CLOSE)
+                return response
             call = ApiRequest(dict(request.path_params), dict(request.query_params), body)
             return JSONResponse({"RequestId": request_id, **await run_in_threadpool(fn, call)})
         except AuthError as exc:
-            return _error(401, "Unauthorized", str(exc), request_id)
+            return close_unread(request, _error(401, "Unauthorized", str(exc), request_id))
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message, request_id)
         except specs.SpecError as exc:

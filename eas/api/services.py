@@ -18,6 +18,7 @@ from eas.control.backend import Replica
 from eas.control.store import Status
 from eas.control.traffic import add_partner, partner_name
 from eas.protocols.auth import generate_token
+from eas.sources import plain_http_allowed, redact_data, redact_text
 from processors import registry
 
 
@@ -40,6 +41,7 @@ class ServicesApi:
             data = {**data, "name": partner_name(original.name)}
         spec = specs.parse(data)
         _check_processor(spec)
+        _check_sources(spec)
         if (row := self.ctx.store.traffic().get(spec.name)) is not None and row.kind == "group":
             raise ApiError(409, "NameTaken", f"'{spec.name}' is a group name: pick another service name")
         token = spec.token if spec.token and not blue_green else generate_token()
@@ -76,9 +78,11 @@ class ServicesApi:
         rec = self.ctx.store.get(name)
         if patch.get("name", name) != name:
             raise ApiError(400, "InvalidParameter", "name: a service cannot be renamed; create a new one")
+        patch = _unredacted(patch, rec.spec)
         old = specs.parse({**rec.spec, "token": rec.token})
         new = specs.parse(specs.merge({**rec.spec, "token": rec.token}, patch))
         _check_processor(new)
+        _check_sources(new)
         new_version = new.model_version_fields() != old.model_version_fields()
         if new.to_dict() == old.to_dict():
             return {"Message": f"service '{name}' unchanged"}
@@ -177,7 +181,7 @@ class ServicesApi:
             "ServiceId": rec.service_id,
             "Region": self.ctx.region,
             "Status": rec.status,
-            "Message": rec.message,
+            "Message": redact_text(rec.message),
             "AccessToken": rec.token,
             "TotalInstance": total,
             "RunningInstance": running,
@@ -195,7 +199,8 @@ class ServicesApi:
             "IntranetEndpoint": self.ctx.endpoint,
             "InternetEndpoint": self.ctx.endpoint,
             "ServicePath": f"/api/predict/{rec.name}",
-            "ServiceConfig": json.dumps(spec, sort_keys=True),
+            # Credentials inside model URLs are used to fetch, never shown (eas/sources/redact.py).
+            "ServiceConfig": json.dumps(redact_data(spec), sort_keys=True),
         }
 
     def routes(self) -> list[Route]:
@@ -231,6 +236,27 @@ def _stored_spec(spec: specs.ServiceSpec) -> dict[str, Any]:
     data.pop("token", None)
     data.pop("generate_token", None)
     return data
+
+
+def _unredacted(patch: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """A value sent back exactly as `desc` showed it (credentials as ***) means "unchanged":
+    keep the stored one, so `desc` output fed to `modify` does not break the model URL."""
+    out = dict(patch)
+    for key, value in patch.items():
+        stored = current.get(key)
+        if isinstance(value, str) and isinstance(stored, str) and value != stored and value == redact_text(stored):
+            out[key] = stored
+    return out
+
+
+def _check_sources(spec: specs.ServiceSpec) -> None:
+    """Plain http:// sources only when the server opted in (eas/sources/fetch.py)."""
+    for field in ("model_path", "processor_path", "warm_up_data_path"):
+        value = getattr(spec, field)
+        if value and not plain_http_allowed(value):
+            raise specs.SpecError([(field, "plain http:// sources are off on this server (the bytes could be "
+                                    "changed on the way): use https://, or set EAS_ALLOW_HTTP_SOURCES=1 in "
+                                    "eas-server's environment")])
 
 
 def _check_processor(spec: specs.ServiceSpec) -> None:

@@ -16,6 +16,7 @@ from eas.control import store as st
 from eas.control.store import Status
 from eas.control.traffic import release_shares
 from eas.protocols.auth import generate_token
+from eas.sources import redact_data
 
 
 def _weights(raw: Any, field: str) -> list[tuple[str, int]]:
@@ -60,7 +61,8 @@ class TrafficApi:
                            "create one with 'eascmd create <file> -r'")
         row.backends = release_shares(row.backends, partner, weight)
         self.ctx.store.put_traffic(row, partner, f"released into '{row.name}' at weight {weight}")
-        self.ctx.store.put_traffic(st.TrafficRecord(partner, "closed", self.live(partner).token, [(row.name, 100)]),
+        self.live(partner)
+        self.ctx.store.put_traffic(st.TrafficRecord(partner, "closed", "", [(row.name, 100)]),
                           partner, f"own endpoint closed; traffic comes through '{row.name}'")
         self.ctx.controller.wake()
         return {"Message": f"'{partner}' now takes {weight}% of '{row.name}'"}
@@ -68,12 +70,13 @@ class TrafficApi:
     def set_traffic(self, request: ApiRequest) -> dict[str, Any]:
         """A/B inside one endpoint: any services, any weights (BML style)."""
         name = path_name(self.ctx, request)
-        rec = self.live(name)
+        self.live(name)
         body = body_json(request, '{"Backends": [{"Service": ..., "Weight": ...}]}')
         backends = _weights(body.get("Backends"), "Backends")
         for svc, _ in backends:
             self.live(svc)
-        row = self.ctx.store.traffic().get(name) or st.TrafficRecord(name, "service", rec.token, [])
+        # The endpoint keeps answering to `name`'s own token (no copy on the row).
+        row = self.ctx.store.traffic().get(name) or st.TrafficRecord(name, "service", "", [])
         row.backends = backends
         text = ", ".join(f"{s} {w}" for s, w in backends)
         self.ctx.store.put_traffic(row, name, f"traffic of '{name}' set to {text}")
@@ -82,7 +85,7 @@ class TrafficApi:
 
     def set_mirror(self, request: ApiRequest) -> dict[str, Any]:
         name = path_name(self.ctx, request)
-        rec = self.live(name)
+        self.live(name)
         body = body_json(request, '{"Target": <service>, "Percentage": 0..100}')
         target, percent = body.get("Target"), body.get("Percentage", 100)
         if not isinstance(target, str) or target == name:
@@ -90,7 +93,7 @@ class TrafficApi:
         self.live(target)
         if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
             raise ApiError(400, "InvalidParameter", "Percentage: an integer from 0 to 100")
-        row = self.ctx.store.traffic().get(name) or st.TrafficRecord(name, "service", rec.token, [(name, 100)])
+        row = self.ctx.store.traffic().get(name) or st.TrafficRecord(name, "service", "", [(name, 100)])
         row.mirror = (target, percent)
         self.ctx.store.put_traffic(row, name, f"mirroring {percent}% of requests to '{target}'")
         self.ctx.controller.wake()
@@ -110,7 +113,7 @@ class TrafficApi:
         name = path_name(self.ctx, request)
         rec = self.ctx.store.get(name)
         items = [{"Version": v["version"], "Current": v["version"] == rec.version,
-                  "ServiceConfig": v["spec"]} for v in self.ctx.store.versions(name)]
+                  "ServiceConfig": redact_data(v["spec"])} for v in self.ctx.store.versions(name)]
         return {"Versions": items, "CurrentVersion": rec.version}
 
     def switch_version(self, request: ApiRequest) -> dict[str, Any]:
@@ -137,7 +140,7 @@ class TrafficApi:
     def create_group(self, request: ApiRequest) -> dict[str, Any]:
         body = body_json(request, '{"Name": ..., "Members": [{"Service": ..., "Weight": ...}]}')
         name = body.get("Name")
-        if not isinstance(name, str) or not specs.NAME_RE.match(name):
+        if not isinstance(name, str) or not specs.NAME_RE.fullmatch(name):  # the service name rule
             raise ApiError(400, "InvalidParameter", "Name: lower-case letters, digits and '_', starting with a letter")
         if name in self.ctx.store.traffic() or _exists(self.ctx.store, name):
             raise ApiError(409, "NameTaken", f"'{name}' is already a service or group name")

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import secrets as token_source
 import shutil
 import tempfile
 import time
 from typing import Any
 
-from eas.backend.replica import DRAIN_S, KV_NAMESPACE, KV_PREFIX, ServiceReplica
+from eas.backend.replica import DRAIN_S, KV_NAMESPACE, KV_PREFIX, ServiceReplica, secrets_key
 from eas.control.backend import AppState, Replica
 from eas.protocols.wire import INTERNAL_KEY_HEADER
-from eas.sources import objectstore
+from eas.sources import archive, fetch, objectstore
 from processors.requirements import runtime_env as code_runtime_env
 
 log = logging.getLogger("eas.ray")
@@ -43,6 +45,8 @@ RAY_ENV = {
 def start_ray(address: str | None, num_cpus: int | None) -> None:
     """Connect to a cluster, or start a local one kept on loopback with no dashboard."""
     os.environ.update({k: v for k, v in RAY_ENV.items() if k not in os.environ})
+    if not address:
+        local_auth_token()  # before Ray is imported: it reads the mode once
     import ray
     from ray import serve
 
@@ -62,6 +66,22 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(**kwargs)
     # No Serve proxies: our gateway is the ingress and calls the instances' own HTTP servers.
     serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False, "log_level": "WARNING"})
+
+
+def local_auth_token() -> None:
+    """Token auth for the local Ray with a token only this process and its children hold.
+
+    Ray enables token auth for a new local cluster, but keeps the token in
+    ~/.ray/auth_token, a file it creates readable by every local user: anyone on the
+    machine could then connect to this Ray and run code as the server's user. A token
+    of our own in the environment (RAY_AUTH_TOKEN, which Ray reads first and passes to
+    its processes) is readable by the server's user only. An operator's own setting
+    (RAY_AUTH_MODE, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) is left as it is.
+    """
+    if any(os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = token_source.token_hex(32)
 
 
 def remove_local_session(pid: int) -> None:
@@ -100,8 +120,11 @@ class RayBackend:
                code_dir: str | None = None) -> None:
         """Create or update the service's app; returns once Serve has accepted it.
 
-        `secrets` (token, internal key) travel as Serve's user_config: changing them
-        reconfigures running instances instead of replacing them. A `requirements.txt`
+        `secrets` (token, the service's internal key) are put in Ray's internal KV under
+        the service's key, never in the deployment: Serve's config (what `serve status`
+        and the Serve API show) carries only a keyed digest of them as user_config, so a
+        change still reconfigures running instances (Serve calls `reconfigure`, which
+        reads the KV) instead of replacing them. A `requirements.txt`
         in the user's code (`code_dir`, already local) becomes the instances' own pip
         environment (a Ray runtime_env), never the server's.
         """
@@ -116,7 +139,8 @@ class RayBackend:
             # that advertise it (a label; the tiny amount does not limit how many fit).
             actor_options["resources"] = {meta.resource: 0.001}
         # Object-store settings reach instances on every node (local workers inherit them anyway).
-        env = {k: os.environ[k] for k in objectstore.ENV_VARS if os.environ.get(k)}
+        env = {k: os.environ[k] for k in (*objectstore.ENV_VARS, *archive.ENV_VARS, *fetch.ENV_VARS)
+               if os.environ.get(k)}
         runtime_env: dict[str, Any] = {"env_vars": env} if env else {}
         version = spec.code_version()
         pip_env = code_runtime_env(code_dir)
@@ -135,7 +159,7 @@ class RayBackend:
             num_replicas=meta.instance,
             max_ongoing_requests=meta.concurrency,
             ray_actor_options=actor_options,
-            user_config=secrets,
+            user_config=publish_secrets(name, secrets),
             health_check_period_s=5,
             graceful_shutdown_timeout_s=max(5.0, meta.rpc.keepalive / 1000 * 2) + DRAIN_S,
             _internal=True,
@@ -147,6 +171,12 @@ class RayBackend:
 
     def delete(self, name: str) -> None:
         self._serve.delete(name, _blocking=False)
+        from ray.experimental import internal_kv
+
+        try:
+            internal_kv._internal_kv_del(secrets_key(name), namespace=KV_NAMESPACE)
+        except Exception:  # the next deploy overwrites it anyway
+            pass
 
     def observe(self) -> dict[str, AppState]:
         """One call to the Serve controller for the state of every app."""
@@ -280,6 +310,20 @@ def rolling(meta: Any) -> tuple[int, float]:
     surge = int(round(min(1.0, max(0.0, percent(meta.rolling_strategy.max_surge, 1.0))) * 100))
     step = min(1.0, max(1 / n, percent(meta.rolling_strategy.max_unavailable, 1 / n)))
     return surge, step
+
+
+def publish_secrets(name: str, secrets: dict[str, str]) -> dict[str, str]:
+    """Put a service's secrets in Ray's internal KV; return what Serve may show instead.
+
+    The digest is keyed by the service's internal key, so it tells nothing about the
+    token (not even for a short one chosen by hand) yet changes whenever a secret does.
+    """
+    from ray.experimental import internal_kv
+
+    blob = json.dumps(secrets, sort_keys=True).encode()
+    internal_kv._internal_kv_put(secrets_key(name), blob, overwrite=True, namespace=KV_NAMESPACE)
+    digest = hmac.new(secrets["internal_key"].encode(), blob, hashlib.sha256).hexdigest()[:16]
+    return {"service": name, "secrets_digest": digest}
 
 
 def published_endpoints() -> dict[tuple[str, str], tuple[str, int]]:

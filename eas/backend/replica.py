@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from eas import sources
 from eas.instance.core import Credentials, InstanceApp
 from eas.instance.http import InstanceServer
 from eas.instance.runtime import ServiceRuntime
@@ -19,9 +20,16 @@ from eas.instance.runtime import ServiceRuntime
 #: Ray internal-KV namespace and key prefix where instances publish their HTTP endpoint.
 KV_NAMESPACE = "eas"
 KV_PREFIX = b"endpoint/"
+#: Where a service's secrets (token, its internal key) wait for its replicas in the same
+#: KV; Serve's user_config carries only their digest (eas/backend/ray_serve.py).
+SECRETS_PREFIX = b"secrets/"
 #: Seconds a stopping instance keeps serving after unpublishing, so gateways (which
 #: refresh their routes every second) stop sending to it before it closes.
 DRAIN_S = 2.0
+
+
+def secrets_key(service: str) -> bytes:
+    return SECRETS_PREFIX + service.encode()
 
 
 class ServiceReplica:
@@ -31,9 +39,12 @@ class ServiceReplica:
         import ray
         from ray import serve
 
+        # model_sha256: this node's copy of the model is checked before it is loaded.
+        sources.resolve(spec.get("model_path"), f"{cache_dir}/models", spec.get("oss_endpoint"),
+                        sha256=spec.get("model_sha256"))
         self.runtime = ServiceRuntime(spec, cache_dir)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self.creds = Credentials(token="", internal_key="")
+        self.creds = Credentials()  # none yet: the instance answers 503 until reconfigure sets them
         app = InstanceApp(self.runtime, f"{self.runtime.spec.name}-{self.replica_id}", self.creds)
         app.on_drain = self._unpublish
         self.server = InstanceServer(app, ray.util.get_node_ip_address())
@@ -41,10 +52,23 @@ class ServiceReplica:
         self._key = KV_PREFIX + f"{self.runtime.spec.name}/{self.replica_id}".encode()
         self._closed = False
 
-    def reconfigure(self, secrets: dict[str, str]) -> None:
-        """Serve calls this with user_config at start and on every secrets change."""
+    def reconfigure(self, config: dict[str, str]) -> None:
+        """Serve calls this with user_config at start and on every secrets change.
+
+        user_config holds only a digest; the secrets themselves are read from Ray's
+        internal KV under this service's key (never shown by Serve's config or API).
+        """
+        import json
+
         from ray.experimental import internal_kv
 
+        blob = internal_kv._internal_kv_get(secrets_key(self.runtime.spec.name), namespace=KV_NAMESPACE)
+        if not blob:
+            raise RuntimeError(f"no credentials for service {self.runtime.spec.name} in Ray's KV")
+        secrets = json.loads(blob)
+        if not secrets.get("token") or not secrets.get("internal_key"):
+            # Never serve with an empty secret: an empty internal key would match an empty header.
+            raise RuntimeError(f"empty token or internal key for service {self.runtime.spec.name}")
         self.creds.token = secrets["token"]
         self.creds.internal_key = secrets["internal_key"]
         # Published only once credentials are set, so no request arrives before them.

@@ -37,11 +37,14 @@ def write(path: str | os.PathLike[str], cfg: ClientConfig) -> None:
         "region": cfg.region,
     }
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.exists():
+        target.parent.mkdir(parents=True, mode=0o700)  # e.g. ~/.eascmd: the owner's only
     tmp = target.with_suffix(".tmp")
-    # The key is a secret: create the file readable by its owner only.
+    # The key is a secret: the file is readable by its owner only, even when a leftover
+    # temp file (or an old config) was created with a wider mode.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
         parser.write(fh)
     os.replace(tmp, target)
 

@@ -225,7 +225,9 @@ class PredictClient:
         sub = sub_path.strip()
         if sub and not sub.startswith("/"):
             sub = "/" + sub
-        return f"/api/predict/{self.service_name}{sub}"
+        # Percent-encoded here, so the path signed is the path sent (the server checks the
+        # signature against the path as it arrives, still encoded).
+        return quote(f"/api/predict/{self.service_name}{sub}", safe="/:@!$&'()*+,;=%~")
 
     def _headers(self, path: str, body: bytes, content_type: str) -> dict[str, str]:
         if self.token is None:

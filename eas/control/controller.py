@@ -16,21 +16,33 @@ what Ray runs, and write nothing.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import processors
 from eas import sources, spec as specs
 from eas.control import routing
 from eas.control.backend import AppState, Backend
+from eas.control.keys import service_key
 from eas.control.leader import LeaderLease
 from eas.control.autoscale import Scaler
 from eas.control.scaling import Scaling, Scraper
-from eas.control.store import DELETED, RUNNING, STOPPED, ServiceRecord, Status, Store
+from eas.control.store import DELETED, RUNNING, STOPPED, Fence, Fenced, ServiceRecord, Status, Store
 from eas.gateway.metrics import InstanceStats, ServiceCounts
 from eas.gateway.route_table import RouteTable
+from eas.ratelog import BurstLog
 
 log = logging.getLogger("eas.controller")
+#: Tracebacks of failures that repeat every pass: the first in full, then counted (eas/ratelog.py).
+failures = BurstLog(log)
+
+#: How often the model cache is garbage-collected, and how long an entry no current
+#: service version uses is kept after its last use (env EAS_CACHE_GC_INTERVAL_S, EAS_CACHE_MAX_AGE_S).
+CACHE_GC_INTERVAL_S = float(os.environ.get("EAS_CACHE_GC_INTERVAL_S", "600"))
+CACHE_MAX_AGE_S = float(os.environ.get("EAS_CACHE_MAX_AGE_S", str(24 * 3600)))
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,8 @@ class ServiceView:
 
 class Controller:
     def __init__(self, store: Store, backend: Backend, routes: RouteTable, cache_dir: str,
-                 internal_key: str, interval_s: float = 1.0, leader: LeaderLease | None = None) -> None:
+                 internal_key: str, interval_s: float = 1.0, leader: LeaderLease | None = None,
+                 cache_gc_interval_s: float = CACHE_GC_INTERVAL_S, cache_max_age_s: float = CACHE_MAX_AGE_S) -> None:
         self.store = store
         self.leader = leader
         """None to always act (one server, tests)."""
@@ -61,7 +74,14 @@ class Controller:
         self.routes = routes
         self.cache_dir = cache_dir
         self.internal_key = internal_key
+        """The master key: each service's instances get only `service_key(master, name)`."""
         self.interval_s = interval_s
+        self.cache_gc_interval_s = cache_gc_interval_s
+        self.cache_max_age_s = cache_max_age_s
+        self._next_gc = time.monotonic() + min(60.0, cache_gc_interval_s)
+        self._gc: Future[list[str]] | None = None
+        self._demanded: set[str] = set()
+        """Services a request found asleep on this server's gateway, not yet in the store."""
         self._applied: dict[str, AppliedVersion] = {}
         self._failed: dict[str, AppliedVersion] = {}
         self._fail_reasons: dict[str, str] = {}
@@ -110,16 +130,23 @@ class Controller:
         self.wake()
 
     def demand(self, name: str) -> None:
-        """A request arrived for a service with no instance (the gateway calls this)."""
+        """A request arrived for a service with no instance (the gateway calls this, on its
+        event loop: no store call here). The next pass records it in the store, so the
+        leader wakes the service whichever server's gateway the request reached."""
         self.scaling.demand(name)
+        self._demanded.add(name)
         self.wake()
+
+    def service_key(self, name: str) -> str:
+        """The internal key of one service's instances (what its route presents)."""
+        return service_key(self.internal_key, name)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self.reconcile()
             except Exception:
-                log.exception("reconcile pass failed; retrying")
+                failures.exception("reconcile", "reconcile pass failed; retrying")
             self._wake.wait(self.interval_s)
             self._wake.clear()
 
@@ -143,7 +170,7 @@ class Controller:
 
     def restart_instances(self, name: str, replica_ids: list[str]) -> list[str]:
         """Drain and restart instances (blocks while they drain); returns the ids not found."""
-        missing = self.backend.restart_instances(name, replica_ids, self.internal_key)
+        missing = self.backend.restart_instances(name, replica_ids, self.service_key(name))
         self.wake()
         return missing
 
@@ -151,6 +178,10 @@ class Controller:
 
     def reconcile(self) -> None:
         self._elect()
+        try:
+            self._exchange_demand()
+        except Fenced as exc:
+            self._deposed(exc)
         observed = self.backend.observe()
         self.last_observed = observed
         records = self.store.list()
@@ -159,23 +190,114 @@ class Controller:
                 try:
                     self._follow_one(rec, observed.get(rec.name))
                 except Exception:
-                    log.exception("following %s failed", rec.name)
+                    failures.exception(f"follow:{rec.name}", "following %s failed", rec.name)
                 continue
             try:
                 self._reconcile_one(rec, observed.get(rec.name))
+            except Fenced as exc:
+                self._deposed(exc)
             except Exception as exc:
-                log.exception("reconciling %s failed", rec.name)
-                self.store.set_status(rec.name, Status.FAILED, f"internal error: {exc}")
+                failures.exception(f"reconcile:{rec.name}", "reconciling %s failed", rec.name)
+                try:
+                    self._write(self.store.set_status, rec.name, Status.FAILED, f"internal error: {exc}")
+                except Fenced as fenced:
+                    self._deposed(fenced)
         known = {r.name for r in records}
         for name in list(self.routes.names()):
             if name not in known:
                 self.routes.drop(name)
         entries, orphans = routing.entries(records, self.store.traffic().values())
         if self.leading:
-            for name in orphans:
-                self.store.delete_traffic(name, name, "removed: no service left behind it")
+            try:
+                for name in orphans:
+                    self._write(self.store.delete_traffic, name, name, "removed: no service left behind it")
+            except Fenced as exc:
+                self._deposed(exc)
         self.routes.set_entries(entries)
         self.counts = _counts(records, observed)
+        self._collect_cache_garbage(records)
+
+    # -- leadership: who acts, and writes fenced by the lease term ------------------------
+
+    @property
+    def _fence(self) -> Fence | None:
+        """What the store checks before a controller write: this server's lease and term."""
+        if self.leader is None:
+            return None
+        return Fence(self.leader.name, self.leader.holder, self.leader.term)
+
+    def _write(self, method, *args: object) -> object:  # noqa: ANN001
+        """A store write of the controller's, fenced by the lease term when there is a leader."""
+        fence = self._fence
+        return method(*args) if fence is None else method(*args, fence=fence)
+
+    def _acting(self, in_pass: bool = True) -> bool:
+        """Whether this server may act on the backend now: it leads, its lease still covers
+        now on its own clock, and the store confirms its term is current (a leader paused
+        past its lease, or whose clock is wrong, stops before it acts again). In a pass, a
+        refusal makes this server follow at once; a deploy task only gives up."""
+        if self.leader is None:
+            return True
+        if not (self.leading and self.leader.leading):
+            return False
+        fence = self._fence
+        assert fence is not None
+        try:
+            self.store.check_fence(fence)
+        except Fenced as exc:
+            if in_pass:
+                self._deposed(exc)
+            return False
+        return True
+
+    def _deposed(self, exc: Fenced) -> None:
+        """The store refused a write: another server holds the lease now. Follow at once."""
+        if self.leader is not None:
+            log.warning("%s; following from now on", exc)
+            self.leader.step_down()
+        with self._lock:
+            self._applied.clear()
+            self._failed.clear()
+            self._fail_reasons.clear()
+        self._deleting.clear()
+        self.leading = False
+
+    def _exchange_demand(self) -> None:
+        """Demand travels through the store: a follower writes what its gateway saw, the
+        leader takes what any server wrote (and what its own gateway saw) and wakes those."""
+        if self.leader is None:
+            self._demanded.clear()  # one server: the gateway already told scaling directly
+            return
+        seen, self._demanded = self._demanded, set()
+        if not self.leading:
+            try:
+                self.store.record_demand(sorted(seen))
+            except Exception:
+                self._demanded |= seen  # the store is away: keep it for the next pass
+                raise
+            return
+        for name in self._write(self.store.consume_demand):  # type: ignore[union-attr]
+            self.scaling.demand(name)
+
+    def _collect_cache_garbage(self, records: list[ServiceRecord]) -> None:
+        """Now and then, on the deploy pool: remove model cache entries that no current
+        service version uses and that were last used longer ago than the bound."""
+        if time.monotonic() < self._next_gc or (self._gc is not None and not self._gc.done()):
+            return
+        self._next_gc = time.monotonic() + self.cache_gc_interval_s
+        keep = [path for rec in records for path in (rec.spec.get("model_path"), rec.spec.get("processor_path"),
+                                                     rec.spec.get("warm_up_data_path")) if path]
+
+        def collect() -> list[str]:
+            removed = sources.collect_garbage(self.cache_dir, keep, self.cache_max_age_s)
+            if removed:
+                log.info("model cache: removed %d unused entries", len(removed))
+            return [str(p) for p in removed]
+
+        try:
+            self._gc = self._pool.submit(collect)
+        except RuntimeError:  # stopping
+            pass
 
     def _elect(self) -> None:
         """Renew or take the lease; on a change of role start from the store afresh.
@@ -204,12 +326,15 @@ class Controller:
         self.routes.set(self._route(rec, spec, app, reason))
 
     def _route(self, rec: ServiceRecord, spec: specs.ServiceSpec, app: AppState | None, reason: str):  # noqa: ANN202
-        return routing.service_route(rec, spec, app, reason, asleep=rec.name in self.scaling.sleeping)
+        # A follower runs no scaling of its own: the store says whether the service sleeps,
+        # so its gateway too holds the request and asks for a wake (demand, via the store).
+        asleep = rec.name in self.scaling.sleeping or (not self.leading and rec.status == Status.SLEEPING)
+        return routing.service_route(rec, spec, app, reason, asleep=asleep, internal_key=self.service_key(rec.name))
 
     def _scaled_spec(self, rec: ServiceRecord, app: AppState | None) -> specs.ServiceSpec:
         spec, event = self.scaling.scaled_spec(rec.name, specs.ServiceSpec.model_validate(rec.spec), app)
         if event is not None:
-            self.store.add_event(rec.name, "Scaled", event)
+            self._write(self.store.add_event, rec.name, "Scaled", event)
         return spec
 
     def _reconcile_one(self, rec: ServiceRecord, app: AppState | None) -> None:
@@ -217,14 +342,14 @@ class Controller:
         if rec.desired == DELETED:
             self._take_down(rec, app, Status.DELETING)
             if app is None:
-                self.store.remove(name)
+                self._write(self.store.remove, name)
                 self.routes.drop(name)
                 self._forget(name)
             return
         if rec.desired == STOPPED:
             self._take_down(rec, app, Status.STOPPING)
             if app is None:
-                self.store.set_status(name, Status.STOPPED, "")
+                self._write(self.store.set_status, name, Status.STOPPED, "")
                 self._forget(name)
             return
         spec = self._scaled_spec(rec, app)
@@ -242,7 +367,7 @@ class Controller:
             # Written by the pass, not the deploy task: a pass that began before the task
             # failed would overwrite it (with Creating) and no later pass would fix it.
             if rec.status != Status.FAILED or rec.message != reason:
-                self.store.set_status(name, Status.FAILED, reason)
+                self._write(self.store.set_status, name, Status.FAILED, reason)
             self.routes.set(self._route(rec, spec, app, "service failed: " + reason))
             return
         if applied != want and not preparing:
@@ -256,7 +381,7 @@ class Controller:
         again from the store like any first deploy.
         """
         name = rec.name
-        if app is not None and name not in self._deleting:
+        if app is not None and name not in self._deleting and self._acting():
             self.backend.delete(name)
             self._deleting.add(name)
         elif app is None:
@@ -265,18 +390,18 @@ class Controller:
             self._applied.pop(name, None)
         asleep = name in self.scaling.sleeping
         if app is None:  # "Sleeping" only once every instance is gone
-            self.store.set_status(name, Status.SLEEPING if asleep else Status.RUNNING,
-                                  "" if asleep else "0 instances requested")
+            self._write(self.store.set_status, name, Status.SLEEPING if asleep else Status.RUNNING,
+                        "" if asleep else "0 instances requested")
         reason = "service is waking up" if asleep else "service has 0 instances (set metadata.instance)"
         self.routes.set(self._route(rec, spec, None, reason))
 
     def _take_down(self, rec: ServiceRecord, app: AppState | None, status: Status) -> None:
         self.routes.set(routing.closed_route(rec))
         if app is not None:
-            if rec.name not in self._deleting:
+            if rec.name not in self._deleting and self._acting():
                 self.backend.delete(rec.name)
                 self._deleting.add(rec.name)
-            self.store.set_status(rec.name, status, "")
+            self._write(self.store.set_status, rec.name, status, "")
 
     def _forget(self, name: str) -> None:
         self._deleting.discard(name)
@@ -292,17 +417,22 @@ class Controller:
             try:
                 # Fetch here first: a bad path or archive fails in a second, with a clear
                 # reason, instead of after several instance start attempts.
-                sources.resolve(spec.model_path, f"{self.cache_dir}/models", spec.oss_endpoint)
+                sources.resolve(spec.model_path, f"{self.cache_dir}/models", spec.oss_endpoint,
+                                sha256=spec.model_sha256)
                 code_dir = sources.resolve(spec.processor_path, f"{self.cache_dir}/code", spec.oss_endpoint)
+                # A framework that is not installed fails now with its pip command (a ValueError).
+                processors.check_framework(spec.processor, spec.processor_type, code_dir=code_dir)
+                if not self._acting(in_pass=False):  # deposed while fetching: the new leader deploys
+                    return
                 self.backend.deploy(rec.name, spec, self.cache_dir,
-                                    {"token": rec.token, "internal_key": self.internal_key}, code_dir)
+                                    {"token": rec.token, "internal_key": self.service_key(rec.name)}, code_dir)
             except Exception as exc:
                 known = (sources.ModelSourceError, ValueError)  # ValueError: bad requirements.txt
                 reason = str(exc) if isinstance(exc, known) else f"deploy failed: {exc}"
                 with self._lock:
                     self._failed[rec.name] = want
                     self._fail_reasons[rec.name] = reason
-                log.warning("service %s failed: %s", rec.name, reason)
+                log.warning("service %s failed: %s", rec.name, sources.redact_text(reason))
             else:
                 with self._lock:
                     self._applied[rec.name] = want
@@ -314,13 +444,14 @@ class Controller:
         with self._lock:
             self._preparing[rec.name] = self._pool.submit(task)
         if rec.status in (Status.FAILED, Status.STOPPED):
-            self.store.set_status(rec.name, Status.CREATING if rec.status == Status.STOPPED else Status.UPDATING, "")
+            status = Status.CREATING if rec.status == Status.STOPPED else Status.UPDATING
+            self._write(self.store.set_status, rec.name, status, "")
 
     def _observe(self, rec: ServiceRecord, spec: specs.ServiceSpec, app: AppState | None, changing: bool) -> None:
         name = rec.name
         if app is None:
             status = Status.CREATING if name not in self._ever_running else Status.UPDATING
-            self.store.set_status(name, status, "")
+            self._write(self.store.set_status, name, status, "")
             self.routes.set(self._route(rec, spec, None, "service is deploying"))
             return
         if app.status == "DEPLOY_FAILED" and not changing:
@@ -328,17 +459,17 @@ class Controller:
             with self._lock:
                 self._failed[name] = AppliedVersion(spec.code_version(), spec.metadata.instance, rec.token)
                 self._fail_reasons[name] = reason
-            self.store.set_status(name, Status.FAILED, reason)
+            self._write(self.store.set_status, name, Status.FAILED, reason)
             self.routes.set(self._route(rec, spec, app, "service failed: " + reason))
             return
         if name in self.scaling.sleeping and not changing and app.running == 0:
-            self.store.set_status(name, Status.SLEEPING, "")
+            self._write(self.store.set_status, name, Status.SLEEPING, "")
         elif app.status == "RUNNING" and not changing and app.running >= spec.metadata.instance:
             self._ever_running.add(name)
-            self.store.set_status(name, Status.RUNNING, "")
+            self._write(self.store.set_status, name, Status.RUNNING, "")
         else:
             running_before = name in self._ever_running or rec.status == Status.RUNNING
-            self.store.set_status(name, Status.UPDATING if running_before else Status.WAITING, "")
+            self._write(self.store.set_status, name, Status.UPDATING if running_before else Status.WAITING, "")
         self.routes.set(self._route(rec, spec, app, "no instance is ready yet"))
 
 

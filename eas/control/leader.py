@@ -80,6 +80,14 @@ class LeaderLease:
             self._was_leading = leading
         return leading
 
+    def step_down(self) -> None:
+        """Stop leading at once (the store refused a write fenced by our term: another
+        server took the lease); the next `check` may take it again if it is free."""
+        self._valid_until = float("-inf")
+        if self._was_leading:
+            log.warning("following: %s was deposed from lease '%s' (term %d)", self.holder, self.name, self.term)
+        self._was_leading = False
+
     def release(self) -> None:
         """Give the lease up (clean shutdown) so a follower takes over without waiting."""
         if not self._was_leading:
@@ -99,11 +107,15 @@ def server_identity(data_dir: Path) -> str:
     try:
         ident = path.read_text().strip()
         if ident:
+            os.chmod(path, 0o600)  # one written 0644 by an older server
             return ident
     except OSError:
         pass
     ident = f"{socket.gethostname()}-{secrets.token_hex(4)}"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(ident + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private, like the rest of the data dir
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(ident + "\n")
     os.replace(tmp, path)
     return ident

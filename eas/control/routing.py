@@ -20,8 +20,12 @@ WAKE_FROM_ZERO_S = 60.0
 
 
 def service_route(rec: ServiceRecord, spec: ServiceSpec, app: AppState | None, reason: str,
-                  asleep: bool = False) -> Route:
-    """A route serves when at least one instance runs, whatever the app's status."""
+                  asleep: bool = False, internal_key: str = "") -> Route:
+    """A route serves when at least one instance runs, whatever the app's status.
+
+    `internal_key` is the service's own (eas/control/keys.py): the gateway presents it to
+    this service's instances, which accept no other.
+    """
     endpoints = tuple(
         Endpoint(f"{rec.name}-{r.replica_id}", *r.endpoint)
         for r in (app.replicas if app is not None else [])
@@ -38,7 +42,7 @@ def service_route(rec: ServiceRecord, spec: ServiceSpec, app: AppState | None, r
     elif asleep:
         hold = max(hold, WAKE_FROM_ZERO_S)
     return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit, hold,
-                 wake_on_demand=asleep, max_held=max_held)
+                 wake_on_demand=asleep, max_held=max_held, internal_key=internal_key)
 
 
 def closed_route(rec: ServiceRecord) -> Route:
@@ -52,9 +56,14 @@ def entries(records: Iterable[ServiceRecord], traffic: Iterable[TrafficRecord]) 
 
     Also returns the traffic rows none of whose services exists any more (in any
     state): the controller removes them.
+
+    Tokens come from one place: a service's endpoint (its own, shared with partners or
+    mirrored, or closed after a release) answers to the service's current token; only
+    a group, or a shared endpoint whose service was deleted, has a token of its own.
     """
     records = list(records)
     known = {r.name for r in records}
+    tokens = {r.name: r.token for r in records}
     live = {r.name: r for r in records if r.desired != DELETED}
     out = {name: Entry(name, r.token, ((name, 100),)) for name, r in live.items()}
     orphans = []
@@ -64,12 +73,13 @@ def entries(records: Iterable[ServiceRecord], traffic: Iterable[TrafficRecord]) 
             if not any(svc in known for svc, _ in t.backends):
                 orphans.append(t.name)
             continue
+        token = t.token if t.kind == "group" else tokens.get(t.name, t.token)
         if t.kind == "closed":
             if t.name in out:
                 target = backends[0][0]
-                out[t.name] = Entry(t.name, t.token, (), closed=(
+                out[t.name] = Entry(t.name, token, (), closed=(
                     f"'{t.name}' was released into '{target}': call /api/predict/{target}"))
             continue
         mirror = t.mirror if t.mirror and t.mirror[0] in live else None
-        out[t.name] = Entry(t.name, t.token, backends, mirror)
+        out[t.name] = Entry(t.name, token, backends, mirror)
     return out, orphans

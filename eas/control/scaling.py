@@ -22,9 +22,11 @@ from eas.control.autoscale import Load, LoadTracker, Scaler
 from eas.control.backend import AppState
 from eas.gateway.metrics import InstanceStats
 from eas.gateway.route_table import Endpoint, RouteTable
+from eas.ratelog import BurstLog
 from eas.spec import ServiceSpec
 
 log = logging.getLogger("eas.scaling")
+failures = BurstLog(log)
 
 #: Instances read at once; each read waits at most SCRAPE_TIMEOUT_S.
 SCRAPE_CONCURRENCY = 8
@@ -132,7 +134,7 @@ class Scraper:
             try:
                 self.scrape()
             except Exception:
-                log.exception("reading instance stats failed; retrying")
+                failures.exception("scrape", "reading instance stats failed; retrying")
 
     def _get(self, endpoint: Endpoint) -> dict | None:
         try:

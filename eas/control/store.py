@@ -11,6 +11,7 @@ Every write is one transaction, so a `kill -9` at any moment leaves a consistent
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -20,6 +21,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from eas.sources.redact import redact_text
+
+#: Events kept per service (older ones are pruned as new ones are written); env EAS_EVENTS_PER_SERVICE.
+MAX_EVENTS_PER_SERVICE = int(os.environ.get("EAS_EVENTS_PER_SERVICE", "1000"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS services (
@@ -66,6 +72,10 @@ CREATE TABLE IF NOT EXISTS leases (
     holder      TEXT NOT NULL,
     term        INTEGER NOT NULL,
     expires_at  DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS demand (
+    service     TEXT PRIMARY KEY,
+    at          DOUBLE PRECISION NOT NULL
 );
 """
 
@@ -133,17 +143,36 @@ class AlreadyExists(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class Fence:
+    """The lease term a controller acts under: its writes pass only while it is current."""
+
+    lease: str
+    holder: str
+    term: int
+
+
+class Fenced(RuntimeError):
+    """A fenced write refused: the writer's lease term is no longer current (a deposed leader)."""
+
+
 class Store:
     """Thread-safe access to the state database (one connection, serialised writes).
 
     `target` is a SQLite file path or a `postgresql://user:pass@host:port/db` URL.
     """
 
-    def __init__(self, target: str | Path) -> None:
+    def __init__(self, target: str | Path, max_events: int = MAX_EVENTS_PER_SERVICE) -> None:
         self.path = str(target)
+        self.max_events = max(1, max_events)
+        """Events kept per service; older ones are pruned at each new one."""
         self._lock = threading.RLock()
         self._dialect: _Dialect = _Postgres(self.path) if is_postgres_url(self.path) else _Sqlite(self.path)
         self._db = _Conn(self._dialect)
+        with self._tx() as db:
+            # Stores from before tokens lived in one place kept a copy per traffic row.
+            db.execute("UPDATE traffic SET token = '' WHERE kind <> 'group' AND token <> ''"
+                       " AND name IN (SELECT name FROM services)")
 
     @property
     def kind(self) -> str:
@@ -156,8 +185,8 @@ class Store:
 
     # -- transactions -------------------------------------------------------------
 
-    def _tx(self) -> "_Tx":
-        return _Tx(self)
+    def _tx(self, fence: Fence | None = None) -> "_Tx":
+        return _Tx(self, fence)
 
     # -- services -----------------------------------------------------------------
 
@@ -240,9 +269,10 @@ class Store:
                 raise NotFound(name)
             self._event(db, name, desired, event)
 
-    def set_status(self, name: str, status: str, message: str = "") -> bool:
+    def set_status(self, name: str, status: str, message: str = "", fence: Fence | None = None) -> bool:
         """Record what the controller observed; returns True when it changed."""
-        with self._tx() as db:
+        message = redact_text(message)
+        with self._tx(fence) as db:
             row = db.execute("SELECT status, message FROM services WHERE name = ?" + db.for_update,
                              (name,)).fetchone()
             if row is None or (row["status"] == status and row["message"] == message):
@@ -255,11 +285,23 @@ class Store:
                 self._event(db, name, "Status", text)
             return True
 
-    def remove(self, name: str) -> None:
-        with self._tx() as db:
+    def remove(self, name: str, fence: Fence | None = None) -> None:
+        """Forget a deleted service: its row, versions, events and pending demand.
+
+        A shared endpoint named after it that still sends traffic to partners keeps
+        answering: the token moves into that traffic row (the one place it lives now).
+        """
+        with self._tx(fence) as db:
+            row = db.execute("SELECT token FROM services WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                db.execute("UPDATE traffic SET token = ? WHERE name = ? AND kind = 'service'", (row["token"], name))
             db.execute("DELETE FROM services WHERE name = ?", (name,))
             db.execute("DELETE FROM versions WHERE service = ?", (name,))
-            self._event(db, name, "Deleted", "service deleted")
+            db.execute("DELETE FROM demand WHERE service = ?", (name,))
+            if db.execute("SELECT 1 FROM traffic WHERE name = ?", (name,)).fetchone() is None:
+                db.execute("DELETE FROM events WHERE service = ?", (name,))
+            else:  # the endpoint lives on: its history stays with it
+                self._event(db, name, "Deleted", "service deleted; its endpoint stays for its partners")
 
     def version_spec(self, name: str, version: int) -> dict[str, Any]:
         with self._lock:
@@ -293,11 +335,14 @@ class Store:
 
     def put_traffic(self, rec: TrafficRecord, event_service: str, event: str) -> None:
         with self._tx() as db:
+            owned = rec.kind != "group" and db.execute(
+                "SELECT 1 FROM services WHERE name = ?", (rec.name,)).fetchone() is not None
+            token = "" if owned else rec.token  # a service's endpoint: its token is the service's
             db.execute(
                 "INSERT INTO traffic (name, kind, token, backends, mirror, created_at) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, token = excluded.token, "
                 "backends = excluded.backends, mirror = excluded.mirror",
-                (rec.name, rec.kind, rec.token, json.dumps(rec.backends),
+                (rec.name, rec.kind, token, json.dumps(rec.backends),
                  json.dumps(rec.mirror) if rec.mirror else "", rec.created_at),
             )
             self._event(db, event_service, "Traffic", event)
@@ -327,9 +372,11 @@ class Store:
         total = sum(w for _, w in row.backends) or 1
         return round(100 * dict(row.backends).get(service, 0) / total)
 
-    def delete_traffic(self, name: str, event_service: str, event: str) -> None:
-        with self._tx() as db:
+    def delete_traffic(self, name: str, event_service: str, event: str, fence: Fence | None = None) -> None:
+        with self._tx(fence) as db:
             db.execute("DELETE FROM traffic WHERE name = ?", (name,))
+            if db.execute("SELECT 1 FROM services WHERE name = ?", (name,)).fetchone() is None:
+                db.execute("DELETE FROM events WHERE service = ?", (name,))  # a group or orphan: gone for good
             self._event(db, event_service, "Traffic", event)
 
     def latest_version(self, name: str) -> int:
@@ -341,8 +388,8 @@ class Store:
 
     # -- events -------------------------------------------------------------------
 
-    def add_event(self, service: str, type_: str, message: str) -> None:
-        with self._tx() as db:
+    def add_event(self, service: str, type_: str, message: str, fence: Fence | None = None) -> None:
+        with self._tx(fence) as db:
             self._event(db, service, type_, message)
 
     def events(self, service: str, limit: int = 200) -> list[dict[str, Any]]:
@@ -353,12 +400,37 @@ class Store:
             ).fetchall()
         return [dict(r) for r in reversed(rows)]
 
-    @staticmethod
-    def _event(db: "_Conn", service: str, type_: str, message: str) -> None:
-        db.execute(
-            "INSERT INTO events (service, at, type, message) VALUES (?, ?, ?, ?)",
-            (service, time.time(), type_, message),
-        )
+    def _event(self, db: "_Conn", service: str, type_: str, message: str) -> None:
+        """Record an event of a service or endpoint that exists (none outlive what they are
+        about), with credentials in URLs redacted; keep the last `max_events` of it."""
+        inserted = db.execute(
+            "INSERT INTO events (service, at, type, message) SELECT ?, ?, ?, ?"
+            " WHERE EXISTS (SELECT 1 FROM services WHERE name = ?) OR EXISTS (SELECT 1 FROM traffic WHERE name = ?)",
+            (service, time.time(), type_, redact_text(message), service, service),
+        ).rowcount
+        if inserted:
+            db.execute(
+                "DELETE FROM events WHERE service = ? AND id <= (SELECT id FROM events WHERE service = ?"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (service, service, self.max_events),
+            )
+
+    # -- demand: a request found a sleeping service (any server's gateway) -------------
+
+    def record_demand(self, names: list[str]) -> None:
+        """Note that requests wait for these services; the leader wakes them (consume_demand)."""
+        if not names:
+            return
+        with self._tx() as db:
+            for name in names:
+                db.execute(f"INSERT INTO demand (service, at) VALUES (?, {self._dialect.now_sql}) "
+                           "ON CONFLICT (service) DO UPDATE SET at = excluded.at", (name,))
+
+    def consume_demand(self, fence: Fence | None = None) -> list[str]:
+        """The services with recorded demand, removed as they are read (the leader's pass)."""
+        with self._tx(fence) as db:
+            rows = db.execute("DELETE FROM demand RETURNING service").fetchall()
+        return sorted(r["service"] for r in rows)
 
     # -- settings -----------------------------------------------------------------
 
@@ -413,6 +485,12 @@ class Store:
             db.execute(f"UPDATE leases SET expires_at = {self._dialect.now_sql} - 1 WHERE name = ? AND holder = ?",
                        (name, holder))
 
+    def check_fence(self, fence: Fence) -> None:
+        """Raise Fenced unless `fence` is still the current term of its lease (what a
+        controller asks before it acts on the backend)."""
+        with self._tx(fence):
+            pass
+
     def lease(self, name: str) -> dict[str, Any] | None:
         """The lease row with `remaining_s` (negative once expired), for status and tests."""
         with self._lock:
@@ -427,8 +505,9 @@ class Store:
 class _Tx:
     """`with store._tx() as db:` runs the block as one transaction under the store lock."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, fence: Fence | None = None) -> None:
         self.store = store
+        self.fence = fence
 
     def __enter__(self) -> "_Conn":
         self.store._lock.acquire()
@@ -437,7 +516,27 @@ class _Tx:
         except BaseException:
             self.store._lock.release()
             raise
+        if self.fence is not None:
+            try:
+                self._check_fence(self.fence)
+            except BaseException:
+                self.__exit__(Fenced, None, None)
+                raise
         return self.store._db
+
+    def _check_fence(self, fence: Fence) -> None:
+        """Inside the write transaction: the lease row must still name this holder and term
+        and be unexpired on the database's clock (the row is locked on PostgreSQL; SQLite's
+        write lock is already held), so no takeover can commit between check and write."""
+        db = self.store._db
+        row = db.execute(
+            f"SELECT holder, term, expires_at - {self.store._dialect.now_sql} AS remaining_s FROM leases"
+            " WHERE name = ?" + db.for_update, (fence.lease,)).fetchone()
+        if row is None or row["holder"] != fence.holder or int(row["term"]) != fence.term \
+                or float(row["remaining_s"]) <= 0:
+            now = "none" if row is None else f"{row['holder']} term {row['term']}"
+            raise Fenced(f"write refused: {fence.holder} acts under term {fence.term} of lease "
+                         f"'{fence.lease}', which is no longer current (now: {now})")
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
@@ -477,6 +576,27 @@ class _Dialect:
         return False
 
 
+def private_files(path: str) -> None:
+    """The SQLite file and its -wal/-shm readable by the server's user only (0600).
+
+    The database holds every token and the master key. SQLite creates its -wal and -shm
+    files with the database file's mode, so creating that one 0600 covers all three;
+    files left 0644 by an older server are narrowed too.
+    """
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 class _Sqlite(_Dialect):
     name = "sqlite"
     now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
@@ -486,6 +606,7 @@ class _Sqlite(_Dialect):
         self.path = path
 
     def connect(self) -> sqlite3.Connection:
+        private_files(self.path)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")

@@ -23,8 +23,9 @@ def partner_name(original: str) -> str:
 
 def add_partner(store: st.Store, original: st.ServiceRecord, partner: str) -> None:
     """Blue-green step one: the partner joins the original endpoint at weight 0."""
+    # No token on the row: the endpoint answers to the original service's own (routing.py).
     row = store.traffic().get(original.name) or st.TrafficRecord(
-        original.name, "service", original.token, [(original.name, 100)])
+        original.name, "service", "", [(original.name, 100)])
     row.backends = [b for b in row.backends if b[0] != partner] + [(partner, 0)]
     store.put_traffic(row, original.name, f"blue-green partner {partner} created (weight 0)")
 

@@ -19,6 +19,13 @@ An adapter only: each RPC becomes a `Call` to `Gateway.handle` (eas/gateway/core
 HTTP statuses from the data plane map to gRPC codes (401 UNAUTHENTICATED, 404
 NOT_FOUND, 503 UNAVAILABLE, ...); the EAS status and request id also travel in the
 trailing metadata (`eas-status`, `x-request-id`).
+
+Bounds: gRPC core refuses a message over `max_body_bytes` + 1 MiB as it arrives (its
+length prefix says so: RESOURCE_EXHAUSTED, nothing buffered), at most `max_concurrent_rpcs`
+calls run at once (RESOURCE_EXHAUSTED beyond), and a connection must finish its HTTP/2
+handshake within `handshake_timeout_s`. The token travels in the message for these
+services, so unlike HTTP the message is read before the credentials are checked:
+memory in flight is bounded by the two limits together.
 """
 
 from __future__ import annotations
@@ -120,10 +127,13 @@ def _message_of(answer: Answer) -> str:
 
 
 class GrpcGateway:
-    def __init__(self, gateway: Gateway, host: str, port: int) -> None:
+    def __init__(self, gateway: Gateway, host: str, port: int, max_concurrent_rpcs: int | None = 1000,
+                 handshake_timeout_s: float = 10.0) -> None:
         self.gateway = gateway
         self.host = host
         self.port = port
+        self.max_concurrent_rpcs = max_concurrent_rpcs or None
+        self.handshake_timeout_s = handshake_timeout_s
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
@@ -133,7 +143,8 @@ class GrpcGateway:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
-        ])
+            ("grpc.server_handshake_timeout_ms", int(self.handshake_timeout_s * 1000)),
+        ], maximum_concurrent_rpcs=self.max_concurrent_rpcs)
         self.server.add_generic_rpc_handlers((self._inference_handler(), self._predict_handler()))
         try:
             self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
@@ -188,7 +199,8 @@ class GrpcGateway:
         return messages.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
 
     async def model_ready(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        status, why = self.gateway.ready(request.name, _metadata(context), f"/{messages.INFERENCE_SERVICE}/ModelReady")
+        status, why = await self.gateway.ready(request.name, _metadata(context),
+                                               f"/{messages.INFERENCE_SERVICE}/ModelReady", context.peer())
         if status == 503:  # a known model without an instance is "not ready", not an error
             return messages.ModelReadyResponse(ready=False)
         if status != 200:
@@ -198,7 +210,7 @@ class GrpcGateway:
     async def model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         answer = await self.gateway.handle(Call(
             service=request.name, headers=_metadata(context), path=f"/{messages.INFERENCE_SERVICE}/ModelMetadata",
-            method="GET", instance_path=METADATA_PATH))
+            method="GET", instance_path=METADATA_PATH, client=context.peer()))
         await self._fail_unless_ok(context, answer)
         meta = json.loads(answer.body)
         reply = messages.ModelMetadataResponse(name=meta["name"], versions=meta.get("versions", []),

@@ -1,7 +1,8 @@
 """The EAS face of the gateway: `POST /api/predict/{service}[/{sub_path}]` and DIRECT discovery.
 
 An adapter only: HTTP in, a `Call` to `Gateway.handle` (eas/gateway/core.py), the
-`Answer` back out. The body is read by the core, after the endpoint is known.
+`Answer` back out. The body is read by the core, once the endpoint and the credentials
+are known good; an answer given without reading it closes the connection (`close_unread`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eas.gateway.core import Call, Gateway
-from eas.protocols.http import read_body, signed_path, to_response, until_disconnect
+from eas.protocols.http import close_unread, read_body, signed_path, to_response, until_disconnect
 
 
 class EasHttp:
@@ -36,7 +37,8 @@ class EasHttp:
             reader=functools.partial(read_body, http), sub_path=http.path_params.get("sub_path", ""),
             content_type=http.headers.get("content-type"), client=http.client.host if http.client else None,
         )
-        return to_response(await self.gateway.handle(call, functools.partial(until_disconnect, http)))
+        response = to_response(await self.gateway.handle(call, functools.partial(until_disconnect, http)))
+        return close_unread(http, response) if call.reader is not None else response
 
     async def upstreams(self, http: Request) -> JSONResponse:
         """Service discovery for SDKs in DIRECT mode: the instances to call themselves.

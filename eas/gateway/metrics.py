@@ -5,6 +5,12 @@ status). Instance-side numbers (queue depth, in-flight, batch sizes, cold start,
 answers given to DIRECT callers too) come from each instance's `/stats`, which the
 control plane's scraper reads every second (eas/control/scaling.py); they are turned
 into metric families at scrape time, so nothing is kept twice.
+
+Label sets stay bounded: requests for names that do not exist count under `_unknown`
+(the gateway's doing), and the label sets of a service that is gone (deleted: no longer
+among the controller's services) are removed once nothing has been observed for it for
+`FORGET_AFTER_S`; a group endpoint (not a service) idle that long is forgotten too and
+starts again from zero (Prometheus reads that as a counter reset).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+#: Seconds without an observation after which a name that is not a current service loses its label sets.
+FORGET_AFTER_S = 300.0
 
 
 @dataclass
@@ -42,7 +50,12 @@ class ServiceCounts:
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, forget_after_s: float = FORGET_AFTER_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.forget_after_s = forget_after_s
+        self._clock = clock
+        self._seen: dict[str, list[Any]] = {}
+        """name -> (last observed, status codes observed): the label sets to remove later."""
+        self._services: Callable[[], dict[str, ServiceCounts]] = dict
         self.registry = CollectorRegistry()
         self.requests = Counter("eas_requests", "Requests answered by the gateway",
                                 ["service", "code"], registry=self.registry)
@@ -52,7 +65,13 @@ class GatewayMetrics:
                                    ["service"], buckets=LATENCY_BUCKETS, registry=self.registry)
 
     def observe(self, service: str, status: int, seconds: float, processor_ms: str | None) -> None:
-        self.requests.labels(service, str(status)).inc()
+        code = str(status)
+        seen = self._seen.get(service)
+        if seen is None:
+            seen = self._seen[service] = [0.0, set()]
+        seen[0] = self._clock()
+        seen[1].add(code)
+        self.requests.labels(service, code).inc()
         self.latency.labels(service).observe(seconds)
         if processor_ms:
             try:
@@ -62,10 +81,34 @@ class GatewayMetrics:
 
     def attach(self, instances: Callable[[], Iterable[InstanceStats]],
                services: Callable[[], dict[str, ServiceCounts]]) -> None:
+        self._services = services
         self.registry.register(_StateCollector(instances, services))
 
     def render(self) -> bytes:
+        self.forget_gone()
         return generate_latest(self.registry)
+
+    def forget_gone(self) -> list[str]:
+        """Remove the label sets of names that are not current services and have not been
+        observed for `forget_after_s`; returns those names."""
+        current = self._services()
+        now = self._clock()
+        gone = [name for name, (at, _) in list(self._seen.items())
+                if name != "_unknown" and name not in current and now - at > self.forget_after_s]
+        for name in gone:
+            _, codes = self._seen.pop(name)
+            for code in codes:
+                _remove(self.requests, name, code)
+            _remove(self.latency, name)
+            _remove(self.processor, name)
+        return gone
+
+
+def _remove(metric: Any, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:  # never observed with these labels
+        pass
 
 
 class _StateCollector(Collector):

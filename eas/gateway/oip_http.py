@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eas.gateway.core import Call, Gateway
-from eas.protocols.http import read_body, signed_path, until_disconnect
+from eas.protocols.http import close_unread, read_body, signed_path, until_disconnect
 from eas.protocols.oip import HEADER_LENGTH, INFER_PATH, METADATA_PATH
 from eas.protocols.oip_rest import health_routes, v2_error, v2_response
 
@@ -31,14 +31,15 @@ class OipHttp:
         ]
 
     async def ready(self, http: Request) -> Response:
-        status, why = self.gateway.ready(http.path_params["model"], http.headers, signed_path(http))
+        status, why = await self.gateway.ready(http.path_params["model"], http.headers, signed_path(http),
+                                               http.client.host if http.client else None)
         if status != 200:
             return v2_error(status, why)
         return JSONResponse({"name": http.path_params["model"], "ready": True})
 
     async def metadata(self, http: Request) -> Response:
         call = Call(service=http.path_params["model"], headers=http.headers, path=signed_path(http), method="GET",
-                    instance_path=METADATA_PATH)
+                    instance_path=METADATA_PATH, client=http.client.host if http.client else None)
         return v2_response(await self.gateway.handle(call))
 
     async def infer(self, http: Request) -> Response:
@@ -48,4 +49,5 @@ class OipHttp:
                     content_type=http.headers.get("content-type"),
                     forward_headers={HEADER_LENGTH: length} if length is not None else {},
                     client=http.client.host if http.client else None)
-        return v2_response(await self.gateway.handle(call, functools.partial(until_disconnect, http)))
+        response = v2_response(await self.gateway.handle(call, functools.partial(until_disconnect, http)))
+        return close_unread(http, response) if call.reader is not None else response

@@ -43,6 +43,9 @@ class Route:
     """The service sleeps: a request must tell the controller to wake it."""
     max_held: int = 1000
     """At most this many requests wait at once; more get 503 at once (bounded memory)."""
+    internal_key: str = ""
+    """The key this service's instances accept from the gateway (its own, derived per
+    service); empty: the gateway's own key."""
 
 
 @dataclass(frozen=True)

@@ -187,11 +187,21 @@ class UpstreamPool:
         return None
 
     async def _connect(self, host: str, port: int, timeout: float) -> _Connection:
+        """A new connection, or UpstreamRefused; a cancelled caller always sees CancelledError.
+
+        Not `asyncio.wait_for`: before Python 3.12 it runs the connect as a task of its
+        own and, when that task finishes in the very loop turn the caller is cancelled
+        (a client gone as the connection to the instance completes), returns the
+        connection and swallows the cancellation: the request went on for a caller
+        that was gone (and a connect finishing after the cancel leaked its socket).
+        `asyncio.timeout` connects in this task: a cancel lands in create_connection,
+        which closes the half-made transport, or at the next await, which drops it.
+        """
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection((host, port), self._forget), host, port), timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(lambda: _Connection((host, port), self._forget), host, port)
+        except OSError as exc:  # TimeoutError included
             raise UpstreamRefused(f"cannot connect to {host}:{port}: {exc or type(exc).__name__}") from None
         return conn
 

@@ -3,11 +3,16 @@
 Requests wait at most `max_batch_timeout` for company, and a batch never exceeds
 `max_batch_size`. Batches run on the instance's worker pool; while every worker is busy
 the queue keeps filling, so batches grow exactly when the model is the bottleneck.
+
+One bad request fails only itself: batch functions answer a bad request with its own
+error response, and should one raise anyway (or answer the wrong number of requests),
+the batch is run again one request at a time, so only the culprit hears the error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from concurrent.futures import Executor
 from typing import Callable, Sequence
@@ -15,6 +20,17 @@ from typing import Callable, Sequence
 from processors.base import Request, Response
 
 BatchFn = Callable[[Sequence[Request]], list[Response]]
+
+log = logging.getLogger("eas.instance.batching")
+
+
+def _answers(fn: BatchFn, requests: Sequence[Request]) -> list[Response]:
+    """`fn(requests)`, refusing an answer list that does not line up with the requests."""
+    answers = fn(requests)
+    if not isinstance(answers, list) or len(answers) != len(requests):
+        count = len(answers) if isinstance(answers, list) else type(answers).__name__
+        raise RuntimeError(f"the batch function answered {count} for {len(requests)} requests")
+    return answers
 
 
 class Batcher:
@@ -69,18 +85,42 @@ class Batcher:
             self.size_counts[len(batch)] += 1
             loop = asyncio.get_running_loop()
             try:
-                answers = await loop.run_in_executor(self.pool, self.fn, [r for r, _ in batch])
-            except BaseException as exc:  # the whole batch failed: every caller hears why
+                answers = await loop.run_in_executor(self.pool, _answers, self.fn, [r for r, _ in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc)
+                    return
+                # One request may have sunk the batch: run each alone, so only it fails.
+                log.warning("a batch of %d failed (%s: %s); answering its requests one by one",
+                            len(batch), type(exc).__name__, exc)
+                for request, fut in batch:
+                    if fut.done():  # the caller gave up meanwhile
+                        continue
+                    try:
+                        (answer,) = await loop.run_in_executor(self.pool, _answers, self.fn, [request])
+                    except Exception as alone:
+                        _settle(fut, alone)
+                    else:
+                        _settle(fut, answer)
+                return
+            except BaseException as exc:  # cancelled, or the worker died: every caller hears it
                 for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                    _settle(fut, exc)
                 return
             for (_, fut), answer in zip(batch, answers):
-                if not fut.done():
-                    fut.set_result(answer)
+                _settle(fut, answer)
         finally:
             self._slots.release()
 
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+
+def _settle(fut: "asyncio.Future[Response]", outcome: Response | BaseException) -> None:
+    if fut.done():
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)

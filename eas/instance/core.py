@@ -2,9 +2,11 @@
 
 The gateway forwards to it, and SDKs in DIRECT mode call it straight from the upstream
 list, over EAS HTTP or the Open Inference Protocol (eas/instance/http.py is the
-adapter). So per-instance rules hold whatever the path and the protocol: the service
-token or the gateway's internal key (401), the queue limit (450), the keepalive (408),
-cancel when the caller goes away (499), and the counters /stats reports.
+adapter). So per-instance rules hold whatever the path and the protocol: nothing is
+served before the credentials are set (503), the service token or the gateway's
+internal key (401, from the headers, before the body is read), the queue limit (450),
+the keepalive (408), cancel when the caller goes away (499), and the counters /stats
+reports.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Literal, Mapping, TypeVar
 
 from eas.instance.runtime import ServiceRuntime
-from eas.protocols.auth import AuthError, check_service_auth
+from eas.protocols.auth import AuthError, body_md5, check_body_md5, check_service_head
 from eas.protocols.http import ClientGone
 from eas.protocols.wire import (
     INSTANCE_HEADER,
@@ -38,10 +40,18 @@ Guard = Callable[[Awaitable[Response]], Awaitable[Response]]
 
 @dataclass
 class Credentials:
-    """Mutable so a token change reaches a running instance without a restart."""
+    """Mutable so a token change reaches a running instance without a restart.
 
-    token: str
-    internal_key: str
+    Empty until the host sets them (Serve's reconfigure): an instance with no
+    credentials serves nothing (503), and an empty key never matches an empty header.
+    """
+
+    token: str = ""
+    internal_key: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.token) and bool(self.internal_key)
 
 
 @dataclass(slots=True)
@@ -89,20 +99,32 @@ class InstanceApp:
     def from_gateway(self, headers: Mapping[str, str]) -> bool:
         """The request carries the server's internal key: the gateway already checked the client."""
         key = headers.get(INTERNAL_KEY_HEADER)
-        return key is not None and hmac.compare_digest(key.encode(), self.creds.internal_key.encode())
+        expected = self.creds.internal_key
+        if not key or not expected:  # an empty key is never a key
+            return False
+        return hmac.compare_digest(key.encode(), expected.encode())
 
-    def refusal(self, service: str, headers: Mapping[str, str], path: str, body: bytes = b"",
+    def refusal(self, service: str, headers: Mapping[str, str], path: str,
                 method: str = "POST") -> tuple[int, str] | None:
-        """Why a caller may not use this instance (404 another service, 401), or None."""
+        """Why a caller may not use this instance, from the request head alone (404
+        another service, 503 no credentials yet, 401), or None. A signed request's body
+        is checked against its Content-MD5 in `handle`."""
+        refused = self._head_check(service, headers, path, method)
+        return refused if isinstance(refused, tuple) else None
+
+    def _head_check(self, service: str, headers: Mapping[str, str], path: str,
+                    method: str) -> tuple[int, str] | str | None:
+        """`refusal`, or the MD5 a signed request's body must have (None: nothing left to check)."""
         if service != self.service:
             return 404, f"this instance serves '{self.service}', not '{service}'"
+        if not self.creds.ready:
+            return 503, "this instance's credentials are not set yet: retry in a moment"
         if self.from_gateway(headers):
             return None
         try:
-            check_service_auth(self.creds.token, headers, path, body, method=method)
+            return check_service_head(self.creds.token, headers, path, method=method)
         except AuthError as exc:
             return 401, str(exc)
-        return None
 
     def reject(self, status: int, message: str, request_id: str) -> Answer:
         """An error answer, counted as given."""
@@ -114,12 +136,17 @@ class InstanceApp:
     # -- the one path to the model --------------------------------------------------
 
     async def handle(self, call: Call, guard: Guard | None = None) -> Answer:
-        """Admit a call (404, 413, 401, 450), run it within the keepalive (408), count it."""
-        refused = self.refusal(call.service, call.headers, call.path, call.body)
-        if refused is not None:
-            return self.reject(*refused, call.request_id)
+        """Admit a call (404, 503, 401, 413, 450), run it within the keepalive (408), count it."""
+        checked = self._head_check(call.service, call.headers, call.path, "POST")
+        if isinstance(checked, tuple):
+            return self.reject(*checked, call.request_id)
         if len(call.body) > self.max_body_bytes:
             return self.reject(413, f"request body over {self.max_body_bytes} bytes", call.request_id)
+        if checked is not None:  # a signed direct call: the body is the one signed
+            try:
+                check_body_md5(checked, await body_md5(call.body))
+            except AuthError as exc:
+                return self.reject(401, str(exc), call.request_id)
         if self.in_flight >= self.workers + self.max_queue:
             return self.reject(450, f"instance queue is full ({self.max_queue} waiting, {self.workers} running): "
                                "retry later or add instances", call.request_id)

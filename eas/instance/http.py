@@ -3,7 +3,9 @@ and what the server asks of it (health, stats, drain).
 
 Each route only translates HTTP to a `Call` for the transport-free core
 (eas/instance/core.py) and its `Answer` back; `InstanceServer` runs it on its own
-thread and event loop, on a port picked by the OS.
+thread and event loop, on a port picked by the OS, within `ListenerLimits`.
+The caller is checked from the request head before the body is read, and the body is
+counted as it arrives (413 at the limit, the connection closed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eas.instance.core import Call, InstanceApp
-from eas.protocols.http import PredictFastPath, read_body, signed_path, to_response, until_disconnect
+from eas.protocols.http import (
+    CLOSE,
+    ClientGone,
+    ListenerLimits,
+    PredictFastPath,
+    close_unread,
+    read_body,
+    signed_path,
+    to_response,
+    until_disconnect,
+    uvicorn_config,
+)
 from eas.protocols.oip import HEADER_LENGTH, model_metadata
 from eas.protocols.oip_rest import health_routes, v2_error, v2_response
 from eas.protocols.wire import INSTANCE_KEEPALIVE_S, REQUEST_ID_HEADER, Answer
@@ -42,25 +55,37 @@ class InstanceHttp:
             Route("/drain", self.drain, methods=["POST"]),
         ])
 
-    async def _answer(self, http: Request, kind: str, passed: dict[str, str] | None = None) -> Answer:
+    async def _answer(self, http: Request, kind: str, passed: dict[str, str] | None = None) -> tuple[Answer, bool]:
+        """The answer, and whether the body was read (else the connection may have to close)."""
         request_id = http.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        body = await read_body(http, self.core.max_body_bytes)
-        if body is None:
-            return self.core.reject(413, f"request body over {self.core.max_body_bytes} bytes", request_id)
-        call = Call(http.path_params["service"], kind, body, http.headers, signed_path(http),  # type: ignore[arg-type]
+        path = signed_path(http)
+        refused = self.core.refusal(http.path_params["service"], http.headers, path)
+        if refused is not None:  # no byte of the body is read for a caller refused by its head
+            return self.core.reject(*refused, request_id), False
+        try:
+            body = await read_body(http, self.core.max_body_bytes)
+        except ClientGone:
+            return self.core.reject(499, "client closed the connection while sending the body", request_id), True
+        if body is None:  # the rest is never read: the connection closes after the answer
+            answer = self.core.reject(413, f"request body over {self.core.max_body_bytes} bytes", request_id)
+            answer.headers.update(CLOSE)
+            return answer, False
+        call = Call(http.path_params["service"], kind, body, http.headers, path,  # type: ignore[arg-type]
                     request_id, http.headers.get("content-type"), http.path_params.get("sub_path", ""),
                     passed or {})
-        return await self.core.handle(call, functools.partial(until_disconnect, http))
+        return await self.core.handle(call, functools.partial(until_disconnect, http)), True
 
     async def predict(self, http: Request) -> Response:
         """`POST /api/predict/{service}[/{sub_path}]`: the EAS predict call."""
-        return to_response(await self._answer(http, "predict"))
+        answer, read = await self._answer(http, "predict")
+        return to_response(answer) if read else close_unread(http, to_response(answer))
 
     async def infer(self, http: Request) -> Response:
         """`POST /v2/models/{service}/infer`: v2 JSON, binary, or a serialized ModelInferRequest."""
         length = http.headers.get(HEADER_LENGTH)
         passed = {HEADER_LENGTH.lower(): length} if length is not None else {}
-        return v2_response(await self._answer(http, "infer_v2", passed))
+        answer, read = await self._answer(http, "infer_v2", passed)
+        return v2_response(answer) if read else close_unread(http, v2_response(answer))
 
     def _refused(self, http: Request) -> Response | None:
         refused = self.core.refusal(http.path_params["service"], http.headers, signed_path(http), method=http.method)
@@ -92,19 +117,24 @@ class InstanceHttp:
         return JSONResponse(self.core.drain())
 
 
+#: An instance's listener: keep-alive well past the gateway's pool idle time
+#: (eas/gateway/upstream.py IDLE_S), the other bounds as eas-server's defaults.
+INSTANCE_LIMITS = ListenerLimits(keep_alive_s=INSTANCE_KEEPALIVE_S)
+
+
 class InstanceServer:
     """Runs an instance's HTTP face on its own thread and event loop, on a port picked by the OS."""
 
-    def __init__(self, app: InstanceApp, host: str) -> None:
+    def __init__(self, app: InstanceApp, host: str, limits: ListenerLimits = INSTANCE_LIMITS) -> None:
         self.app = app
         self.http = InstanceHttp(app)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, 0))
         self.host, self.port = self.sock.getsockname()[:2]
-        self.server = uvicorn.Server(uvicorn.Config(
-            PredictFastPath(self.http.app, self.http.predict), log_level="warning", access_log=False,
-            lifespan="off", timeout_graceful_shutdown=5, timeout_keep_alive=INSTANCE_KEEPALIVE_S,
+        self.server = uvicorn.Server(uvicorn_config(
+            PredictFastPath(self.http.app, self.http.predict), limits, log_level="warning", access_log=False,
+            lifespan="off", timeout_graceful_shutdown=5,
         ))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name=f"eas-instance-{app.instance}", daemon=True)

@@ -10,7 +10,6 @@ or a joint call that fails, is answered call by call so only a culprit sees an e
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,17 +25,27 @@ from eas.protocols.oip import (
     encode_rest,
     supports_v2,
 )
-from processors.base import Processor, ProcessorError, Request, Response, error_body, error_response
+from eas.ratelog import BurstLog
+from processors.base import Processor, ProcessorError, Request, Response, decode_error, error_body, error_response
 
 log = logging.getLogger("eas.instance.oip")
+failures = BurstLog(log)
 
 
-def _decode(request: Request) -> tuple[InferRequest, bool]:
-    """The decoded call and whether it came as a serialized ModelInferRequest (gRPC form)."""
+def _decode(processor: Processor, request: Request) -> tuple[InferRequest, bool]:
+    """The decoded call and whether it came as a serialized ModelInferRequest (gRPC form).
+
+    Shapes are checked against the processor's decode limits before tensors are built;
+    whatever else a hostile body makes the decoder raise is this request's 400.
+    """
     grpc_form = (request.content_type or "").startswith(PROTOBUF_TYPE)
-    if grpc_form:
-        return decode_grpc(request.body), True
-    return decode_rest(request.body, request.headers.get(HEADER_LENGTH.lower())), False
+    limits = getattr(processor, "decode_limits", None)
+    try:
+        if grpc_form:
+            return decode_grpc(request.body, limits), True
+        return decode_rest(request.body, request.headers.get(HEADER_LENGTH.lower()), limits), False
+    except Exception as exc:
+        raise decode_error(exc) from None
 
 
 def _encode(model: str, call: InferRequest, grpc_form: bool, results: dict[str, np.ndarray]) -> Response:
@@ -54,7 +63,7 @@ def _guarded(model: str, request: Request, work: Any) -> Response:
     except ProcessorError as exc:
         return error_response(exc, request.request_id)
     except Exception as exc:  # a processor bug is the request's 400, never the instance's death
-        log.warning("v2 call to %s failed: %s", model, traceback.format_exc())
+        failures.exception(f"{model}/v2", "v2 call to %s failed", model)
         return Response(error_body(400, f"processor raised {type(exc).__name__}: {exc}", request.request_id), 400)
 
 
@@ -66,7 +75,7 @@ def infer_one(processor: Processor, model: str, request: Request) -> Response:
             raise ProcessorError(
                 f"service '{model}' runs the {type(processor).__name__}, which does not support the Open "
                 f"Inference Protocol (v2): call POST /api/predict/{model} instead")
-        call, grpc_form = _decode(request)
+        call, grpc_form = _decode(processor, request)
         return _encode(model, call, grpc_form, processor.infer_v2(call.inputs, call.outputs))
 
     return _guarded(model, request, work)
@@ -80,7 +89,7 @@ def infer_batch(processor: Processor, model: str, requests: Sequence[Request]) -
     groups: dict[tuple[Any, ...], list[tuple[int, InferRequest, bool]]] = {}
     for i, request in enumerate(requests):
         try:
-            call, grpc_form = _decode(request)
+            call, grpc_form = _decode(processor, request)  # any decode failure is a ProcessorError
         except ProcessorError as exc:
             answers[i] = error_response(exc, request.request_id)
             continue

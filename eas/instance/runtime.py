@@ -14,7 +14,6 @@ import asyncio
 import functools
 import logging
 import time
-import traceback
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -22,11 +21,13 @@ from typing import Any, Callable
 from eas import sources
 from eas.instance import oip
 from eas.instance.batching import BatchFn, Batcher
+from eas.ratelog import BurstLog
 from eas.spec import ServiceSpec
 from processors import create_processor
 from processors.base import ModelLoadError, Processor, ProcessorError, Request, Response, error_body, error_response
 
 log = logging.getLogger("eas.runtime")
+failures = BurstLog(log)
 
 INLINE_MAX_S = 0.001
 """Estimated predict cost under which an inline-safe processor runs on the event loop."""
@@ -99,8 +100,10 @@ class ServiceRuntime:
         except ProcessorError as exc:
             return error_response(exc, request.request_id)
         except Exception as exc:  # a processor bug is the request's 400, never the instance's death
-            log.warning("processor of %s raised on request %s: %s", self.spec.name, request.request_id,
-                        traceback.format_exc())
+            # A body that makes user code raise can be sent on every request: one
+            # traceback per burst, the rest counted (eas/ratelog.py).
+            failures.exception(f"{self.spec.name}/{kind}", "processor of %s raised on request %s",
+                               self.spec.name, request.request_id)
             return Response(error_body(400, f"processor raised {type(exc).__name__}: {exc}", request.request_id), 400)
 
     async def predict(self, request: Request) -> Response:
@@ -219,12 +222,14 @@ def load_processor(spec: ServiceSpec, cache_dir: str) -> Processor:
     `eascmd desc` (the controller shows the last line of it).
     """
     try:
-        return create_processor(
+        processor = create_processor(
             spec.to_dict(),
             model_dir=sources.resolve(spec.model_path, f"{cache_dir}/models", spec.oss_endpoint),
             processor_path=sources.resolve(spec.processor_path, f"{cache_dir}/code", spec.oss_endpoint),
             workers=spec.metadata.concurrency,
         )
+        _ = processor.decode_limits  # a bad max_request_* in model_config fails the load, not a request
+        return processor
     except ModelLoadError:
         raise
     except (sources.ModelSourceError, ValueError) as exc:

@@ -1,21 +1,30 @@
-"""HTTP plumbing shared by the gateway and the instances (Starlette/ASGI).
+"""HTTP plumbing shared by the gateway, the instances and the management API (Starlette/ASGI).
 
 - `PredictFastPath`: the one route that carries traffic, `POST /api/predict/{service}[/...]`,
   matched by prefix and handed straight to its handler. Starlette's middleware stack and
   router cost more than the rest of a gateway hop for small requests (profiled: about a
   fifth of the event loop's time); everything else still goes through the Starlette app.
 - `until_disconnect`: cancel work whose client went away (answered 499).
-- `read_body`: the request body, or None when it is over the limit (413).
+- `read_body`: the request body, counted as it arrives; None (answer 413) at the limit.
+- `close_unread`: an answer given before the body was read closes the connection.
 - `to_response`: a data-plane `Answer` as a Starlette response.
+- `signed_path`: the path a client's EAS signature covers, as it was sent.
+- `ListenerLimits`, `uvicorn_config`: what one listener allows a client (connections,
+  idle keep-alive, time and size of a request head, pauses in a body), enforced by
+  `GuardedHttpProtocol` below the application, before any of our code runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http as http_status
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
+import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from eas.protocols.wire import Answer
 
@@ -23,6 +32,7 @@ PREFIX = "/api/predict/"
 Handler = Callable[[Request], Awaitable[Response]]
 ASGIApp = Callable[..., Awaitable[None]]
 T = TypeVar("T")
+R = TypeVar("R", bound=Response)
 
 #: A request still running after this long starts watching for its client going away.
 DISCONNECT_WATCH_AFTER_S = 0.05
@@ -48,17 +58,55 @@ def to_response(answer: Answer) -> Response:
     return Response(answer.body, answer.status, headers=answer.headers)
 
 
-async def read_body(http: Request, limit: int) -> bytes | None:
-    """The whole body, or None when it is larger than `limit` bytes (answer 413)."""
-    length = http.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        return None
-    body = await http.body()
-    return body if len(body) <= limit else None
-
-
 class ClientGone(Exception):
     """The caller closed the connection before the answer (logged as 499)."""
+
+
+#: What a 413 (or any answer given before the body was read) carries: the connection
+#: closes, so the server never reads, nor keeps discarding, the rest of a large body.
+CLOSE = {"Connection": "close"}
+#: An answer given without reading the body keeps the connection only when what is left
+#: of the body is declared this small (it is then read and dropped by the HTTP server).
+UNREAD_KEEP_BYTES = 64 * 1024
+
+
+async def read_body(http: Request, limit: int) -> bytes | None:
+    """The whole body, counted as it arrives: None as soon as it is over `limit` bytes
+    (at once when its Content-Length says so; answer 413 with CLOSE, the rest is never
+    read); raises ClientGone when the client leaves. Nothing over the limit is ever
+    held, chunked or not, whatever the headers say.
+    """
+    length = http.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    receive = http.receive
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            http._body = body  # what Starlette's request.body() answers from now on
+            return body
+
+
+def close_unread(http: Request, response: R) -> R:
+    """Mark an answer given before the request body was read: unless the body is declared
+    small, the connection closes after it (else the server would go on reading a body,
+    maybe gigabytes, only to drop it)."""
+    length = http.headers.get("content-length")
+    if "transfer-encoding" in http.headers or (length is not None and (
+            not length.isdigit() or int(length) > UNREAD_KEEP_BYTES)):
+        response.headers["connection"] = "close"
+    return response
 
 
 async def until_disconnect(http: Request, work: Awaitable[T]) -> T:
@@ -103,6 +151,177 @@ async def _disconnected(http: Request) -> None:
 
 
 def signed_path(http: Request) -> str:
-    """The request path a client's EAS signature covers: the path as routed, without
-    building Starlette's whole URL object (scheme, host, query) on the hot path."""
-    return http.scope.get("root_path", "") + http.scope["path"]
+    """The request path a client's EAS signature covers: the path exactly as it was sent
+    (`raw_path`: still percent-encoded, without the query), as the official SDKs sign it
+    (they sign the path string they put in the request line). Never the decoded path, so
+    `/api/predict/svc/a%2Fb` is signed as sent, and never anything from the Host header."""
+    raw = http.scope.get("raw_path")
+    if raw is None:  # an ASGI server without raw_path: the decoded path is all there is
+        return http.scope.get("root_path", "") + http.scope["path"]
+    return raw.decode("latin-1")
+
+
+# -- what one listener allows a client -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    """Per listener (eas-server's predict port, its admin port, each instance server).
+
+    Beyond `concurrency` open connections or requests in progress, uvicorn answers
+    `503 Service Unavailable` (text, `Connection: close`) without calling the app; 0 is
+    no limit. The three times and the head size are enforced by `GuardedHttpProtocol`.
+    """
+
+    concurrency: int = 1000
+    """Open connections (idle keep-alive ones included) and requests in progress."""
+    keep_alive_s: float = 5.0
+    """An idle keep-alive connection closes after this long."""
+    head_timeout_s: float = 10.0
+    """The request line and headers must be complete this long after the connection
+    opened, or after the first byte of a next request on a kept-alive connection: 408,
+    closed (a slowloris client holds a connection for this long at most)."""
+    body_timeout_s: float = 30.0
+    """A body that stops arriving for this long (the app waiting for it): 408, closed."""
+    max_head_bytes: int = 64 * 1024
+    """Request line plus headers; larger: 431, closed (the parser would otherwise hold
+    a never-ending header in memory)."""
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounds on what a client may hold.
+
+    uvicorn bounds idle keep-alive connections only: a new connection that sends
+    nothing, or sends its head one byte at a time, or a header that never ends, or a
+    body that stops halfway, holds a connection (and memory) forever. This subclass
+    times the head from the connection (or the first byte of the next request), caps
+    its size, and times pauses in a body while the app waits for it; each ends in an
+    answer when one can still be given (408 or 431) and a closed connection.
+
+    Cheap per request: a kept-alive connection keeps one head timer that re-arms itself
+    (at most once per `head_timeout_s`), so a request costs a clock read, not a timer;
+    the body timer exists only while a body spans more than one read.
+    """
+
+    limits = ListenerLimits()  # per server: see `uvicorn_config`
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        """Between requests or inside a request head (not inside a body)."""
+        self._head_bytes = 0
+        self._head_at: float | None = None
+        """When the head being read began (None: between requests, or in a body)."""
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_at = 0.0
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_at = self.loop.time()
+        self._head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)  # reset when the head completes within this data
+            if self._head_at is None:  # the first byte of a next request: its head is timed
+                self._head_at = self.loop.time()
+                if self._head_timer is None:
+                    self._head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_timed_out)
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            if self._head_bytes > self.limits.max_head_bytes:
+                self._refuse(431, f"request head over {self.limits.max_head_bytes} bytes")
+        else:
+            self._body_at = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_check)
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._head_at = None  # the head timer, if armed, finds nothing to time and lapses
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_at = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    # -- the bounds ---------------------------------------------------------------------
+
+    def _busy(self) -> bool:
+        """A request of this connection is being answered."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self._head_at is None or self.transport.is_closing():
+            return  # no head is being read: the next one arms the timer again
+        timeout = self.limits.head_timeout_s
+        left = self._head_at + timeout - self.loop.time()
+        if left > 0:  # a later head than the one this timer was armed for
+            self._head_timer = self.loop.call_later(left, self._head_timed_out)
+            return
+        if self._busy():  # a pipelined head waits behind a request in progress: not the client's delay
+            self._head_at = self.loop.time()
+            self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
+            return
+        if self._head_bytes:
+            self._refuse(408, f"request head not complete within {self.limits.head_timeout_s:g} s")
+        else:  # nothing was sent: close quietly, as for an idle keep-alive connection
+            self.transport.close()
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        if self._in_head or self.transport.is_closing():
+            return
+        if not self._busy():  # answered already: the rest of the body would only be dropped
+            self.transport.close()
+            return
+        timeout = self.limits.body_timeout_s
+        idle = self.loop.time() - self._body_at
+        if self.flow.read_paused:  # the app is not reading: not the client's delay
+            idle = 0.0
+        if idle >= timeout:
+            self._refuse(408, f"request body stalled: nothing arrived for {timeout:g} s")
+        else:
+            self._body_timer = self.loop.call_later(timeout - idle, self._body_check)
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer `status` when no answer of this connection has started, then close; a
+        request in progress sees its client gone (its answer is dropped)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            body = reason.encode()
+            self.transport.write(
+                f"HTTP/1.1 {status} {http_status.HTTPStatus(status).phrase}\r\ncontent-type: text/plain; "
+                f"charset=utf-8\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+
+def uvicorn_config(app: Any, limits: ListenerLimits, **kwargs: Any) -> uvicorn.Config:
+    """A uvicorn config that serves `app` within `limits` (`GuardedHttpProtocol`)."""
+    protocol = type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": limits})
+    return uvicorn.Config(app, http=protocol, limit_concurrency=limits.concurrency or None,
+                          timeout_keep_alive=limits.keep_alive_s, **kwargs)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ The REST adapters live in eas/gateway/oip_http.py and eas/instance/http.py (docs
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,15 @@ import numpy as np
 
 from eas.protocols import grpc_messages
 from eas.protocols.wire import OIP_HEADER_LENGTH as HEADER_LENGTH
-from processors.base import Processor, ProcessorError
+from processors.base import (
+    MAX_RANK,
+    STRING_ITEM_BYTES,
+    Budget,
+    DecodeLimits,
+    Processor,
+    ProcessorError,
+    nested_shape,
+)
 
 #: Content type of a serialized ModelInferRequest/ModelInferResponse on the HTTP leg.
 PROTOBUF_TYPE = "application/x-protobuf"
@@ -89,23 +98,39 @@ def _shape(shape: Any, what: str) -> list[int]:
         raise V2Error(f"{what}: shape must be a list of integers, got {shape!r}")
     if any(d < 0 for d in shape):
         raise V2Error(f"{what}: shape {list(shape)} has a negative dimension")
+    if len(shape) > MAX_RANK:
+        raise V2Error(f"{what}: shape has {len(shape)} dimensions; at most {MAX_RANK} are taken")
     return [int(d) for d in shape]
 
 
 def _count(shape: list[int]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(shape)  # exact: numpy's int64 product wraps around for huge shapes
+
+
+def _take(budget: Budget, what: str, datatype: str, shape: list[int], data_bytes: int = 0) -> None:
+    """Count a declared tensor against the request's budget before it is decoded (413 past it)."""
+    if datatype == "BYTES":
+        budget.take(what, shape, STRING_ITEM_BYTES, extra_bytes=data_bytes)
+    else:
+        budget.take(what, shape, DATATYPES[datatype].itemsize)
 
 
 # ------------------------------------------------------------------------ tensors <-> bytes
 
-def tensor_from_raw(raw: bytes, datatype: str, shape: list[int], what: str) -> np.ndarray:
+def tensor_from_raw(raw: bytes | memoryview, datatype: str, shape: list[int], what: str) -> np.ndarray:
     """Decode one tensor in the binary layout: little-endian, row-major; BYTES elements as
-    a 4-byte little-endian length followed by the bytes."""
+    a 4-byte little-endian length followed by the bytes.
+
+    Sizes are checked against the declared shape before anything is copied: numeric
+    data must be exactly shape x item size; BYTES data is read up to the declared
+    element count and no further."""
     dtype = _numpy_type(datatype, what)
     need = _count(shape)
     if datatype == "BYTES":
         items, offset, view = [], 0, memoryview(raw)
         while offset < len(raw):
+            if len(items) == need:
+                raise V2Error(f"{what}: shape {shape} needs {need} BYTES elements, the data holds more")
             if offset + 4 > len(raw):
                 raise V2Error(f"{what}: BYTES data ends inside an element's 4-byte length prefix")
             (length,) = struct.unpack_from("<I", raw, offset)
@@ -146,8 +171,16 @@ def _as_bytes(value: Any) -> bytes:
 
 
 def tensor_from_json(data: Any, datatype: str, shape: list[int], what: str) -> np.ndarray:
-    """Decode `data` (flat or nested, row-major) of a JSON input, checking every value fits."""
+    """Decode `data` (flat or nested, row-major) of a JSON input, checking every value fits.
+
+    How many values the lists hold is checked against the shape before numpy reads them."""
     dtype = _numpy_type(datatype, what)
+    try:
+        implied = _count(nested_shape(data, what))
+    except ProcessorError as exc:
+        raise V2Error(exc.message) from None
+    if implied != _count(shape):
+        raise V2Error(f"{what}: shape {shape} needs {_count(shape)} values, received {implied}")
     try:
         values = np.asarray(data, dtype=object).ravel() if datatype == "BYTES" else np.asarray(data)
     except ValueError as exc:
@@ -225,9 +258,14 @@ def _params(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def decode_rest(body: bytes, header_length: str | None = None) -> InferRequest:
-    """Decode a v2 JSON body, with the binary extension when `header_length` is given."""
-    binary = b""
+def decode_rest(body: bytes, header_length: str | None = None, limits: DecodeLimits | None = None) -> InferRequest:
+    """Decode a v2 JSON body, with the binary extension when `header_length` is given.
+
+    Every input's declared shape is counted against `limits` (per request, over all
+    inputs; the environment's defaults when None) before its data is decoded.
+    """
+    budget = (limits or DecodeLimits.from_config()).budget()
+    binary: bytes | memoryview = b""
     if header_length is not None:
         try:
             split = int(header_length)
@@ -235,12 +273,16 @@ def decode_rest(body: bytes, header_length: str | None = None) -> InferRequest:
             raise V2Error(f"{HEADER_LENGTH} must be a number, got {header_length!r}") from None
         if not 0 < split <= len(body):
             raise V2Error(f"{HEADER_LENGTH} is {split} but the body has {len(body)} bytes")
-        body, binary = body[:split], body[split:]
+        body, binary = body[:split], memoryview(body)[split:]  # tensors are read in place
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         hint = f" (binary body? send {HEADER_LENGTH})" if header_length is None and b"\x00" in body else ""
         raise V2Error(f"request is not valid JSON: {exc}{hint}") from None
+    except RecursionError:
+        raise V2Error("request JSON nests too deeply to decode") from None
+    except Exception as exc:  # MemoryError and whatever else a hostile body provokes
+        raise V2Error(f"request is not valid JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
         raise V2Error('expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
     params = _params(payload.get("parameters"), "request")
@@ -264,9 +306,11 @@ def decode_rest(body: bytes, header_length: str | None = None) -> InferRequest:
             if offset + size > len(binary):
                 raise V2Error(f"{what}: binary_data_size {size} runs past the end of the body's "
                               f"{len(binary)} binary bytes")
+            _take(budget, what, datatype, shape, size)
             request.inputs[name] = tensor_from_raw(binary[offset:offset + size], datatype, shape, what)
             offset += size
         elif "data" in spec:
+            _take(budget, what, datatype, shape)
             request.inputs[name] = tensor_from_json(spec["data"], datatype, shape, what)
         else:
             raise V2Error(f"{what} has neither data nor parameters.binary_data_size")
@@ -312,8 +356,10 @@ def encode_rest(model: str, request: InferRequest, results: dict[str, np.ndarray
     return head + b"".join(chunks), len(head)
 
 
-def decode_grpc(body: bytes) -> InferRequest:
-    """Decode a serialized `ModelInferRequest` (tensors in `contents` or `raw_input_contents`)."""
+def decode_grpc(body: bytes, limits: DecodeLimits | None = None) -> InferRequest:
+    """Decode a serialized `ModelInferRequest` (tensors in `contents` or `raw_input_contents`),
+    each input's declared shape counted against `limits` first (as in `decode_rest`)."""
+    budget = (limits or DecodeLimits.from_config()).budget()
     try:
         message = grpc_messages.ModelInferRequest.FromString(body)
     except Exception as exc:  # protobuf's DecodeError and friends
@@ -331,6 +377,7 @@ def decode_grpc(body: bytes) -> InferRequest:
             raise V2Error(f"{what} is given twice")
         _numpy_type(tensor.datatype, what)
         shape = _shape(list(tensor.shape), what)
+        _take(budget, what, tensor.datatype, shape, len(raw[i]) if raw else 0)
         if raw:
             request.inputs[tensor.name] = tensor_from_raw(raw[i], tensor.datatype, shape, what)
         else:

@@ -141,10 +141,11 @@ def _explain(exc: Exception, what: str) -> ObjectStoreError:
     return ObjectStoreError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def stat(url: ObjectUrl, endpoint: str | None = None) -> list[ObjectInfo]:
+def stat(url: ObjectUrl, endpoint: str | None = None, limit: int | None = None) -> list[ObjectInfo]:
     """The object (one entry), or every object under a prefix; raises if there is none.
 
     A key without a trailing slash that names no object but a "directory" is read as one.
+    With `limit`, listing stops after limit + 1 objects (the caller refuses more than limit).
     """
     s3 = client(url.scheme, endpoint)
     try:
@@ -158,7 +159,11 @@ def stat(url: ObjectUrl, endpoint: str | None = None) -> list[ObjectInfo]:
             prefix = url.key + "/"
         else:
             prefix = url.key
-        found = list(_list(s3, url.bucket, prefix))
+        found = []
+        for item in _list(s3, url.bucket, prefix):
+            found.append(item)
+            if limit is not None and len(found) > limit:
+                break
     except ObjectStoreError:
         raise
     except Exception as exc:
@@ -175,12 +180,24 @@ def _list(s3: Any, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
                 yield ObjectInfo(item["Key"], item["ETag"].strip('"'), int(item["Size"]))
 
 
-def download(url: ObjectUrl, key: str, dest: Path, endpoint: str | None = None) -> None:
+def download(url: ObjectUrl, key: str, dest: Path, endpoint: str | None = None,
+             deadline: float | None = None) -> None:
+    """Download one object; with `deadline` (time.monotonic()), give up once it passes."""
+    import time
+
     s3 = client(url.scheme, endpoint)
+    what = f"{url.scheme}://{url.bucket}/{key}"
+
+    def in_time(_: int) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise ObjectStoreError(f"{what}: the download took too long")
+
     try:
-        s3.download_file(url.bucket, key, str(dest))
+        s3.download_file(url.bucket, key, str(dest), Callback=in_time)
+    except ObjectStoreError:
+        raise
     except Exception as exc:
-        raise _explain(exc, f"{url.scheme}://{url.bucket}/{key}") from None
+        raise _explain(exc, what) from None
 
 
 def upload(path: Path, dest: ObjectUrl, endpoint: str | None = None) -> ObjectInfo:

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from eas.spec.elastic import AutoscalerSpec, CronScalerSpec, SleepSpec
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+#: A service or group name, matched whole: `\Z`, not `$` (which also matches before a
+#: trailing newline, so "svc\n" would pass); use `fullmatch`.
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
 
 
 class _Strict(BaseModel):
@@ -67,6 +69,7 @@ class ServiceSpec(_Strict):
     token: str | None = None
     generate_token: bool | None = None
     model_path: str | None = None
+    model_sha256: str | None = Field(None, description="SHA-256 of the file model_path names, checked after download")
     oss_endpoint: str | None = None
     model_entry: str | None = None
     model_config_: Any = Field(None, alias="model_config")
@@ -85,7 +88,7 @@ class ServiceSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError(
                 "must start with a lower-case letter and hold only lower-case letters, "
                 "digits and underscores (at most 63 characters)"
@@ -98,6 +101,13 @@ class ServiceSpec(_Strict):
         if v is not None and (len(v) < 8 or any(c.isspace() for c in v)):
             raise ValueError("must be at least 8 characters with no white space")
         return v
+
+    @field_validator("model_sha256")
+    @classmethod
+    def _sha256(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+            raise ValueError("must be a SHA-256 digest: 64 hexadecimal characters (sha256sum prints it)")
+        return v.lower() if v is not None else None
 
     @field_validator("processor_type", mode="before")
     @classmethod
@@ -150,7 +160,7 @@ class ServiceSpec(_Strict):
     def model_version_fields(self) -> dict[str, Any]:
         """Fields whose change makes a new service version (model or processor)."""
         keys = (
-            "model_path", "model_entry", "model_config", "processor", "processor_path",
+            "model_path", "model_sha256", "model_entry", "model_config", "processor", "processor_path",
             "processor_entry", "processor_mainclass", "processor_type", "warm_up_data_path",
         )
         data = self.to_dict()

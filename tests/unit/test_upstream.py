@@ -4,14 +4,17 @@ answers each request the way an instance (or a broken one) would."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
+from eas.gateway import upstream
 from eas.gateway.upstream import UpstreamFailed, UpstreamPool, UpstreamRefused, UpstreamTimeout
 
-Reply = Callable[[bytes], bytes | None]  # request bytes -> raw answer (None: hang up)
+# request bytes -> raw answer (None: hang up), or a coroutine giving it (a late answer)
+Reply = Callable[[bytes], "bytes | None | Awaitable[bytes | None]"]
 
 
 async def serve(reply: Reply) -> tuple[asyncio.Server, int, list[bytes], list[int]]:
@@ -29,6 +32,8 @@ async def serve(reply: Reply) -> tuple[asyncio.Server, int, list[bytes], list[in
                 request = head + await reader.readexactly(length)
                 seen.append(request)
                 answer = reply(request)
+                if inspect.isawaitable(answer):
+                    answer = await answer
                 if answer is None:
                     writer.close()
                     return
@@ -111,19 +116,112 @@ def test_failures_are_told_apart() -> None:
     asyncio.run(go())
 
 
-def test_a_cancelled_request_drops_its_connection() -> None:
+class LateInstance:
+    """An instance that answers `/slow` only when the test says so, and `ok` at once to the rest.
+
+    Each interleaving below is driven by events and patched hooks, never by sleeping:
+    the client leaves (the request task is cancelled) at one exact moment, then the
+    late answer to the cancelled request is let out, and the next request must get its
+    own answer on a connection of its own.
+    """
+
+    def __init__(self) -> None:
+        self.got_slow = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def reply(self, request: bytes) -> bytes:
+        if b"/slow" in request:
+            self.got_slow.set()
+            await self.release.wait()
+            return ok(b"late answer to /slow")
+        return ok(b"ok")
+
+
+async def _next_request_is_clean(pool: UpstreamPool, port: int, late: LateInstance, connections: list[int]) -> None:
+    late.release.set()  # the answer to the cancelled request goes out now, if its connection lives
+    assert not pool._idle, "a cancelled request's connection went back to the pool"
+    assert (await pool.request("POST", "127.0.0.1", port, "/p", {}, b"", 5)).body == b"ok"
+    assert len(connections) == 2, "the next request must use a connection of its own"
+
+
+def test_a_request_cancelled_while_waiting_drops_its_connection() -> None:
     async def go() -> None:
-        server, port, _, connections = await serve(lambda r: b"" if b"/slow" in r else ok(b"ok"))
+        late = LateInstance()
+        server, port, _, connections = await serve(late.reply)
         pool = UpstreamPool()
         try:
             task = asyncio.create_task(pool.request("POST", "127.0.0.1", port, "/slow", {}, b"", 5))
-            await asyncio.sleep(0.1)
+            await late.got_slow.wait()  # sent and received: the answer is pending
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            # The late answer to /slow must never be read as the answer to the next request.
-            assert (await pool.request("POST", "127.0.0.1", port, "/p", {}, b"", 5)).body == b"ok"
-            assert len(connections) == 2
+            await _next_request_is_clean(pool, port, late, connections)
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(go())
+
+
+def test_a_request_cancelled_as_its_connection_opens_is_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race of the flaky test: the client left in the loop turn where the connection
+    to the instance completed. asyncio.wait_for (Python < 3.12) then returned the
+    connection and swallowed the cancel: the request went on, and `await task` got an
+    UpstreamTimeout instead of CancelledError. Driven here by cancelling from inside the
+    connect, right as it returns."""
+
+    async def go() -> None:
+        late = LateInstance()
+        server, port, _, connections = await serve(late.reply)
+        pool = UpstreamPool()
+        loop = asyncio.get_running_loop()
+        real_connect = loop.create_connection
+        tasks: list[asyncio.Task[upstream.UpstreamAnswer]] = []
+
+        async def connect_then_client_leaves(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            made = await real_connect(*args, **kwargs)
+            tasks[0].cancel()  # the client goes away in this very turn
+            return made
+
+        monkeypatch.setattr(loop, "create_connection", connect_then_client_leaves)
+        try:
+            tasks.append(asyncio.create_task(pool.request("POST", "127.0.0.1", port, "/slow", {}, b"", 2)))
+            with pytest.raises(asyncio.CancelledError):
+                await tasks[0]
+            monkeypatch.setattr(loop, "create_connection", real_connect)
+            await _next_request_is_clean(pool, port, late, connections)
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(go())
+
+
+def test_a_request_cancelled_as_its_answer_arrives_drops_its_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer is complete (the connection looks reusable) and the client leaves in
+    the same turn: the caller sees CancelledError and the connection is not pooled."""
+
+    async def go() -> None:
+        late = LateInstance()
+        server, port, _, connections = await serve(late.reply)
+        pool = UpstreamPool()
+        tasks: list[asyncio.Task[upstream.UpstreamAnswer]] = []
+        real_complete = upstream._Connection.on_message_complete
+
+        def complete_then_client_leaves(conn: upstream._Connection) -> None:
+            real_complete(conn)
+            if tasks and not tasks[0].done():
+                tasks[0].cancel()
+
+        monkeypatch.setattr(upstream._Connection, "on_message_complete", complete_then_client_leaves)
+        try:
+            tasks.append(asyncio.create_task(pool.request("POST", "127.0.0.1", port, "/slow", {}, b"", 5)))
+            await late.got_slow.wait()
+            late.release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await tasks[0]
+            monkeypatch.setattr(upstream._Connection, "on_message_complete", real_complete)
+            await _next_request_is_clean(pool, port, late, connections)
         finally:
             pool.close()
             server.close()

@@ -44,8 +44,21 @@ app.kubernetes.io/component: server
 {{ .Values.objectStore.existingSecret | default (printf "%s-objectstore" (include "eas.fullname" .)) }}
 {{- end -}}
 
+{{- define "eas.releaseSelector" -}}
+app.kubernetes.io/name: {{ include "eas.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Writable scratch space under a read-only root filesystem (Ray's session files, temp files). */}}
+{{- define "eas.tmpVolume" -}}
+- name: tmp
+  emptyDir: {}
+{{- end -}}
+
 {{/* Environment every pod that runs eas code needs: Ray on the pod network, object store settings. */}}
 {{- define "eas.commonEnv" -}}
+- name: HOME
+  value: /tmp
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
@@ -63,5 +76,15 @@ app.kubernetes.io/component: server
   valueFrom: {secretKeyRef: {name: {{ include "eas.objectStoreSecret" . }}, key: EAS_OSS_ACCESS_KEY_ID}}
 - name: EAS_OSS_ACCESS_KEY_SECRET
   valueFrom: {secretKeyRef: {name: {{ include "eas.objectStoreSecret" . }}, key: EAS_OSS_ACCESS_KEY_SECRET}}
+{{- end }}
+{{- end -}}
+
+{{/* eas-server joins the RayCluster as a node: with token auth it needs the token KubeRay generated. */}}
+{{- define "eas.rayAuthEnv" -}}
+{{- if .Values.ray.tokenAuth }}
+- name: RAY_AUTH_MODE
+  value: token
+- name: RAY_AUTH_TOKEN
+  valueFrom: {secretKeyRef: {name: {{ include "eas.raycluster" . }}, key: auth_token}}
 {{- end }}
 {{- end -}}
