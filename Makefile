@@ -15,6 +15,9 @@ STAMP := $(VENV)/.installed-test
 # The official EAS SDKs the tests drive (tests/sdk); versions pinned in their own files.
 SDK_PY_VENV := tests/sdk/python/.venv
 SDK_PY_STAMP := $(SDK_PY_VENV)/.installed
+# Alibaba's management SDKs (alibabacloud-eas20210701, alipai) for the OpenAPI tests.
+SDK_MGMT_VENV := tests/sdk/mgmt/.venv
+SDK_MGMT_STAMP := $(SDK_MGMT_VENV)/.installed
 SDK_JAVA_STAMP := tests/sdk/java/target/.deps-resolved
 # tritonclient (the v2 protocol tests in tests/e2e) needs protobuf<7: its own venv too.
 V2C_VENV := tests/e2e/v2client/.venv
@@ -46,13 +49,19 @@ $(SDK_PY_STAMP): tests/sdk/python/requirements.txt
 	$(SDK_PY_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/sdk/python/requirements.txt
 	touch $(SDK_PY_STAMP)
 
+# alipai and alibabacloud-eas20210701 pin protobuf and numpy versions Ray cannot share.
+$(SDK_MGMT_STAMP): tests/sdk/mgmt/requirements.txt
+	test -x $(SDK_MGMT_VENV)/bin/python || $(PYTHON) -m venv $(SDK_MGMT_VENV)
+	$(SDK_MGMT_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/sdk/mgmt/requirements.txt
+	touch $(SDK_MGMT_STAMP)
+
 # Maven resolves the Java SDK, JUnit and the plugins once, online (a run with no test
 # selected still resolves them), so the test run can be `mvn -o`.
 $(SDK_JAVA_STAMP): tests/sdk/java/pom.xml
 	cd tests/sdk/java && mvn -q -B test -Dtest=NoSuchTest -Dsurefire.failIfNoSpecifiedTests=false
 	touch $(SDK_JAVA_STAMP)
 
-sdk-deps: $(SDK_PY_STAMP) $(SDK_JAVA_STAMP)
+sdk-deps: $(SDK_PY_STAMP) $(SDK_MGMT_STAMP) $(SDK_JAVA_STAMP)
 
 $(V2C_STAMP): tests/e2e/v2client/requirements.txt
 	test -x $(V2C_VENV)/bin/python || $(PYTHON) -m venv $(V2C_VENV)
@@ -96,7 +105,7 @@ sdk: $(STAMP) sdk-deps
 	$(PY) -m pytest -q tests/sdk
 
 clean:
-	rm -rf $(VENV) $(SDK_PY_VENV) $(V2C_VENV) tests/sdk/java/target .demo *.egg-info .tools
+	rm -rf $(VENV) $(SDK_PY_VENV) $(SDK_MGMT_VENV) $(V2C_VENV) tests/sdk/java/target .demo *.egg-info .tools
 
 # The protobuf schemas: each folder's .proto files compiled into one descriptor set,
 # descriptors.binpb beside them, which the code loads (processors/protobuf.py). Both

@@ -4,9 +4,11 @@ Scenarios (all on 127.0.0.1, each bounded in time):
   echo      our gateway vs bare Ray Serve HTTP vs a plain ASGI echo (the floor)
   sklearn   a small sklearn model: us vs MLServer serving the same file
   batching  an ONNX MLP at concurrency 32, rpc.batching on vs off
+  batching_torch  the same MLP as TorchScript at concurrency 16, rpc.batching on vs off
   overload  about 2x capacity offered: admitted p99 vs unloaded p99, share shed with 450
   mirror    a primary's p99 with and without a 100 % mirror
   wake      time from the first request to a sleeping service to its first answer
+  ttfb      a streamed answer: time to first byte and to the last, through the gateway vs direct
   processors in-process framework call vs through the platform, per processor
 
 Load comes from bench/loadgen (compiled Go, keep-alive), so the client is not the bottleneck.
@@ -188,26 +190,52 @@ def mlp_model(path: Path, dim: int = 2048, hidden: int = 8192) -> None:
     onnx.save(model, path)
 
 
-def batching(workdir: Path) -> dict[str, Any]:
-    mlp_model(workdir / "mlp.onnx")
+def torch_mlp(path: Path, dim: int = 2048, hidden: int = 8192) -> None:
+    """`mlp_model`'s network as TorchScript (`torch.jit.script`), the artefact EAS's pytorch processor takes."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(dim, hidden, bias=False), torch.nn.ReLU(),
+                              torch.nn.Linear(hidden, 16, bias=False)).eval()
+    torch.jit.script(net).save(str(path))
+
+
+def compare_batching(workdir: Path, title: str, processor: str, model: Path, concurrency: int,
+                     max_batch: int, threads: int = 2, target: str = "") -> dict[str, Any]:
+    """One model served twice, rpc.batching off then on, under the same closed-loop load
+    (2 worker threads, each model call on `threads` intra-op threads)."""
     body = json.dumps({"instances": [np.random.default_rng(1).standard_normal(2048).round(3).tolist()]}).encode()
     results = {}
     eas = targets.EasServer(workdir)
     with eas.running():
         for mode, on in (("batching off", False), ("batching on", True)):
-            name = "mlp_on" if on else "mlp_off"
-            token = eas.create({"name": name, "processor": "onnx", "model_path": str(workdir / "mlp.onnx"),
-                                "model_config": {"intra_op_num_threads": 2},
+            name = f"mlp_{processor}_{'on' if on else 'off'}"
+            token = eas.create({"name": name, "processor": processor, "model_path": str(model),
+                                "model_config": {"intra_op_num_threads": threads},
                                 "metadata": {"instance": 1, "cpu": 1, "rpc": {
-                                    "batching": on, "max_batch_size": 32, "max_batch_timeout": 10,
+                                    "batching": on, "max_batch_size": max_batch, "max_batch_timeout": 10,
                                     "worker_threads": 2, "max_queue_size": 256}}})
-            results[mode] = load(f"{eas.url}/api/predict/{name}", 32, body=body, headers={"Authorization": token})
+            results[mode] = load(f"{eas.url}/api/predict/{name}", concurrency, body=body,
+                                 headers={"Authorization": token, "Content-Type": "application/json"})
             eas.delete(name)
     rows = [[m, r["rps"], r["p50_ms"], r["p99_ms"], r["codes"]] for m, r in results.items()]
-    text = table("ONNX MLP (2048 -> 8192 -> 16, 67 MB of weights) at concurrency 32",
-                 ["mode", "rps", "p50 ms", "p99 ms", "codes"], rows)
+    text = table(title, ["mode", "rps", "p50 ms", "p99 ms", "codes"], rows)
     return {"results": results, "text": text,
-            "ratios": {"rps batching on / off (target >= 3)": results["batching on"]["rps"] / results["batching off"]["rps"]}}
+            "ratios": {f"rps batching on / off{target}": results["batching on"]["rps"] / results["batching off"]["rps"]}}
+
+
+def batching(workdir: Path) -> dict[str, Any]:
+    mlp_model(workdir / "mlp.onnx")
+    return compare_batching(workdir, "ONNX MLP (2048 -> 8192 -> 16, 67 MB of weights) at concurrency 32",
+                            "onnx", workdir / "mlp.onnx", concurrency=32, max_batch=32, target=" (target >= 3)")
+
+
+def batching_torch(workdir: Path) -> dict[str, Any]:
+    torch_mlp(workdir / "mlp.pt")
+    # One intra-op thread per call: torch's OpenMP pool is per calling thread, so 2 worker
+    # threads x 2 intra-op threads would oversubscribe the cores (onnxruntime shares one pool).
+    return compare_batching(workdir, "TorchScript MLP (2048 -> 8192 -> 16, 67 MB of weights) at concurrency 16",
+                            "pytorch", workdir / "mlp.pt", concurrency=16, max_batch=16, threads=1)
 
 
 def overload(workdir: Path) -> dict[str, Any]:
@@ -307,6 +335,70 @@ def wake(workdir: Path) -> dict[str, Any]:
             "ratios": {"median time to first answer, s (goal < 5)": statistics.median(times)}}
 
 
+STREAM_CODE = '''
+import time
+class Stream:
+    def initialize(self):
+        pass
+    def process(self, data):
+        def pieces():
+            yield "data: first\\n\\n"
+            for i in range(4):
+                time.sleep(0.02)
+                yield f"data: {i}\\n\\n"
+        return pieces()
+'''
+
+
+def _streamed_timings(url: str, token: str, count: int) -> tuple[list[float], list[float]]:
+    """`count` streamed answers one after another on one keep-alive connection: time to
+    the first body byte and to the end of each, in ms (http.client: little client overhead)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    first, whole = [], []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            conn.request("POST", parts.path, body=b"{}", headers={"Authorization": token})
+            answer = conn.getresponse()
+            assert answer.status == 200, answer.status
+            assert answer.read1(), "no first chunk"
+            first.append((time.perf_counter() - started) * 1000)
+            answer.read()
+            whole.append((time.perf_counter() - started) * 1000)
+    finally:
+        conn.close()
+    return first, whole
+
+
+def ttfb(workdir: Path, count: int = 200) -> dict[str, Any]:
+    """A python processor that yields a first server-sent event at once, then four more
+    20 ms apart: time to first byte and to the end, through the gateway and directly."""
+    eas = targets.EasServer(workdir)
+    results: dict[str, dict[str, float]] = {}
+    with eas.running():
+        token = eas.create(python_service("stream", write_code(workdir, "stream", STREAM_CODE)))
+        items = httpx.get(f"{eas.url}/api/v1/servicediscovery/upstreams/stream").json()["endpoints"]["items"]
+        urls = {"eas gateway": f"{eas.url}/api/predict/stream",
+                "eas instance (DIRECT)": f"http://{items[0]['ip']}:{items[0]['port']}/api/predict/stream"}
+        for name, url in urls.items():
+            _streamed_timings(url, token, 20)  # warm-up
+            first, whole = _streamed_timings(url, token, count)
+            results[name] = {"ttfb_p50_ms": statistics.median(first),
+                             "ttfb_p99_ms": float(np.percentile(first, 99)),
+                             "total_p50_ms": statistics.median(whole)}
+    rows = [[n, r["ttfb_p50_ms"], r["ttfb_p99_ms"], r["total_p50_ms"]] for n, r in results.items()]
+    text = table(f"ttfb: a streamed answer (first event at once, 4 more 20 ms apart), {count} in a row",
+                 ["target", "ttfb p50 ms", "ttfb p99 ms", "total p50 ms"], rows)
+    gateway, direct = results["eas gateway"], results["eas instance (DIRECT)"]
+    return {"results": results, "text": text, "ratios": {
+        "ttfb p50 added by the gateway, ms": gateway["ttfb_p50_ms"] - direct["ttfb_p50_ms"],
+        "total p50 added by the gateway, ms": gateway["total_p50_ms"] - direct["total_p50_ms"]}}
+
+
 def processors(workdir: Path) -> dict[str, Any]:
     """In-process framework call vs the same request through the platform (c=1 p50)."""
     from bench import models
@@ -329,8 +421,8 @@ def processors(workdir: Path) -> dict[str, Any]:
 
 
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
-    "echo": echo, "sklearn": sklearn, "batching": batching, "overload": overload,
-    "mirror": mirror, "wake": wake, "processors": processors,
+    "echo": echo, "sklearn": sklearn, "batching": batching, "batching_torch": batching_torch, "overload": overload,
+    "mirror": mirror, "wake": wake, "processors": processors, "ttfb": ttfb,
 }
 
 

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from eas import __version__
+from eas.api.accesskeys import AccessKeysApi
 from eas.api.base import ApiContext
 from eas.api.services import ServicesApi
 from eas.api.traffic import TrafficApi
@@ -96,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="logical CPUs of the embedded Ray (default 4 per core, so small "
                    "services can share a laptop; on a cluster Ray's own count is used)")
     p.add_argument("--region", default="local", help="region name shown by eascmd (default local)")
+    p.add_argument("--allow-cpu-fallback", action="store_true",
+                   help="run services that ask for a GPU on CPU when the cluster has none (an event says so) "
+                        "instead of failing them")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--access-log", default=None, metavar="PATH",
                    help="write one JSON line per predict request (request id, service, status, ms) "
@@ -210,7 +214,7 @@ def _healthz(api: ApiContext):  # noqa: ANN202
 
 def management_routes(api: ApiContext, console: Console | None) -> list[BaseRoute]:
     """The management API, and the web console beside the API it drives (docs/console.md)."""
-    api_routes = [*ServicesApi(api).routes(), *TrafficApi(api).routes()]
+    api_routes = [*ServicesApi(api).routes(), *TrafficApi(api).routes(), *AccessKeysApi(api).routes()]
     return [*api_routes, *(console.routes(api_routes) if console is not None else [])]
 
 
@@ -297,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
                        access_key=access_key, leader=LeaderLease(store, server_identity(data_dir), args.lease_ttl),
                        grpc=(args.host, args.grpc_port) if args.grpc_port else None,
                        admin_apart=args.admin_port is not None, limits=limits)
+    platform.controller.allow_cpu_fallback = args.allow_cpu_fallback
     platform.controller.start()
     if platform.console is not None:
         platform.console.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import click
@@ -53,6 +54,23 @@ def print_json(data: Any) -> None:
     echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def print_request_id(request_id: str) -> None:
+    """`[RequestId]: ...`, the first line of EAS's eascmd output for a call."""
+    echo(f"[RequestId]: {request_id}")
+
+
+def eas_time(value: Any) -> str:
+    """An API time (ISO 8601, UTC) as EAS's eascmd prints it: `2026-11-23 17:00:00`, in
+    the local time zone; anything else as it is."""
+    if not isinstance(value, str) or not value:
+        return "" if value is None else str(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return (moment.astimezone() if moment.tzinfo else moment).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def json_option(func: F) -> F:
     return click.option("--json", "json_output", is_flag=True, help="Print the raw JSON instead of a table.")(func)
 
@@ -91,7 +109,8 @@ def wait_for(settings: Settings, name: str, goal: Literal["running", "stopped", 
     a timeout becomes an error saying how to keep watching.
     """
     client = settings.client()
-    printer = ProgressPrinter(echo)
+    # While it is deleted EAS's eascmd repeats `[OK] Service is terminating`.
+    printer = ProgressPrinter(echo, line=(lambda _: "[OK] Service is terminating") if goal == "deleted" else None)
     try:
         if goal == "deleted":
             client.wait_until_deleted(name, printer, timeout)

@@ -1,4 +1,4 @@
-"""Commands that change a service: create, modify, start, stop, delete, dw.
+"""Commands that change a service: create, modify, start, stop, delete, dw (deleteworkers).
 
 Each prints `[OK] ...` lines and, where the change takes time, waits for it through
 common.wait_for so every command shows progress and honours --timeout the same way.
@@ -65,7 +65,8 @@ def create_command(settings: Settings, file: str, blue_green: bool, yes: bool, t
     try:
         answer = client.create_service(spec, blue_green=blue_green)
     except EasApiError as exc:
-        name = spec.get("name")
+        meta = spec.get("metadata")
+        name = spec.get("name") or (meta.get("name") if isinstance(meta, dict) else None)  # new style: metadata.name
         if exc.status != 409 or not name or blue_green:
             raise
         confirm(
@@ -168,7 +169,7 @@ def delete_command(settings: Settings, name: str, yes: bool, timeout: float) -> 
     _print_request_id(client.delete_service(name))
     ok(f"Service [{name}] in region [{region}] is terminating")
     wait_for(settings, name, "deleted", timeout)
-    ok(f"Service [{name}] is deleted")
+    ok("Service was deleted successfully")
 
 
 @click.command("dw")
@@ -177,18 +178,24 @@ def delete_command(settings: Settings, name: str, yes: bool, timeout: float) -> 
 @yes_option
 @pass_settings
 def dw_command(settings: Settings, name: str, instances: tuple[str, ...], yes: bool) -> None:
-    """Restart instances of a service (names from 'eascmd w').
+    """Delete instances of a service: Ray Serve starts new ones in their place, so this
+    restarts them (alias: deleteworkers). Names from 'eascmd w', comma-separated as EAS
+    takes them, or as separate arguments.
 
     \b
     Example:
       eascmd dw iris iris-7f3a2
+      eascmd deleteworkers iris iris-7f3a2,iris-9c1d0
     """
     client = settings.client()
-    listed = ", ".join(instances)
+    names = [n.strip() for item in instances for n in item.split(",") if n.strip()]
+    if not names:
+        raise click.UsageError("name at least one instance (see 'eascmd w')")
+    listed = ",".join(names)
     confirm(
-        f"Are you sure to restart the instances [{listed}] of service [{name}] in [{client.region}]?",
+        f"Are you sure to delete the instances [{listed}] of service [{name}] in [{client.region}]?",
         yes,
-        "no instance was restarted",
+        "no instance was deleted",
     )
-    _print_request_id(client.restart_instances(name, list(instances)))
-    ok(f"Instances [{listed}] of service [{name}] are restarting")
+    _print_request_id(client.restart_instances(name, names))
+    ok(f"Instance(s) [{listed}] for service [{name}] in region [{client.region}] was deleted successfully")

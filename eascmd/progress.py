@@ -32,8 +32,11 @@ class ProgressPrinter:
         echo: Callable[[str], None],
         heartbeat_s: float = HEARTBEAT_S,
         clock: Callable[[], float] = time.monotonic,
+        line: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
         self._echo = echo
+        self._line = line or counts_line
+        """The progress line of a service: counts (create, modify, start) or a fixed text (delete)."""
         self._heartbeat_s = heartbeat_s
         self._clock = clock
         self._last_line: str | None = None
@@ -45,7 +48,7 @@ class ProgressPrinter:
         if message and message != self._last_message and service.get("Status") != "Failed":
             self._echo(f"[OK] {message}")
         self._last_message = message
-        line = counts_line(service)
+        line = self._line(service)
         now = self._clock()
         if line != self._last_line or now - self._printed_at >= self._heartbeat_s:
             self._echo(line)

@@ -1,8 +1,10 @@
-"""Commands that move traffic: release, version, traffic, mirror, and service groups."""
+"""Commands that move traffic and scale: release, version, traffic, mirror, service
+groups, autoscale and cronscale."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -15,10 +17,12 @@ from eascmd.common import (
     ok,
     pass_settings,
     print_json,
+    print_request_id,
     timeout_option,
     wait_for,
     yes_option,
 )
+from eascmd.specfile import load_spec, parse_defines
 
 
 def _weights(items: tuple[str, ...], option: str) -> dict[str, int]:
@@ -49,9 +53,10 @@ def release_command(settings: Settings, partner: str, weight: int, yes: bool) ->
     Example:
       eascmd release iris_k3j9dz -w 50
     """
-    confirm(f"Release [{partner}] with weight {weight}%?", yes, f"traffic of [{partner}] was not changed")
+    confirm(f"Confirmed to release this service at weight [{weight}%]?", yes, f"traffic of [{partner}] was not changed")
     answer = settings.client().release(partner, weight)
-    ok(str(answer.get("Message", "released")))
+    print_request_id(str(answer.get("RequestId", "")))
+    ok(f"Service [{partner}] is weighted to {weight}% now")
 
 
 @click.command("version")
@@ -121,11 +126,16 @@ def group_command() -> None:
     """
 
 
-def _show_group(group: dict) -> None:  # type: ignore[type-arg]
-    members = ", ".join(f"{m['Service']}:{m['Weight']}" for m in group.get("Members", []))
+def _members(group: dict[str, Any]) -> str:
+    """`svc:weight, ...` from a group's members (ours: under `Ext`)."""
+    return ", ".join(f"{m['Service']}:{m['Weight']}" for m in (group.get("Ext") or {}).get("Members", []))
+
+
+def _show_group(group: dict[str, Any]) -> None:
     echo(table.render_pairs([
-        ("GroupName", group.get("GroupName")), ("AccessToken", group.get("AccessToken")),
-        ("Members", members), ("Endpoint", f"{group.get('IntranetEndpoint', '')}{group.get('GroupPath', '')}"),
+        ("GroupName", group.get("Name")), ("AccessToken", group.get("AccessToken")),
+        ("TrafficMode", group.get("TrafficMode")), ("Members", _members(group)),
+        ("Endpoint", group.get("IntranetEndpoint", "")),
     ]))
 
 
@@ -158,9 +168,8 @@ def group_ls(settings: Settings, json_output: bool) -> None:
     if settings.wants_json(json_output):
         print_json(groups)
         return
-    rows = [[g["GroupName"], ", ".join(f"{m['Service']}:{m['Weight']}" for m in g["Members"]), g["GroupPath"]]
-            for g in groups]
-    echo(table.render(rows, ["GROUPNAME", "MEMBERS", "GROUPPATH"]))
+    rows = [[g.get("Name"), g.get("TrafficMode"), _members(g), g.get("IntranetEndpoint")] for g in groups]
+    echo(table.render(rows, ["GROUPNAME", "TRAFFICMODE", "MEMBERS", "ENDPOINT"]))
 
 
 @group_command.command("desc")
@@ -189,53 +198,125 @@ def group_delete(settings: Settings, name: str, yes: bool) -> None:
 COMMANDS = [release_command, version_command, traffic_command, mirror_command, group_command]
 
 
+def _service_arg(settings: Settings, target: str) -> str:
+    """EAS's `[region/]service`: the service name, after checking a region given is ours."""
+    region, slash, name = target.rpartition("/")
+    if slash and region != settings.client().region:
+        raise click.BadParameter(f"region '{region}' is not this config's region '{settings.client().region}'",
+                                 param_hint="SERVICE")
+    return name
+
+
+#: `-Dstrategies.<metric>=<threshold>` metrics, as EAS's eascmd names them.
+AUTOSCALE_KEYS = ("min", "max", "strategies", "behavior")
+
+
+def autoscaler_block(defines: tuple[str, ...]) -> dict[str, Any]:
+    """EAS's `-Dmin=1 -Dmax=4 -Dstrategies.qps=10 [-Dstrategies.cpu=70]
+    [-Dbehavior.scaleDown.stabilizationWindowSeconds=300]` as the autoscaler body."""
+    values = parse_defines(defines)
+    unknown = sorted(set(values) - set(AUTOSCALE_KEYS))
+    if unknown:
+        raise click.BadParameter(f"unknown key(s) {', '.join(unknown)}: use -Dmin=, -Dmax=, -Dstrategies.<metric>= "
+                                 "and -Dbehavior.<...>=", param_hint="-D")
+    strategies = values.get("strategies") or {}
+    if "max" not in values or not isinstance(strategies, dict) or not strategies:
+        raise click.UsageError("set -Dmax= and at least one -Dstrategies.<metric>=<threshold> (qps, cpu, ...)")
+    block: dict[str, Any] = {"min": values.get("min", 1), "max": values["max"],
+                             "scaleStrategies": [{"metricName": m, "threshold": t} for m, t in strategies.items()]}
+    if "behavior" in values:
+        block["behavior"] = values["behavior"]
+    return block
+
+
 @click.command("autoscale")
-@click.argument("name")
-@click.option("--min", "min_", type=click.IntRange(0, 1000), help="Fewest instances (0 allows scale to zero).")
-@click.option("--max", "max_", type=click.IntRange(1, 1000), help="Most instances.")
-@click.option("--qps", type=click.FloatRange(min=0, min_open=True), help="Target requests/s per instance.")
-@click.option("--cpu", type=click.FloatRange(min=0, min_open=True), help="Target CPU %% per instance.")
-@click.option("--inflight", type=click.FloatRange(min=0, min_open=True), help="Target requests in flight per instance.")
-@click.option("--scale-down-window", type=click.FloatRange(min=0), help="Seconds a lower load must last before scaling down (default 300).")
-@click.option("--off", is_flag=True, help="Remove the autoscaler.")
+@click.argument("args", nargs=-1, required=True, metavar="[rm|desc] [REGION/]SERVICE")
+@click.option("-D", "defines", multiple=True, metavar="KEY=VALUE",
+              help="-Dmin=1 -Dmax=4 -Dstrategies.qps=10 (EAS's syntax).")
 @json_option
 @pass_settings
-def autoscale_command(settings: Settings, name: str, min_: int | None, max_: int | None, qps: float | None,
-                      cpu: float | None, inflight: float | None, scale_down_window: float | None, off: bool,
-                      json_output: bool) -> None:
-    """Show or set NAME's autoscaler (EAS: desired = ceil(current * metric / threshold)).
+def autoscale_command(settings: Settings, args: tuple[str, ...], defines: tuple[str, ...], json_output: bool) -> None:
+    """Set, show or remove a service's autoscaler (EAS: desired = ceil(current * metric / threshold)).
 
     \b
     Example:
-      eascmd autoscale iris --min 1 --max 4 --qps 20
-      eascmd autoscale iris                 # show settings and the last decision
-      eascmd autoscale iris --off
+      eascmd autoscale iris -Dmin=1 -Dmax=4 -Dstrategies.qps=20
+      eascmd autoscale local/iris -Dmin=1 -Dmax=8 -Dstrategies.cpu=70
+      eascmd autoscale desc iris            # settings, current metrics, last decision
+      eascmd autoscale rm iris
     """
     client = settings.client()
-    if off:
-        client.update_service(name, {"autoscaler": None})
-        ok(f"Autoscaler of [{name}] removed")
+    verb, target = (args[0], args[1:]) if args[0] in ("rm", "desc") else ("", args)
+    if len(target) != 1:
+        raise click.UsageError("name one service: eascmd autoscale [rm|desc] [REGION/]SERVICE [-D...]")
+    name = _service_arg(settings, target[0])
+    if verb == "rm":
+        print_request_id(str(client.delete_autoscaler(name).get("RequestId", "")))
+        ok(f"Autoscaler of service [{name}] is removed")
         return
-    strategies = [{"metricName": m, "threshold": v} for m, v in (("qps", qps), ("cpu", cpu), ("inflight", inflight))
-                  if v is not None]
-    if max_ is None and not strategies:
-        service = client.describe_service(name)
-        config = json.loads(service.get("ServiceConfig") or "{}")
-        shown = {k: config.get(k) for k in ("autoscaler", "cron_scaler", "sleep")}
-        shown["last_scaling"] = service.get("LastScaling")
+    if verb == "desc" or not defines:
+        shown = client.describe_autoscaler(name)
         if settings.wants_json(json_output):
             print_json(shown)
-        else:
-            echo(table.render_pairs([(k, json.dumps(v)) for k, v in shown.items()]))
+            return
+        last = (shown.get("Ext") or {}).get("LastScaling")
+        strategies = ", ".join(f"{s['metricName']} {s['threshold']:g}" for s in shown.get("ScaleStrategies") or [])
+        metrics = ", ".join(f"{m['metricName']} {m['value']:.1f}" for m in shown.get("CurrentMetrics") or [])
+        echo(table.render_pairs([
+            ("ServiceName", shown.get("ServiceName")), ("MinReplica", shown.get("MinReplica")),
+            ("MaxReplica", shown.get("MaxReplica")), ("ScaleStrategies", strategies), ("CurrentMetrics", metrics),
+            ("Behavior", json.dumps(shown.get("Behavior") or {})),
+            ("LastScaling", f"{last['DesiredInstance']} instances ({last['Reason']})" if last else ""),
+        ]))
         return
-    if max_ is None or not strategies:
-        raise click.UsageError("set --max and at least one of --qps, --cpu, --inflight (or --off)")
-    block: dict = {"min": 1 if min_ is None else min_, "max": max_, "scaleStrategies": strategies}
-    if scale_down_window is not None:
-        block["behavior"] = {"scaleDown": {"stabilizationWindowSeconds": scale_down_window}}
-    client.update_service(name, {"autoscaler": block})
-    ok(f"Autoscaler of [{name}]: {block['min']}..{max_} instances on "
-       + ", ".join(f"{s['metricName']} {s['threshold']:g}" for s in strategies))
+    block = autoscaler_block(defines)
+    print_request_id(str(client.set_autoscaler(name, block).get("RequestId", "")))
+    ok(f"Autoscaler of service [{name}]: {block['min']}..{block['max']} instances on "
+       + ", ".join(f"{s['metricName']} {s['threshold']:g}" for s in block["scaleStrategies"]))
 
 
-COMMANDS.append(autoscale_command)
+@click.command("cronscale")
+@click.argument("args", nargs=-1, required=True, metavar="[rm|desc] [REGION/]SERVICE")
+@click.option("-s", "--spec", "spec_file", metavar="FILE",
+              help="EAS's cron scaler body: {\"ScaleJobs\": [{\"Name\", \"Schedule\", \"TargetSize\"}], "
+                   "\"ExcludeDates\", \"TimeZone\"} (JSON or YAML).")
+@json_option
+@pass_settings
+def cronscale_command(settings: Settings, args: tuple[str, ...], spec_file: str | None, json_output: bool) -> None:
+    """Set, show or remove a service's cron scaler: instance counts on a schedule.
+
+    Schedules are EAS's six-field cron expressions, seconds first ("0 0 8 * * *": 08:00
+    every day), read in TimeZone (default UTC); ExcludeDates lists times no job fires at.
+
+    \b
+    Example:
+      eascmd cronscale iris -s cron.json
+      eascmd cronscale desc iris
+      eascmd cronscale rm iris
+    """
+    client = settings.client()
+    verb, target = (args[0], args[1:]) if args[0] in ("rm", "desc") else ("", args)
+    if len(target) != 1:
+        raise click.UsageError("name one service: eascmd cronscale [rm|desc] [REGION/]SERVICE [-s FILE]")
+    name = _service_arg(settings, target[0])
+    if verb == "rm":
+        print_request_id(str(client.delete_cron_scaler(name).get("RequestId", "")))
+        ok(f"Cron scaler of service [{name}] is removed")
+        return
+    if verb == "desc" or not spec_file:
+        shown = client.describe_cron_scaler(name)
+        if settings.wants_json(json_output):
+            print_json(shown)
+            return
+        rows = [[j.get("Name"), j.get("Schedule"), j.get("TargetSize"), j.get("LastProbeTime")]
+                for j in shown.get("ScaleJobs") or []]
+        echo(table.render(rows, ["NAME", "SCHEDULE", "TARGETSIZE", "LASTFIRED"]))
+        if shown.get("ExcludeDates"):
+            echo(f"ExcludeDates: {', '.join(shown['ExcludeDates'])} (TimeZone {shown.get('TimeZone') or 'UTC'})")
+        return
+    body = load_spec(spec_file)
+    print_request_id(str(client.set_cron_scaler(name, body).get("RequestId", "")))
+    ok(f"Cron scaler of service [{name}]: {len(body.get('ScaleJobs') or [])} jobs")
+
+
+COMMANDS += [autoscale_command, cronscale_command]

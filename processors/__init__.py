@@ -38,6 +38,7 @@ __all__ = [
     "MissingFrameworkError", "ModelContext", "ModelLoadError", "Processor", "ProcessorError", "Request",
     "Response", "UnknownProcessorError", "check_framework", "context_from_spec", "create_processor",
     "error_response", "json_response", "known_codes", "parse_json_body", "predict_or_error", "resolve",
+    "signature_of",
 ]
 
 DEFAULT_WORKERS = 5
@@ -59,6 +60,8 @@ def context_from_spec(
     model_dir: str | None = None,
     processor_path: str | None = None,
     workers: int | None = None,
+    mounts: Mapping[str, str] | None = None,
+    device: str = "cpu",
 ) -> ModelContext:
     """A ModelContext from a service JSON; pass the *local* paths model/code were fetched to.
 
@@ -74,6 +77,8 @@ def context_from_spec(
         processor_mainclass=spec.get("processor_mainclass") or None,
         workers=workers if workers is not None else _workers(spec),
         options=MappingProxyType(dict(spec)),
+        mounts=MappingProxyType(dict(mounts or {})),
+        device=device,
     )
 
 
@@ -84,6 +89,8 @@ def create_processor(
     processor_path: str | None = None,
     workers: int | None = None,
     load: bool = True,
+    mounts: Mapping[str, str] | None = None,
+    device: str = "cpu",
 ) -> Processor:
     """Resolve, build and (unless load=False) load the processor a service JSON asks for.
 
@@ -95,8 +102,16 @@ def create_processor(
     cls = resolve(spec.get("processor"), spec.get("processor_type"))
     if load:
         check_framework(spec.get("processor"), spec.get("processor_type"))
-    ctx = context_from_spec(spec, model_dir=model_dir, processor_path=processor_path, workers=workers)
+    ctx = context_from_spec(spec, model_dir=model_dir, processor_path=processor_path, workers=workers,
+                            mounts=mounts, device=device)
     processor = cls(ctx)
     if load:
         processor.load()
     return processor
+
+
+def signature_of(processor: Processor) -> dict[str, Any]:
+    """What a GET on the predict path answers (processors/_signature.py; numpy loads then)."""
+    from ._signature import signature_of as build
+
+    return build(processor)

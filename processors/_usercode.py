@@ -2,6 +2,11 @@
 
 Failures in user code must point at the user's file and line, and optional
 constructor/method parameters must be detected the same way for every style.
+
+Streaming: user code that returns a generator (or an async generator) instead of a
+body answers piece by piece: `streamed` turns it into a `StreamedResponse` whose
+chunks the instance sends as they are yielded (eas/instance/runtime.py runs a plain
+generator's steps on its worker threads, an async one on its event loop).
 """
 
 from __future__ import annotations
@@ -9,10 +14,15 @@ from __future__ import annotations
 import inspect
 import os
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Callable, Iterator
 
-from .base import ModelLoadError
+from ._jsonio import guess_content_type
+from .base import ModelLoadError, ProcessorError, Response
+
+#: The first bytes of a server-sent event: a stream that starts so is sent as text/event-stream.
+_SSE_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
 
 
 def user_location(exc: BaseException, user_dir: Path) -> str:
@@ -45,3 +55,74 @@ def positional_count(func: Any) -> tuple[int, int]:
     except (TypeError, ValueError):
         return 0, 0
     return sum(p.default is p.empty for p in params), len(params)
+
+
+@dataclass
+class StreamedResponse(Response):
+    """An answer user code produces piece by piece: `body` is empty and `chunks` yields
+    the pieces as bytes, a plain iterator (each step may block: the runtime runs it on a
+    worker thread) or an async one (run on the instance's event loop). `content_type`
+    is set from the first piece (`stream_type`) unless the code chose it."""
+
+    chunks: Iterator[bytes] | AsyncIterator[bytes] | None = None
+
+
+def is_stream(value: Any) -> bool:
+    """A generator or async generator: what user code returns to stream its answer."""
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
+def stream_type(first: bytes, kind: str) -> str:
+    """The content type of a stream, from its first piece and what kind of value it was
+    ("bytes", "text", or "json": objects sent as JSON lines): server-sent events when it
+    starts like one, else as the piece looks."""
+    if first.lstrip().startswith(_SSE_STARTS):
+        return "text/event-stream"
+    if kind == "json":
+        return "application/x-ndjson"
+    guessed = guess_content_type(first)
+    return "text/plain; charset=utf-8" if kind == "text" and guessed != "application/json" else guessed
+
+
+def streamed(result: Any, status: int, encode: Callable[[Any], tuple[bytes, str]],
+             user_error: Callable[[Exception], ProcessorError]) -> StreamedResponse:
+    """A `StreamedResponse` for the generator `result`: each item it yields goes out as
+    `encode(item)` (bytes, and the kind of value: see `stream_type`); whatever the generator raises
+    becomes `user_error(exc)` (a ProcessorError naming the user's fault). Closing the
+    stream closes the generator (GeneratorExit inside the user's code: its `finally`
+    blocks run)."""
+    response = StreamedResponse(b"", status, "")
+
+    def first_seen(item: Any) -> bytes:
+        data, kind = encode(item)
+        if not response.content_type:
+            response.content_type = stream_type(data, kind)
+        return data
+
+    if inspect.isasyncgen(result):
+        async def pieces() -> AsyncIterator[bytes]:
+            try:
+                async for item in result:
+                    yield first_seen(item)
+            except ProcessorError:
+                raise
+            except Exception as exc:
+                raise user_error(exc) from None
+            finally:
+                await result.aclose()
+
+        response.chunks = pieces()
+    else:
+        def steps() -> Iterator[bytes]:
+            try:
+                for item in result:
+                    yield first_seen(item)
+            except ProcessorError:
+                raise
+            except Exception as exc:
+                raise user_error(exc) from None
+            finally:
+                result.close()
+
+        response.chunks = steps()
+    return response

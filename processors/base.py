@@ -43,6 +43,10 @@ class ModelContext:
     """Concurrent requests this instance serves (`rpc.worker_threads`)."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Other service JSON fields a processor may want (read-only)."""
+    mounts: Mapping[str, str] = field(default_factory=dict)
+    """The service's `storage` mounts: mount_path -> the local directory on this node."""
+    device: str = "cpu"
+    """Where the model runs: "cpu", or "cuda" when this instance was given a GPU."""
 
 
 @dataclass
@@ -267,6 +271,13 @@ class Processor(ABC):
         cannot take (unknown or missing input, wrong rank, dtype or width).
         """
         raise ProcessorError(f"{type(self).__name__} does not support the Open Inference Protocol (v2)")
+
+    def signature(self) -> dict[str, Any]:
+        """The model's inputs and outputs as EAS answers a GET on the predict path (the
+        form processors/_signature.py builds): what clients read to build a request.
+        Without an override, `signature_of` derives it from `metadata_v2`."""
+        raise ProcessorError(f"this service's processor ({type(self).__name__}) has no model signature to show; "
+                             "GET on the predict path answers for tensor models (tensorflow, onnx, pytorch, paddle)")
 
     def metadata_v2(self) -> dict[str, Any]:
         """`{"platform": str, "inputs": [...], "outputs": [...]}`, each tensor

@@ -14,7 +14,9 @@ file defines (see `detect` in python.py):
 `request_body` / `request` is the parsed JSON when the body is JSON (BML hands a
 dict), else the raw bytes. Whatever comes back is sent as JSON when it is a
 dict/list/number (numpy arrays and tensors included), as text when a str, as is when
-bytes; `(body, status)` sets the HTTP status.
+bytes; `(body, status)` sets the HTTP status. A generator (or async generator) coming
+back streams the answer: each item goes to the client as it is yielded, str and bytes
+as they are, anything else as one line of JSON (NDJSON).
 
 Errors: raise `CustomException(error_code, message)` (import it from here, or define
 your own class of that name with `error_code` and `message`) and the client gets a
@@ -30,7 +32,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from ._jsonio import guess_content_type, is_json_request, to_jsonable
-from ._usercode import accepts, load_failure, positional_count
+from ._usercode import accepts, is_stream, load_failure, positional_count, streamed
 from .base import ModelContext, ProcessorError, Request, Response, decode_error
 
 
@@ -66,10 +68,30 @@ def call_user(what: str, func: Callable[..., Any], *args: Any) -> Any:
     except ProcessorError:
         raise
     except Exception as exc:
-        custom = _custom_error(exc)
-        if custom is not None:
-            raise custom from None
-        raise ProcessorError(f"processor raised {type(exc).__name__}: {exc} (in {what})") from None
+        raise _user_error(exc, what) from None
+
+
+def _user_error(exc: Exception, what: str) -> ProcessorError:
+    """What user code raised, as the request's error: a CustomException's own code and
+    message, else a 400 naming the exception and where."""
+    custom = _custom_error(exc)
+    if custom is not None:
+        return custom
+    return ProcessorError(f"processor raised {type(exc).__name__}: {exc} (in {what})")
+
+
+def _piece(item: Any) -> tuple[bytes, str]:
+    """One item a streaming BML function yields: str and bytes as they are, anything else
+    as a line of JSON."""
+    if isinstance(item, str):
+        return item.encode("utf-8"), "text"
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item), "bytes"
+    try:
+        return json.dumps(_plain(item), ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n", "json"
+    except (TypeError, ValueError) as exc:
+        raise ProcessorError(f"yielded {type(item).__name__}, which cannot be sent as JSON: {exc}",
+                             status=500) from None
 
 
 def request_value(request: Request) -> Any:
@@ -104,6 +126,8 @@ def encode_result(result: Any, what: str) -> Response:
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int) \
             and not isinstance(result[1], bool) and 100 <= result[1] <= 599:
         result, status = result
+    if is_stream(result):
+        return streamed(result, status, _piece, lambda exc: _user_error(exc, what))
     if isinstance(result, (bytes, bytearray, memoryview)):
         body = bytes(result)
         return Response(body, status, guess_content_type(body))

@@ -1,7 +1,9 @@
-"""ONNX models on onnxruntime, fed JSON or the EAS TF PredictRequest protobuf.
+"""ONNX models on onnxruntime, fed JSON, the EAS TF PredictRequest or the EAS OnnxRequest.
 
-The protobuf path exists because the official SDK's `TFRequest` is what EAS users
-already send; JSON is what curl users send.
+The protobuf paths exist because the official SDKs' `TFRequest` and eas-prediction's
+`OnnxRequest` (processors/onnxproto.py; answered in kind) are what EAS users already
+send; JSON is what curl users send. Another SDK request (a TorchRequest, an
+EasyRecRequest) is a 400 that names the processor it needs (processors/sdkrequests.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import tfproto
+from . import onnxproto, sdkrequests, tfproto
 from ._files import find_model_file, model_config_dict
 from ._jsonio import is_json_request
 from ._tensors import TensorSpec, collect_feeds, decode_json, from_json, json_outputs, pick_outputs
@@ -100,7 +102,7 @@ class _Call:
 
     feeds: dict[str, np.ndarray]
     outputs: list[str]
-    form: str  # "inputs" | "instances" | "proto"
+    form: str  # "inputs" | "instances" | "proto" | "onnx"
 
 
 class OnnxProcessor(Processor):
@@ -121,7 +123,9 @@ class OnnxProcessor(Processor):
         path = find_model_file(self.ctx, (".onnx",), "ONNX")
         config = model_config_dict(self.ctx.model_config)
         options = _session_options(ort, config)
-        providers = config.get("providers") or ["CPUExecutionProvider"]
+        # The instance's GPU when it has one (onnxruntime-gpu provides CUDA; CPU stays the fallback).
+        providers = config.get("providers") or (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                                                if self.ctx.device == "cuda" else ["CPUExecutionProvider"])
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:
@@ -155,6 +159,29 @@ class OnnxProcessor(Processor):
                 "ArrayProto form; ask for it with a JSON request")
         return _Call(feeds, [n for n in outputs if n not in non_tensor], "proto")
 
+    def _decode_binary(self, body: bytes) -> _Call:
+        """A TF PredictRequest, else an OnnxRequest; else the TF error, or a 400 naming
+        the processor the body is meant for. The TF path is tried first and alone on
+        success: OnnxRequest costs nothing to TFRequest callers."""
+        try:
+            return self._decode_proto(body)
+        except ProcessorError:
+            message = onnxproto.parse(body)
+            if message is not None:
+                return self._decode_onnx(message)
+            why = sdkrequests.misdirected(body, ("TFRequest", "OnnxRequest"), "onnx")
+            if why is None:
+                raise
+            raise ProcessorError(why) from None
+
+    def _decode_onnx(self, message: Any) -> _Call:
+        """An OnnxRequest: named tensors in, every tensor output back (it names none)."""
+        feeds = collect_feeds(
+            self.inputs, {t.name: t for t in message.tensors},
+            lambda spec, t, budget: onnxproto.array_from_tensor(t, f"input {spec.name!r}", spec=spec, budget=budget),
+            budget=self.decode_limits.budget())
+        return _Call(feeds, [n for n, s in self.outputs.items() if _is_tensor(s)], "onnx")
+
     def _decode(self, request: Request) -> _Call:
         """The request's call; whatever fails while decoding is this request's 4xx."""
         try:
@@ -166,7 +193,7 @@ class OnnxProcessor(Processor):
         if not request.body.strip():
             raise ProcessorError("empty request body: send JSON or a TF PredictRequest")
         if not is_json_request(request):
-            return self._decode_proto(request.body)
+            return self._decode_binary(request.body)
         declared_json = bool(request.content_type and "json" in request.content_type.lower())
         try:
             payload = parse_json_body(request.body)
@@ -174,7 +201,7 @@ class OnnxProcessor(Processor):
             if declared_json:
                 raise
             try:  # a protobuf whose first bytes happen to look like JSON
-                return self._decode_proto(request.body)
+                return self._decode_binary(request.body)
             except ProcessorError:
                 pass
             raise
@@ -190,6 +217,9 @@ class OnnxProcessor(Processor):
             raise ProcessorError(f"onnxruntime failed: {exc}", status=400 if bad_input else 500) from None
 
     def _encode(self, call: _Call, results: list[Any]) -> Response:
+        if call.form == "onnx":
+            answer = onnxproto.to_proto(dict(zip(call.outputs, results)))
+            return Response(answer.SerializeToString(), 200, "application/octet-stream")
         if call.form != "proto":
             named = dict(zip(call.outputs, results))
             return json_response(json_outputs(call.form, named, single_unwrapped=False))

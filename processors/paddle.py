@@ -7,7 +7,9 @@ older ones) next to `model.pdiparams`. Requests: Baidu BML's JSON tensors format
 row JSON the other tensor processors take (`{"inputs": {...}}`, `{"instances": [...]}`).
 
 A predictor is not thread safe: each worker thread takes one of a pool of
-predictor clones (they share the weights).
+predictor clones (they share the weights). The predictor runs on the instance's GPU
+when it was given one. With `rpc.batching`, concurrent one-run requests whose tensors
+agree past axis 0 run as one predictor call (processors/_batching.py).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import math
 import queue
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from . import _signature
+from ._batching import Part, batch_key, first_dim_free, run_batch
 from ._files import find_model_file, model_config_dict
 from ._tensors import (
     TensorSpec,
@@ -114,6 +118,8 @@ def _pir_input_specs(program: Path) -> dict[str, TensorSpec]:
 class PaddleProcessor(Processor):
     """`paddle.inference` predictor pool; `model_config`: `cpu_threads`, `ir_optim`."""
 
+    supports_batching = True
+
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.inputs: dict[str, TensorSpec] = {}
@@ -128,7 +134,10 @@ class PaddleProcessor(Processor):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ModelLoadError(f"model_config cpu_threads must be a positive integer, got {threads!r}")
         cfg = inference.Config(str(program), str(params))
-        cfg.disable_gpu()
+        if self.ctx.device == "cuda":
+            cfg.enable_use_gpu(256, 0)  # the instance's GPU (Ray makes it device 0); 256 MB initial pool
+        else:
+            cfg.disable_gpu()
         cfg.disable_glog_info()
         cfg.set_cpu_math_library_num_threads(threads)
         cfg.switch_ir_optim(bool(config.get("ir_optim", True)))
@@ -235,25 +244,48 @@ class PaddleProcessor(Processor):
 
     # ------------------------------------------------------------ requests
 
-    def predict(self, request: Request) -> Response:
+    def _decode(self, request: Request) -> tuple[str, list[str], list[dict[str, np.ndarray]]]:
+        """(answer form, outputs, one feeds per model run): "bml" runs once per instance,
+        the JSON forms once. Whatever fails while decoding is this request's 4xx."""
         budget = self.decode_limits.budget()
-        call = None
-        try:  # whatever fails while decoding is this request's 4xx
+        try:
             payload = parse_json_body(request.body)
             instances = payload.get("instances") if isinstance(payload, dict) else None
             if isinstance(instances, list) and instances and isinstance(instances[0], dict) \
                     and "tensors" in instances[0]:
-                runs = self._decode_bml(instances, budget)
-            else:
-                call = decode_json(payload, self.inputs, self.outputs)
-                feeds = collect_feeds(self.inputs, call.raw, from_json, budget=budget)
-                feeds = {n: _default_dtype(self.inputs[n], a) for n, a in feeds.items()}
+                return "bml", list(self.outputs), self._decode_bml(instances, budget)
+            call = decode_json(payload, self.inputs, self.outputs)
+            feeds = collect_feeds(self.inputs, call.raw, from_json, budget=budget)
+            return call.form, call.outputs, [{n: _default_dtype(self.inputs[n], a) for n, a in feeds.items()}]
         except Exception as exc:
             raise decode_error(exc) from None
-        if call is None:
-            return json_response({"predictions": [self._bml_answer(self._run(feeds)) for feeds in runs]})
-        results = self._run(feeds)
-        return json_response(json_outputs(call.form, {n: results[n] for n in call.outputs}, single_unwrapped=False))
+
+    def _encode(self, form: str, outputs: list[str], results: list[dict[str, np.ndarray]]) -> Response:
+        if form == "bml":
+            return json_response({"predictions": [self._bml_answer(r) for r in results]})
+        return json_response(json_outputs(form, {n: results[0][n] for n in outputs}, single_unwrapped=False))
+
+    def predict(self, request: Request) -> Response:
+        form, outputs, runs = self._decode(request)
+        return self._encode(form, outputs, [self._run(feeds) for feeds in runs])
+
+    def predict_batch(self, requests: Sequence[Request]) -> list[Response]:
+        """One-run requests whose tensors agree past axis 0 run as one predictor call."""
+        return run_batch(requests, self._part)
+
+    def _part(self, request: Request) -> Part:
+        form, outputs, runs = self._decode(request)
+        if len(runs) != 1:  # several BML instances are several runs: this request runs alone, in `answer`
+            return Part({}, None, lambda _: {}, lambda _: self._encode(form, outputs, [self._run(f) for f in runs]))
+        feeds = runs[0]
+        batchable = all(first_dim_free(self.inputs[n].shape if n in self.inputs else None) for n in feeds)
+        return Part(feeds, batch_key(feeds=feeds) if batchable else None, self._run,
+                    lambda rows: self._encode(form, outputs, [rows]))
+
+    def signature(self) -> dict[str, Any]:
+        """The feeds the program declares (PIR `data` ops) and its fetch names."""
+        return _signature.signature("serving_default", _signature.of_specs(self.inputs.values()),
+                                    _signature.of_specs(self.outputs.values()))
 
 
 def _default_dtype(spec: TensorSpec, array: np.ndarray) -> np.ndarray:

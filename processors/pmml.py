@@ -8,14 +8,22 @@ sklearn-pmml-model needs no Java but covers only a few model types and none of t
 PMML transformations, so most real-world PMML files would not load. The cost is a
 JVM per instance (Java 11+ on PATH or JAVA_HOME), started by pypmml at load.
 
-Requests: `{"instances": [row, ...]}` where a row is an object keyed by the model's
-input field names, or a list in `inputNames` order. Answers: `{"predictions": [...]}`,
-one object of the model's output fields per row.
+Requests, as EAS's PMML processor takes them: a bare JSON list of rows
+(`[{"sex": 0, "cp": 1, ...}]`, or one row object alone) answered by a bare list of
+output objects (`[{"p_0": 0.3, "p_1": 0.7}]`, so `[0].p_1` reads a score), or
+`{"instances": [row, ...]}` answered by `{"predictions": [...]}`. A row is an object
+keyed by the model's input field names, or a list in input-field order.
+
+Missing values are imputed as EAS does: a field that is absent or null takes its
+MiningField's `missingValueReplacement` when the PMML declares one (PMML's own rule),
+else the default of its type: false, 0.0, 0 or "" (`DEFAULT_FILL`).
 """
 
 from __future__ import annotations
 
 import math
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 from typing import Any
 
 from ._files import find_model_file
@@ -24,6 +32,18 @@ from .base import ModelLoadError, Processor, ProcessorError, Request, Response, 
 
 MODEL_SUFFIXES = (".pmml", ".xml")
 _NUMERIC = {"double", "float", "integer"}
+#: What EAS fills in for a missing value when the PMML declares no replacement, by dataType.
+DEFAULT_FILL: dict[str, Any] = {"double": 0.0, "float": 0.0, "integer": 0, "boolean": False, "string": ""}
+
+
+def declared_replacements(path: Path) -> set[str]:
+    """Fields whose MiningField declares a `missingValueReplacement` (PMML replaces those)."""
+    names = set()
+    for _, element in ElementTree.iterparse(path):
+        if element.tag.rsplit("}", 1)[-1] == "MiningField" and element.get("missingValueReplacement") is not None:
+            names.add(element.get("name", ""))
+        element.clear()
+    return names
 
 
 class PmmlProcessor(Processor):
@@ -42,6 +62,12 @@ class PmmlProcessor(Processor):
             raise ModelLoadError(f"{path.name} is not a valid PMML model: {type(exc).__name__}: {detail}") from None
         self.fields = [(f.name, str(f.dataType).lower()) for f in self.model.inputFields]
         self.outputs = list(self.model.outputNames)
+        try:
+            replaced = declared_replacements(path)
+        except ElementTree.ParseError as exc:
+            raise ModelLoadError(f"{path.name} is not a valid PMML model: {exc}") from None
+        # Missing values EAS's way: PMML's replacement where declared, else the type's default.
+        self.fill = {name: DEFAULT_FILL.get(dtype) for name, dtype in self.fields if name not in replaced}
 
     def _row(self, i: int, row: Any) -> list[Any]:
         """One instance as a list in input-field order, each value checked against its type."""
@@ -60,8 +86,9 @@ class PmmlProcessor(Processor):
         else:
             raise ProcessorError(f"instance {i} must be an object keyed by field name or a list of "
                                  f"{len(names)} values, got {type(row).__name__}")
-        for (name, dtype), value in zip(self.fields, values):
+        for index, ((name, dtype), value) in enumerate(zip(self.fields, values)):
             if value is None:
+                values[index] = self.fill.get(name)
                 continue
             if dtype in _NUMERIC and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ProcessorError(f"instance {i}: field {name!r} expects {dtype}, received "
@@ -75,21 +102,31 @@ class PmmlProcessor(Processor):
 
     def predict(self, request: Request) -> Response:
         payload = parse_json_body(request.body)
-        if isinstance(payload, dict) and isinstance(payload.get("instances"), list):
+        fields = dict(self.fields)
+        bare = not (isinstance(payload, dict) and "instances" in payload and "instances" not in fields)
+        if not bare:
             # Objects keyed by field name are rows here, not BML {"features": [...]} wrappers.
             instances = [row["features"] if isinstance(row, dict) and set(row) == {"features"}
-                         and "features" not in dict(self.fields) else row for row in payload["instances"]]
+                         and "features" not in fields else row for row in payload["instances"]] \
+                if isinstance(payload["instances"], list) else instances_of(payload)
+        elif isinstance(payload, dict):
+            instances = [payload]  # one row object alone
+        elif isinstance(payload, list):
+            instances = payload
         else:
-            instances = instances_of(payload)
+            raise ProcessorError(f"expected a JSON list of rows ([{{field: value, ...}}]) or {{\"instances\": [...]}}; "
+                                 f"got {type(payload).__name__}")
         rows = [self._row(i, row) for i, row in enumerate(instances)]
-        if not rows:
-            return json_response({"predictions": []})
+        results = self._evaluate(rows) if rows else []
+        named = [self._named(r) for r in results]
+        return json_response(named if bare else {"predictions": named})
+
+    def _evaluate(self, rows: list[list[Any]]) -> list[Any]:
         try:
-            results = self.model.predict(rows)
+            return list(self.model.predict(rows))
         except Exception as exc:
             detail = exc.args[-1] if getattr(exc, "args", None) else exc
             raise ProcessorError(f"the PMML model rejected the input: {detail}") from None
-        return json_response({"predictions": [self._named(r) for r in results]})
 
     def _named(self, values: Any) -> dict[str, Any]:
         if isinstance(values, dict):

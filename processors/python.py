@@ -1,7 +1,9 @@
 """User code, EAS style (`processor_type: python`): a class with initialize() and process().
 
 The user's file is loaded by path under a unique module name, so two services (or two
-versions of one) never share module state through `sys.modules`.
+versions of one) never share module state through `sys.modules`. A class that also
+defines `process_batch(data_list)` opts in to server-side batching (`rpc.batching`):
+it gets the bodies of concurrent requests at once and answers one result per body.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 from . import bml
 from ._jsonio import guess_content_type
-from ._usercode import accepts, load_failure, positional_count
+from ._usercode import StreamedResponse, accepts, is_stream, load_failure, positional_count, streamed
 from .base import ModelContext, ModelLoadError, Processor, ProcessorError, Request, Response
 
 DEFAULT_ENTRY = "app.py"
@@ -189,6 +191,8 @@ class PythonProcessor(Processor):
         self.runner: Any = None
         """The BML style's runner (bml.py); None for EAS classes."""
         self.style = "EAS"
+        self.supports_batching = False
+        """True once loaded when the class defines `process_batch` (it opts in to batching)."""
 
     def _model_entry_path(self) -> str | None:
         """model_entry as a local path: relative to model_dir, which is not the cwd."""
@@ -232,7 +236,7 @@ class PythonProcessor(Processor):
 
         model_entry = self._model_entry_path()
         for attr, value in (("model_path", self.ctx.model_dir), ("model_entry", model_entry),
-                            ("model_config", self.ctx.model_config)):
+                            ("model_config", self.ctx.model_config), ("mounts", dict(self.ctx.mounts))):
             try:
                 setattr(instance, attr, value)
             except AttributeError:  # a read-only property the user defined; theirs wins
@@ -250,6 +254,26 @@ class PythonProcessor(Processor):
         except (Exception, SystemExit) as exc:
             raise load_failure(f"{cls.__name__}.initialize() failed", exc, code_root) from None
         self.instance, self.entry_file = instance, entry
+        self.supports_batching = callable(getattr(instance, "process_batch", None))
+
+    def predict_batch(self, requests: Sequence[Request]) -> list[Response]:
+        """`process_batch([body, ...])` -> one result per body, each as `process` returns it.
+
+        Should it raise or answer the wrong count, the batcher (eas/instance/batching.py)
+        calls it again one request at a time, so only the request at fault fails.
+        """
+        if not self.supports_batching:
+            return super().predict_batch(requests)
+        results = self.instance.process_batch([r.body for r in requests])
+        if not isinstance(results, (list, tuple)) or len(results) != len(requests):
+            count = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+            raise ProcessorError(f"process_batch() answered {count} results for {len(requests)} requests",
+                                 status=500)
+        out = []
+        for result in results:
+            body, status = self._unpack(result)
+            out.append(Response(body, status, guess_content_type(body)))
+        return out
 
     def predict(self, request: Request) -> Response:
         if self.runner is not None:
@@ -258,6 +282,9 @@ class PythonProcessor(Processor):
             result = self.instance.process(request.body)
         except Exception as exc:
             raise ProcessorError(f"processor raised {type(exc).__name__}: {exc}") from None
+        stream = _stream_of(result)
+        if stream is not None:
+            return stream
         body, status = self._unpack(result)
         return Response(body, status, guess_content_type(body))
 
@@ -281,3 +308,33 @@ class PythonProcessor(Processor):
             raise ProcessorError(
                 f"process() returned status {status!r}; expected an HTTP status code (int)", status=500)
         return body, status
+
+
+# -- streaming: `process` returns a generator -------------------------------------------------
+
+
+def _stream_of(result: Any) -> StreamedResponse | None:
+    """`process()`'s answer when it streams: a generator or async generator (or one with a
+    status, `(generator, 200)`), each yielded piece sent to the client as it comes."""
+    status: Any = 200
+    if isinstance(result, (tuple, list)) and len(result) == 2 and is_stream(result[0]):
+        result, status = result
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise ProcessorError(f"process() returned status {status!r}; expected an HTTP status code (int)",
+                                 status=500)
+    if not is_stream(result):
+        return None
+    return streamed(result, status, _eas_piece, _eas_error)
+
+
+def _eas_piece(item: Any) -> tuple[bytes, str]:
+    """A piece an EAS `process()` generator yields: bytes as they are, str as UTF-8."""
+    if isinstance(item, str):
+        return item.encode("utf-8"), "text"
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item), "bytes"
+    raise ProcessorError(f"process() yielded {type(item).__name__}; yield bytes or str", status=500)
+
+
+def _eas_error(exc: Exception) -> ProcessorError:
+    return ProcessorError(f"processor raised {type(exc).__name__}: {exc}")

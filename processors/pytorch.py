@@ -8,17 +8,22 @@ PredictRequest protobuf (what the official SDK's `TorchRequest` sends: positiona
 TorchScript does not record input dtypes or shapes, so the model's own error is
 what a wrong input gets, prefixed with what was received; `model_config.inputs`
 (`{"x": {"dtype": "float32", "shape": [-1, 3]}}`) declares them for exact 400s.
+
+The model runs on the instance's device (a GPU when it was given one). With
+`rpc.batching`, concurrent requests whose tensors agree past axis 0 run as one
+forward() call (processors/_batching.py), which assumes axis 0 is the batch axis.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from . import torchproto
+from . import _signature, sdkrequests, torchproto
+from ._batching import Part, batch_key, first_dim_free, run_batch
 from ._files import find_model_file, model_config_dict
 from ._jsonio import is_json_request, to_jsonable
 from ._tensors import TensorSpec, checked, dtype_text, from_json, normalize_shape
@@ -73,7 +78,9 @@ def _torch_error(exc: BaseException) -> str:
 
 
 class PyTorchProcessor(Processor):
-    """`torch.jit.load` on CPU; forward(*inputs) or forward(Dict[str, Tensor])."""
+    """`torch.jit.load` on the instance's device; forward(*inputs) or forward(Dict[str, Tensor])."""
+
+    supports_batching = True
 
     def load(self) -> None:
         import torch
@@ -86,7 +93,7 @@ class PyTorchProcessor(Processor):
                 raise ModelLoadError(f"model_config intra_op_num_threads must be a positive integer, got {threads!r}")
             torch.set_num_threads(threads)
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            module = torch.jit.load(str(path), map_location=self.ctx.device)
         except Exception as exc:
             raise ModelLoadError(
                 f"{path.name} is not a TorchScript model ({_torch_error(exc)}); export it with "
@@ -164,7 +171,7 @@ class PyTorchProcessor(Processor):
                     raise ProcessorError(f"input {name!r} is a {kind} argument: send one value, "
                                          f"received shape {list(value.shape)}")
                 return {"float": float, "int": int, "bool": bool}[kind](value.reshape(()).item())
-            return torch.from_numpy(np.ascontiguousarray(value))
+            return torch.from_numpy(np.ascontiguousarray(value)).to(self.ctx.device)
 
         try:
             positional = [convert(names[i] if i < len(names) else None, a) for i, a in enumerate(args)]
@@ -198,20 +205,77 @@ class PyTorchProcessor(Processor):
 
     # ------------------------------------------------------------ requests
 
-    def predict(self, request: Request) -> Response:
+    def _decode(self, request: Request) -> tuple[list[Any], dict[str, Any], str, list[int]]:
+        """(args, kwargs, answer form, output_filter); whatever fails while decoding is this request's 4xx."""
         if not request.body.strip():
             raise ProcessorError("empty request body: send JSON or a Torch PredictRequest")
         budget = self.decode_limits.budget()
-        try:  # whatever fails while decoding is this request's 4xx
+        try:
             if is_json_request(request):
                 args, kwargs, form = self._decode_json(parse_json_body(request.body), budget)
-                wanted: list[int] = []
-            else:
-                args, kwargs, wanted = self._decode_proto(request.body, budget)
-                form = "proto"
+                return args, kwargs, form, []
+            args, kwargs, wanted = self._decode_proto(request.body, budget)
+            return args, kwargs, "proto", wanted
         except Exception as exc:
-            raise decode_error(exc) from None
+            # Another SDK's request (TFRequest, OnnxRequest, EasyRecRequest): say what it needs.
+            why = None if is_json_request(request) else sdkrequests.misdirected(
+                request.body, ("TorchRequest",), "pytorch")
+            raise (ProcessorError(why) if why else decode_error(exc)) from None
+
+    def predict(self, request: Request) -> Response:
+        args, kwargs, form, wanted = self._decode(request)
         positional, named = self._outputs(self._run(args, kwargs))
+        return self._encode(form, wanted, positional, named)
+
+    def predict_batch(self, requests: Sequence[Request]) -> list[Response]:
+        """Requests whose tensors agree past axis 0 run as one forward() call."""
+        return run_batch(requests, self._part)
+
+    def _part(self, request: Request) -> Part:
+        args, kwargs, form, wanted = self._decode(request)
+        types = {a.name: a.type for a in self.arguments}
+        names = [a.name for a in self.arguments]
+        feeds = {f"a{i}": a for i, a in enumerate(args) if isinstance(a, np.ndarray)}
+        feeds.update({f"k:{k}": v for k, v in kwargs.items() if isinstance(v, np.ndarray)})
+        arg_names = [names[i] if i < len(names) else "" for i in range(len(args))] + list(kwargs)
+        batchable = len(feeds) == len(args) + len(kwargs) and all(
+            types.get(n, "Tensor") not in ("float", "int", "bool")
+            and first_dim_free(self.specs[n].shape if n in self.specs else None) for n in arg_names)
+
+        def run(joint: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            positional, named = self._outputs(self._run(
+                [joint[f"a{i}"] for i in range(len(args))], {k: joint[f"k:{k}"] for k in kwargs}))
+            return {**{f"p{i}": v for i, v in enumerate(positional)}, **{f"n:{k}": v for k, v in named.items()}}
+
+        def answer(rows: dict[str, np.ndarray]) -> Response:
+            positional = [rows[f"p{i}"] for i in range(sum(k.startswith("p") for k in rows))]
+            named = {k[2:]: v for k, v in rows.items() if k.startswith("n:")}
+            return self._encode(form, wanted, positional, named)
+
+        return Part(feeds, batch_key(feeds=feeds) if batchable else None, run, answer)
+
+    def signature(self) -> dict[str, Any]:
+        """forward()'s arguments (with `model_config.inputs` dtypes and shapes where declared)
+        and its return type; TorchScript records no more."""
+        inputs = []
+        for a in self.arguments:
+            spec = self.specs.get(a.name)
+            inputs.append(_signature.tensor(a.name, spec.dtype if spec else None, spec.shape if spec else None))
+        try:
+            returns = str(self.module.forward.schema.returns[0].type)
+        except (AttributeError, IndexError, RuntimeError):
+            returns = ""
+        if returns.startswith("Tuple[") or returns.startswith("("):
+            count = returns.count("Tensor")
+            outputs = [_signature.tensor(str(i), None, None) for i in range(count)]
+        elif returns == "Tensor":
+            outputs = [_signature.tensor("0", None, None)]
+        else:
+            outputs = []
+        return _signature.signature("forward", inputs, outputs, returns=returns)
+
+    def _encode(self, form: str, wanted: list[int], positional: list[np.ndarray],
+                named: dict[str, np.ndarray]) -> Response:
         if form != "proto":
             key = "outputs" if form == "inputs" else "predictions"
             if named:

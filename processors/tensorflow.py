@@ -3,17 +3,20 @@
 Requests come as the EAS TF PredictRequest protobuf (what the official SDK's
 `TFRequest` sends: `signature_name`, named inputs, `output_filter`) or as TF-Serving
 JSON (`{"signature_name", "instances"}` row form, `{"inputs"}` columnar form), so
-clients of EAS and of TF Serving both work unchanged.
+clients of EAS and of TF Serving both work unchanged. A GET on the predict path shows
+the signature (`signature()`); with `rpc.batching`, concurrent requests to the same
+signature run as one call (processors/_batching.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from . import tfproto
+from . import _signature, sdkrequests, tfproto
+from ._batching import Part, batch_key, first_dim_free, run_batch
 from ._files import find_model_dir, model_config_dict
 from ._jsonio import is_json_request
 from ._tensors import TensorSpec, collect_feeds, decode_json, from_json, json_outputs, normalize_shape, pick_outputs
@@ -63,6 +66,8 @@ def _set_threads(tf: Any, config: dict[str, Any]) -> None:
 class TensorFlowProcessor(Processor):
     """A SavedModel's signatures; `model_config.signature_name` picks the default one."""
 
+    supports_batching = True
+
     def load(self) -> None:
         import tensorflow as tf
 
@@ -70,6 +75,7 @@ class TensorFlowProcessor(Processor):
         config = model_config_dict(self.ctx.model_config)
         _set_threads(tf, config)
         try:
+            # TensorFlow places ops on a visible GPU by itself; an instance without one has none visible.
             loaded = tf.saved_model.load(str(directory))
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -121,7 +127,10 @@ class TensorFlowProcessor(Processor):
         try:
             return self._decode_body(request)
         except Exception as exc:
-            raise decode_error(exc) from None
+            # Another SDK's request (TorchRequest, OnnxRequest, EasyRecRequest): say what it needs.
+            why = None if is_json_request(request) else sdkrequests.misdirected(
+                request.body, ("TFRequest",), "tensorflow")
+            raise (ProcessorError(why) if why else decode_error(exc)) from None
 
     def _decode_body(self, request: Request) -> tuple[Signature, dict[str, np.ndarray], list[str], str]:
         if not request.body.strip():
@@ -145,12 +154,35 @@ class TensorFlowProcessor(Processor):
             strings_as="bytes", budget=budget)
         return sig, feeds, pick_outputs(sig.outputs, list(proto.output_filter)), "proto"
 
-    def predict(self, request: Request) -> Response:
-        sig, feeds, outputs, form = self._decode(request)
-        results = self._run(sig, feeds, outputs)
+    def _encode(self, form: str, results: dict[str, np.ndarray]) -> Response:
         if form != "proto":
             return json_response(json_outputs(form, results, single_unwrapped=True))
         response = tfproto.PredictResponse()
         for name, value in results.items():
             response.outputs[name].CopyFrom(tfproto.array_to_proto(value))
         return Response(response.SerializeToString(), 200, "application/octet-stream")
+
+    def predict(self, request: Request) -> Response:
+        sig, feeds, outputs, form = self._decode(request)
+        return self._encode(form, self._run(sig, feeds, outputs))
+
+    def predict_batch(self, requests: Sequence[Request]) -> list[Response]:
+        """Requests to one signature with the same outputs and row shapes run as one call."""
+        return run_batch(requests, self._part)
+
+    def _part(self, request: Request) -> Part:
+        sig, feeds, outputs, form = self._decode(request)
+        batchable = all(first_dim_free(spec.shape) for spec in sig.inputs.values())
+        return Part(feeds, batch_key(sig.name, tuple(outputs), feeds=feeds) if batchable else None,
+                    lambda joint: self._run(sig, joint, outputs), lambda results: self._encode(form, results))
+
+    def signature(self) -> dict[str, Any]:
+        """The default signature in EAS's form; `signatures` lists every one when there are several."""
+        def tensors(sig: Signature) -> dict[str, Any]:
+            return {"inputs": _signature.of_specs(sig.inputs.values()),
+                    "outputs": _signature.of_specs(sig.outputs.values())}
+
+        default = self.signatures[self.default]
+        extra = {"signatures": {n: tensors(s) for n, s in sorted(self.signatures.items())}} \
+            if len(self.signatures) > 1 else {}
+        return _signature.signature(default.name, **tensors(default), **extra)

@@ -20,6 +20,7 @@ import os
 import re
 import secrets as token_source
 import shutil
+import subprocess
 import tempfile
 import time
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from eas.backend.replica import DRAIN_S, KV_NAMESPACE, KV_PREFIX, ServiceReplica, secrets_key
 from eas.control.backend import AppState, Replica
 from eas.protocols.wire import INTERNAL_KEY_HEADER
-from eas.sources import archive, fetch, objectstore
+from eas.sources import archive, fetch, mounts, objectstore
 from processors.requirements import runtime_env as code_runtime_env
 
 log = logging.getLogger("eas.ray")
@@ -129,18 +130,10 @@ class RayBackend:
         environment (a Ray runtime_env), never the server's.
         """
         meta = spec.metadata
-        actor_options: dict[str, Any] = {"num_cpus": meta.cpu}
-        if meta.memory:
-            actor_options["memory"] = meta.memory * 1024 * 1024
-        if meta.gpu:
-            actor_options["num_gpus"] = meta.gpu
-        if meta.resource:
-            # EAS's resource group as a Ray custom resource: instances go only to nodes
-            # that advertise it (a label; the tiny amount does not limit how many fit).
-            actor_options["resources"] = {meta.resource: 0.001}
-        # Object-store settings reach instances on every node (local workers inherit them anyway).
-        env = {k: os.environ[k] for k in (*objectstore.ENV_VARS, *archive.ENV_VARS, *fetch.ENV_VARS)
-               if os.environ.get(k)}
+        actor_options = ray_resources(meta, gpu_card_gb() if meta.gpu_memory and not meta.gpu else 0.0)
+        # Object-store and mount settings reach instances on every node (local workers inherit them anyway).
+        env = {k: os.environ[k] for k in (*objectstore.ENV_VARS, *archive.ENV_VARS, *fetch.ENV_VARS,
+                                          *mounts.ENV_VARS) if os.environ.get(k)}
         runtime_env: dict[str, Any] = {"env_vars": env} if env else {}
         version = spec.code_version()
         pip_env = code_runtime_env(code_dir)
@@ -168,6 +161,12 @@ class RayBackend:
         deployment._deployment_config.rolling_update_percentage = step
         app = deployment.bind(spec.to_dict(), cache_dir)
         self._serve._run(app, name=name, route_prefix=None, _blocking=False)
+
+    def gpus(self) -> float:
+        """GPUs in the whole Ray cluster (Ray counts them on every node)."""
+        import ray
+
+        return float(ray.cluster_resources().get("GPU", 0.0))
 
     def delete(self, name: str) -> None:
         self._serve.delete(name, _blocking=False)
@@ -261,6 +260,68 @@ class RayBackend:
         return missing
 
 
+    def logs(self, name: str, replica_id: str, max_lines: int) -> list[str] | None:
+        """The replica's own log lines: what its worker process wrote to stdout, then to
+        stderr (Ray's `worker-*-<pid>.out` / `.err` in the node's session logs). Read in
+        place on this node; on another node by a tiny task pinned there (no dashboard
+        needed). None when the replica is not listed."""
+        import ray
+
+        state = self.observe().get(name)
+        replica = next((r for r in (state.replicas if state else []) if r.replica_id == replica_id), None)
+        if replica is None:
+            return None
+        if replica.pid is None:
+            return []
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        here = ray._private.worker.global_worker.node.node_ip_address
+        if len(nodes) <= 1 or replica.node_ip in (here, "127.0.0.1"):
+            lines = worker_log_lines(replica.pid, max_lines)
+            if lines is not None:
+                return lines
+        node_id = next((n["NodeID"] for n in nodes if n.get("NodeManagerAddress") == replica.node_ip), None)
+        if node_id is None:
+            return []
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        reader = ray.remote(num_cpus=0, max_retries=0,
+                            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))(worker_log_lines)
+        try:
+            return ray.get(reader.remote(replica.pid, max_lines), timeout=LOG_READ_TIMEOUT_S) or []
+        except Exception as exc:  # a node going away: no lines, said in the server's log
+            log.warning("could not read the logs of %s-%s on %s: %s", name, replica_id, replica.node_ip, exc)
+            return []
+
+
+#: How long a log read on another node may take.
+LOG_READ_TIMEOUT_S = 20
+#: Bytes read from the end of each log file (the tail a page of lines comes from).
+LOG_TAIL_BYTES = 4 * 1024 * 1024
+
+
+def worker_log_lines(pid: int, max_lines: int) -> list[str] | None:
+    """The last lines of the stdout and stderr files of Ray worker `pid` on this node,
+    without Ray's own markers (`:job_id:`, `:actor_name:`); None when it has no files here."""
+    import ray
+
+    logs_dir = ray._private.worker.global_worker.node.get_logs_dir_path()
+    found = False
+    lines: list[str] = []
+    for suffix in ("out", "err"):
+        # A pid the OS reused on a long-lived node: the newest file is the live worker's.
+        paths = glob.glob(os.path.join(logs_dir, f"worker-*-{pid}.{suffix}"))
+        if not paths:
+            continue
+        found = True
+        path = max(paths, key=os.path.getmtime)
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - LOG_TAIL_BYTES))
+            text = fh.read().decode("utf-8", errors="replace")
+        own = [ln for ln in text.splitlines() if not ln.startswith((":job_id:", ":actor_name:", ":task_name:"))]
+        lines += own[-max_lines:]
+    return lines if found else None
+
+
 def _enum_value(v: Any) -> Any:
     return getattr(v, "value", v)
 
@@ -289,6 +350,50 @@ def failure_reason(message: str) -> str:
             kind, text = m.groups()
             return text if kind == "ModelLoadError" else f"{kind}: {text}"
     return lines[-1] if lines else "deployment failed"
+
+
+#: Memory of one GPU card in the cluster, GB: what `gpu_memory` is a share of (env
+#: EAS_GPU_MEMORY_GB; else what nvidia-smi says on the server's node; else this).
+DEFAULT_GPU_CARD_GB = 16.0
+
+
+def ray_resources(meta: Any, card_gb: float = DEFAULT_GPU_CARD_GB) -> dict[str, Any]:
+    """EAS `metadata` resources as Ray actor options.
+
+    `cpu` is reserved as `num_cpus`, except under `qos: BestEffort` (EAS's CPU-sharing
+    mode, where cpu is a cap and instances are placed by GPU memory alone): nothing is
+    reserved. `memory` (MB) as bytes. `gpu` whole cards as `num_gpus`; `gpu_memory`
+    (GB, with gpu 0: EAS's shared-card scheduling) as the fraction of one `card_gb`
+    card, so Ray packs several such instances on one GPU. `resource` (EAS's resource
+    group) as a Ray custom resource: instances go only to nodes that advertise it (a
+    label; the tiny amount does not limit how many fit).
+    """
+    options: dict[str, Any] = {"num_cpus": 0 if meta.qos == "BestEffort" else meta.cpu}
+    if meta.memory:
+        options["memory"] = meta.memory * 1024 * 1024
+    if meta.gpu:
+        options["num_gpus"] = meta.gpu
+    elif meta.gpu_memory:
+        options["num_gpus"] = min(1.0, round(meta.gpu_memory / max(card_gb, 1e-9), 4))
+    if meta.resource:
+        options["resources"] = {meta.resource: 0.001}
+    return options
+
+
+def gpu_card_gb() -> float:
+    """The memory of one GPU card (see DEFAULT_GPU_CARD_GB), read once per call site."""
+    configured = os.environ.get("EAS_GPU_MEMORY_GB")
+    if configured:
+        try:
+            return float(configured)
+        except ValueError:
+            log.warning("EAS_GPU_MEMORY_GB=%r is not a number; using %g", configured, DEFAULT_GPU_CARD_GB)
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return min(float(line) for line in out.split()) / 1024  # MiB per card; the smallest card
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return DEFAULT_GPU_CARD_GB
 
 
 def rolling(meta: Any) -> tuple[int, float]:

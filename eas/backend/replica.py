@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from eas import sources
 from eas.instance.core import Credentials, InstanceApp
 from eas.instance.http import InstanceServer
 from eas.instance.runtime import ServiceRuntime
@@ -39,10 +38,9 @@ class ServiceReplica:
         import ray
         from ray import serve
 
-        # model_sha256: this node's copy of the model is checked before it is loaded.
-        sources.resolve(spec.get("model_path"), f"{cache_dir}/models", spec.get("oss_endpoint"),
-                        sha256=spec.get("model_sha256"))
-        self.runtime = ServiceRuntime(spec, cache_dir)
+        # The runtime makes the storage mounts and the model local on this node (the model's
+        # digest checked before it loads), on the GPU Ray gave this replica if any.
+        self.runtime = ServiceRuntime(spec, cache_dir, device="cuda" if ray.get_gpu_ids() else "cpu")
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.creds = Credentials()  # none yet: the instance answers 503 until reconfigure sets them
         app = InstanceApp(self.runtime, f"{self.runtime.spec.name}-{self.replica_id}", self.creds)

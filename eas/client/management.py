@@ -1,26 +1,30 @@
 """The management API of eas-server (docs/api.md), as a Python client.
 
-HTTP Basic with the admin credentials of eascmd.conf; `eascmd` is a thin shell over
-it, so scripts get the same behaviour and the same error texts as the CLI.
+Every call is signed with the AccessKey pair of eascmd.conf the way Alibaba's SDKs
+sign (ACS3-HMAC-SHA256, eas/protocols/acs.py); `eascmd` is a thin shell over it, so
+scripts get the same behaviour and the same error texts as the CLI.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable, Collection
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
 from eas.client import config
-from eas.protocols import auth
+from eas.protocols import acs
 
 #: How often the wait helpers poll a service, in seconds.
 POLL_INTERVAL_S = 0.5
 #: Consecutive 5xx / network errors a wait rides out (a server restarting) before giving up.
 POLL_TRANSIENT_ERRORS = 3
+#: Items asked for per page when the client reads a whole list.
+PAGE_SIZE = 100
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -85,14 +89,12 @@ class ManagementClient:
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.region = region
-        self._http = httpx.Client(
-            base_url=self.endpoint,
-            timeout=timeout,
-            headers={
-                "Authorization": auth.basic_auth_header(access_id, access_key),
-                "User-Agent": "eascmd (eas-serving)",
-            },
-        )
+        self.access_id = access_id
+        self._access_key = access_key
+        self.last_request_id = ""
+        """The RequestId of the last answer (what eascmd prints as `[RequestId]: ...`)."""
+        self._http = httpx.Client(base_url=self.endpoint, timeout=timeout,
+                                  headers={"User-Agent": "eascmd (eas-serving)"})
 
     @classmethod
     def from_config(cls, path: str | None = None, timeout: float = 30) -> ManagementClient:
@@ -112,81 +114,156 @@ class ManagementClient:
     # -- services ---------------------------------------------------------------------
 
     def create_service(self, spec: dict[str, Any], blue_green: bool = False) -> dict[str, Any]:
-        """Create a service; with blue_green, a partner of the existing service of that name."""
-        params = {"BlueGreen": "true"} if blue_green else None
-        return self._call("POST", "/api/v2/services", body=spec, params=params)
+        """CreateService; with blue_green, a partner of the existing service of that name
+        (ours: `POST /api/v2/ext/services/{region}/{name}/partners`)."""
+        if blue_green:
+            name = str(spec.get("name") or (spec.get("metadata") or {}).get("name") or "")
+            return self._call("POST", self._ext_service_path(name, "/partners"), body=spec, action="CreateService")
+        return self._call("POST", "/api/v2/services", body=spec, action="CreateService")
 
-    def list_services(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/api/v2/services").get("Services") or [])
+    def list_services(self, labels: dict[str, str] | None = None, **filters: str) -> list[dict[str, Any]]:
+        """ListServices, every page: all services; with `labels`, those carrying all of them
+        (EAS's `Label` filter); `filters` are more of ListServices' query (Filter, ServiceStatus, ...)."""
+        params = {"Label": json.dumps(labels, separators=(",", ":"))} if labels else {}
+        return self._all_pages("/api/v2/services", "Services", {**params, **filters}, "ListServices")
 
     def describe_service(self, name: str) -> dict[str, Any]:
-        return self._call("GET", self._service_path(name))
+        return self._call("GET", self._service_path(name), action="DescribeService")
 
-    def update_service(self, name: str, partial: dict[str, Any]) -> dict[str, Any]:
-        """PUT a partial spec; the server deep-merges it into the current one."""
-        return self._call("PUT", self._service_path(name), body=partial)
+    def update_service(self, name: str, partial: dict[str, Any], replace: bool = False) -> dict[str, Any]:
+        """UpdateService: a partial spec the server deep-merges into the current one, or
+        with `replace` the whole new one (`UpdateType=replace`)."""
+        params = {"UpdateType": "replace"} if replace else None
+        return self._call("PUT", self._service_path(name), body=partial, params=params, action="UpdateService")
+
+    def restart_service(self, name: str) -> dict[str, Any]:
+        """RestartService: every instance drains and is replaced."""
+        return self._call("PUT", self._service_path(name, "/restart"), action="RestartService")
+
+    def describe_endpoints(self, name: str) -> dict[str, Any]:
+        return self._call("GET", self._service_path(name, "/endpoints"), action="DescribeServiceEndpoints")
+
+    def service_logs(self, name: str, instance: str | None = None, keyword: str | None = None,
+                     page_size: int = 500, page_num: int = 1) -> dict[str, Any]:
+        """DescribeServiceLog: one page of log lines (page 1: the latest), the whole answer."""
+        params = {"PageSize": str(page_size), "PageNum": str(page_num)}
+        if instance:
+            params["InstanceName"] = instance
+        if keyword:
+            params["Keyword"] = keyword
+        return self._call("GET", self._service_path(name, "/logs"), params=params, action="DescribeServiceLog")
+
+    # -- autoscaler and cron scaler ---------------------------------------------------
+
+    def describe_autoscaler(self, name: str) -> dict[str, Any]:
+        return self._call("GET", self._service_path(name, "/autoscaler"), action="DescribeServiceAutoScaler")
+
+    def set_autoscaler(self, name: str, block: dict[str, Any]) -> dict[str, Any]:
+        """UpdateServiceAutoScaler with EAS's body `{min, max, scaleStrategies, behavior}`."""
+        return self._call("PUT", self._service_path(name, "/autoscaler"), body=block,
+                          action="UpdateServiceAutoScaler")
+
+    def delete_autoscaler(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", self._service_path(name, "/autoscaler"), action="DeleteServiceAutoScaler")
+
+    def describe_cron_scaler(self, name: str) -> dict[str, Any]:
+        return self._call("GET", self._service_path(name, "/cronscaler"), action="DescribeServiceCronScaler")
+
+    def set_cron_scaler(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """UpdateServiceCronScaler with EAS's body `{ScaleJobs, ExcludeDates, TimeZone}`."""
+        return self._call("PUT", self._service_path(name, "/cronscaler"), body=body,
+                          action="UpdateServiceCronScaler")
+
+    def delete_cron_scaler(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", self._service_path(name, "/cronscaler"), action="DeleteServiceCronScaler")
+
+    # -- AccessKeys (ours) --------------------------------------------------------------
+
+    def list_access_keys(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v2/ext/accesskeys").get("AccessKeys") or [])
+
+    def create_access_key(self, role: str = "admin", description: str = "") -> dict[str, Any]:
+        """A new pair; its AccessKeySecret is in this answer only."""
+        return self._call("POST", "/api/v2/ext/accesskeys", body={"Role": role, "Description": description})
+
+    def revoke_access_key(self, access_key_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/api/v2/ext/accesskeys/{quote(access_key_id, safe='')}")
 
     def delete_service(self, name: str) -> dict[str, Any]:
-        return self._call("DELETE", self._service_path(name))
+        return self._call("DELETE", self._service_path(name), action="DeleteService")
 
     def start_service(self, name: str) -> dict[str, Any]:
-        return self._call("PUT", self._service_path(name, "/start"))
+        return self._call("PUT", self._service_path(name, "/start"), action="StartService")
 
     def stop_service(self, name: str) -> dict[str, Any]:
-        return self._call("PUT", self._service_path(name, "/stop"))
+        return self._call("PUT", self._service_path(name, "/stop"), action="StopService")
 
     def list_instances(self, name: str) -> list[dict[str, Any]]:
-        answer = self._call("GET", self._service_path(name, "/instances"))
-        return list(answer.get("Instances") or [])
+        """ListServiceInstances, every page."""
+        return self._all_pages(self._service_path(name, "/instances"), "Instances", {}, "ListServiceInstances")
 
     def restart_instances(self, name: str, instances: list[str]) -> dict[str, Any]:
+        """DeleteServiceInstances: the instances drain and Ray Serve replaces them."""
         params = {"InstanceList": ",".join(instances)}
-        return self._call("DELETE", self._service_path(name, "/instances"), params=params)
+        return self._call("DELETE", self._service_path(name, "/instances"), params=params,
+                          action="DeleteServiceInstances")
 
     def list_events(self, name: str) -> list[dict[str, Any]]:
-        return list(self._call("GET", self._service_path(name, "/events")).get("Events") or [])
+        """DescribeServiceEvent, every page: newest first."""
+        return self._all_pages(self._service_path(name, "/events"), "Events", {}, "DescribeServiceEvent",
+                               number_key="PageNum")
 
     # -- releases and traffic --------------------------------------------------------
 
     def release(self, partner: str, weight: int) -> dict[str, Any]:
-        """Move `weight` % of the original endpoint's traffic to a blue-green partner."""
-        return self._call("PUT", self._service_path(partner, "/release"), body={"Weight": weight})
+        """ReleaseService: move `weight` % of the original endpoint's traffic to a blue-green partner."""
+        return self._call("PUT", self._service_path(partner, "/release"), body={"Weight": weight},
+                          action="ReleaseService")
 
     def set_traffic(self, name: str, backends: dict[str, int]) -> dict[str, Any]:
+        """Ours: A/B weights inside one endpoint."""
         body = {"Backends": [{"Service": s, "Weight": w} for s, w in backends.items()]}
-        return self._call("PUT", self._service_path(name, "/traffic"), body=body)
+        return self._call("PUT", self._ext_service_path(name, "/traffic"), body=body)
 
     def set_mirror(self, name: str, target: str, percent: int) -> dict[str, Any]:
-        body = {"Target": target, "Percentage": percent}
-        return self._call("PUT", self._service_path(name, "/mirror"), body=body)
+        """UpdateServiceMirror: copy `percent` % of the requests to `target`."""
+        body = {"Ratio": percent, "Target": [target]}
+        return self._call("PUT", self._service_path(name, "/mirror"), body=body, action="UpdateServiceMirror")
+
+    def describe_mirror(self, name: str) -> dict[str, Any]:
+        return self._call("GET", self._service_path(name, "/mirror"), action="DescribeServiceMirror")
 
     def drop_mirror(self, name: str) -> dict[str, Any]:
-        return self._call("DELETE", self._service_path(name, "/mirror"))
+        return self._call("DELETE", self._service_path(name, "/mirror"), action="DeleteServiceMirror")
 
     def list_versions(self, name: str) -> list[dict[str, Any]]:
-        return list(self._call("GET", self._service_path(name, "/versions")).get("Versions") or [])
+        """ListServiceVersions, every page, oldest first (`ImageId` is the version)."""
+        return self._all_pages(self._service_path(name, "/versions"), "Versions", {}, "ListServiceVersions")
 
     def switch_version(self, name: str, version: int) -> dict[str, Any]:
-        return self._call("PUT", self._service_path(name, "/version"), body={"Version": version})
+        return self._call("PUT", self._service_path(name, "/version"), body={"Version": version},
+                          action="UpdateServiceVersion")
 
     # -- groups -------------------------------------------------------------------------
 
     def create_group(self, name: str, members: dict[str, int]) -> dict[str, Any]:
+        """Ours: a group endpoint over services by weight."""
         body = {"Name": name, "Members": [{"Service": s, "Weight": w} for s, w in members.items()]}
-        return self._call("POST", "/api/v2/groups", body=body)
+        return self._call("POST", "/api/v2/ext/groups", body=body)
 
     def list_groups(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/api/v2/groups").get("Groups") or [])
+        """ListGroups, every page."""
+        return self._all_pages("/api/v2/groups", "Groups", {}, "ListGroups")
 
     def describe_group(self, name: str) -> dict[str, Any]:
-        return self._call("GET", self._group_path(name))
+        return self._call("GET", self._group_path(name), action="DescribeGroup")
 
     def update_group(self, name: str, members: dict[str, int]) -> dict[str, Any]:
         body = {"Members": [{"Service": s, "Weight": w} for s, w in members.items()]}
-        return self._call("PUT", self._group_path(name), body=body)
+        return self._call("PUT", "/api/v2/ext" + self._group_path(name)[len("/api/v2"):], body=body)
 
     def delete_group(self, name: str) -> dict[str, Any]:
-        return self._call("DELETE", self._group_path(name))
+        return self._call("DELETE", "/api/v2/ext" + self._group_path(name)[len("/api/v2"):])
 
     def _group_path(self, name: str) -> str:
         return f"/api/v2/groups/{quote(self.region, safe='')}/{quote(name, safe='')}"
@@ -292,16 +369,34 @@ class ManagementClient:
     def _service_path(self, name: str, suffix: str = "") -> str:
         return f"/api/v2/services/{quote(self.region, safe='')}/{quote(name, safe='')}{suffix}"
 
+    def _ext_service_path(self, name: str, suffix: str = "") -> str:
+        return f"/api/v2/ext/services/{quote(self.region, safe='')}/{quote(name, safe='')}{suffix}"
+
+    def _all_pages(self, path: str, key: str, params: dict[str, str], action: str,
+                   number_key: str = "PageNumber") -> list[dict[str, Any]]:
+        """Every item of a paged list: pages of PAGE_SIZE until one comes back short."""
+        items: list[dict[str, Any]] = []
+        number = 1
+        while True:
+            answer = self._call("GET", path, params={**params, number_key: str(number), "PageSize": str(PAGE_SIZE)},
+                                action=action)
+            got = list(answer.get(key) or [])
+            items += got
+            if len(got) < PAGE_SIZE:
+                return items
+            number += 1
+
     def _call(
         self,
         method: str,
         path: str,
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        action: str = "",
     ) -> dict[str, Any]:
         """One API call; every failure comes out as EasApiError with a message a person can act on."""
         try:
-            response = self._http.request(method, path, json=body, params=params)
+            response = self._http.send(self._signed(method, path, body, params or {}, action))
         except (httpx.InvalidURL, httpx.UnsupportedProtocol):
             raise EasApiError(
                 0,
@@ -327,6 +422,8 @@ class ManagementClient:
             answer = response.json()
         except ValueError:
             answer = None
+        if isinstance(answer, dict):
+            self.last_request_id = str(answer.get("RequestId") or "")
         if not isinstance(answer, dict):
             raise EasApiError(
                 response.status_code,
@@ -336,3 +433,20 @@ class ManagementClient:
                 response.headers.get("x-request-id", ""),
             )
         return answer
+
+    def _signed(self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str],
+                action: str) -> httpx.Request:
+        """The request, signed with ACS3-HMAC-SHA256 over exactly the bytes sent: the
+        path as written, the query, the host, the body's SHA-256 (eas/protocols/acs.py)."""
+        content = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
+        headers = {"host": urlsplit(self.endpoint).netloc, "x-acs-version": acs.API_VERSION,
+                   "accept": "application/json"}
+        if action:
+            headers["x-acs-action"] = action
+        if body is not None:
+            headers["content-type"] = "application/json; charset=utf-8"
+        prefix = urlsplit(self.endpoint).path.rstrip("/")
+        signed = acs.sign_acs3(method, prefix + path, params, headers, content, self.access_id, self._access_key,
+                               time.time())
+        url = path + ("?" + urlencode(params) if params else "")
+        return self._http.build_request(method, url, content=content if body is not None else None, headers=signed)

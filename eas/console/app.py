@@ -325,7 +325,7 @@ def _row(row: TrafficRecord) -> dict[str, Any]:
         "Name": row.name,
         "Kind": row.kind,
         "Backends": [{"Service": s, "Weight": w} for s, w in row.backends],
-        "Mirror": {"Target": row.mirror[0], "Percentage": row.mirror[1]} if row.mirror else None,
+        "Mirror": {"Target": row.mirror[0], "Ratio": row.mirror[1]} if row.mirror else None,
     }
 
 

@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo
 from eas.spec.elastic import AutoscalerSpec, CronJob, CronScalerSpec, OnZero, SleepSpec
 
 TOLERANCE = 0.1
+#: Earlier firings of a cron job looked at, when ExcludeDates match the latest ones.
+CRON_EXCLUDE_LOOKBACK = 1000
 
 
 @dataclass
@@ -48,6 +50,8 @@ def recommend(current: int, load: Load, spec: AutoscalerSpec) -> tuple[int, str]
     best, why = spec.min, f"at min {spec.min}"
     base = max(current, 1)
     for strategy in spec.scaleStrategies:
+        if not strategy.measured:  # an EAS metric not measured here (kept, named in an event)
+            continue
         value = getattr(load, strategy.metricName)
         ratio = value / strategy.threshold
         wanted = current if abs(ratio - 1) <= TOLERANCE else math.ceil(base * ratio)
@@ -66,8 +70,17 @@ def cron_target(spec: CronScalerSpec, now: float) -> tuple[int, str] | None:
     zone = ZoneInfo(spec.timezone)
     moment = datetime.fromtimestamp(now, zone)
     latest: tuple[datetime, CronJob] | None = None
+    excluded = spec.exclude_dates or []
     for job in spec.jobs:
-        fired = croniter(job.schedule, moment).get_prev(datetime)
+        times = croniter(job.schedule, moment)
+        fired = times.get_prev(datetime)
+        # A firing that an ExcludeDates expression matches does not count: the one before does.
+        for _ in range(CRON_EXCLUDE_LOOKBACK):
+            if not any(croniter.match(e, fired) for e in excluded):
+                break
+            fired = times.get_prev(datetime)
+        else:
+            continue
         if latest is None or fired > latest[0]:
             latest = (fired, job)
     if latest is None:

@@ -24,6 +24,13 @@ class Backend(Protocol):
     def restart_instances(self, name: str, replica_ids: list[str], internal_key: str) -> list[str]:
         """Drain and restart the named instances; returns the ids not found."""
 
+    def gpus(self) -> float:
+        """GPUs in the whole cluster (0 without any): what GPU services can be given."""
+
+    def logs(self, name: str, replica_id: str, max_lines: int) -> list[str] | None:
+        """The instance's latest log lines, oldest first (its stdout, then its stderr), at
+        most `max_lines` of each; None when no such instance runs (DescribeServiceLog)."""
+
 
 @dataclass
 class Replica:

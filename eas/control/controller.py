@@ -22,9 +22,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import httpx
+
 import processors
 from eas import sources, spec as specs
-from eas.control import routing
+from eas.sources import mounts
+from eas.control import gpu, routing
 from eas.control.backend import AppState, Backend
 from eas.control.keys import service_key
 from eas.control.leader import LeaderLease
@@ -32,7 +35,7 @@ from eas.control.autoscale import Scaler
 from eas.control.scaling import Scaling, Scraper
 from eas.control.store import DELETED, RUNNING, STOPPED, Fence, Fenced, ServiceRecord, Status, Store
 from eas.gateway.metrics import InstanceStats, ServiceCounts
-from eas.gateway.route_table import RouteTable
+from eas.gateway.route_table import Endpoint, RouteTable
 from eas.ratelog import BurstLog
 
 log = logging.getLogger("eas.controller")
@@ -43,6 +46,8 @@ failures = BurstLog(log)
 #: service version uses is kept after its last use (env EAS_CACHE_GC_INTERVAL_S, EAS_CACHE_MAX_AGE_S).
 CACHE_GC_INTERVAL_S = float(os.environ.get("EAS_CACHE_GC_INTERVAL_S", "600"))
 CACHE_MAX_AGE_S = float(os.environ.get("EAS_CACHE_MAX_AGE_S", str(24 * 3600)))
+#: How long the health check of an instance taken out of rotation may take.
+RECHECK_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,9 @@ class Controller:
                  internal_key: str, interval_s: float = 1.0, leader: LeaderLease | None = None,
                  cache_gc_interval_s: float = CACHE_GC_INTERVAL_S, cache_max_age_s: float = CACHE_MAX_AGE_S) -> None:
         self.store = store
+        self.allow_cpu_fallback = False
+        """eas-server --allow-cpu-fallback: a service asking for a GPU on a cluster without one
+        runs on CPU (with an event saying so) instead of failing (eas/control/gpu.py)."""
         self.leader = leader
         """None to always act (one server, tests)."""
         self.leading = leader is None
@@ -90,6 +98,9 @@ class Controller:
         self._deleting: set[str] = set()
         self._ever_running: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="eas-deploy")
+        self._rechecks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="eas-recheck")
+        self._rechecking: set[tuple[str, int]] = set()
+        """Instances taken out of rotation whose health check is under way."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,6 +125,7 @@ class Controller:
             self._thread.join(timeout=10)
         self.scraper.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._rechecks.shutdown(wait=False, cancel_futures=True)
         if self.leader is not None:
             self.leader.release()
 
@@ -206,7 +218,8 @@ class Controller:
         for name in list(self.routes.names()):
             if name not in known:
                 self.routes.drop(name)
-        entries, orphans = routing.entries(records, self.store.traffic().values())
+        entries, orphans = routing.entries(records, self.store.traffic().values(),
+                                           {name: app.running for name, app in observed.items()})
         if self.leading:
             try:
                 for name in orphans:
@@ -216,6 +229,31 @@ class Controller:
         self.routes.set_entries(entries)
         self.counts = _counts(records, observed)
         self._collect_cache_garbage(records)
+        self._recheck_down()
+
+    # -- instances the gateway took out of rotation ---------------------------------------
+
+    def _recheck_down(self) -> None:
+        """An instance the gateway found dead stays out of its rotation (and of DIRECT
+        discovery) until it answers a health check from here: every pass, leader or
+        follower (each server's gateway has its own rotation), off this thread. One that
+        is gone for good is forgotten once the backend no longer lists it."""
+        for down in self.routes.down():
+            key = (down.endpoint.host, down.endpoint.port)
+            if key not in self._rechecking:
+                self._rechecking.add(key)
+                self._rechecks.submit(self._recheck, down.endpoint)
+
+    def _recheck(self, endpoint: Endpoint) -> None:
+        try:
+            healthy = httpx.get(f"{endpoint.url}/healthz", timeout=RECHECK_TIMEOUT_S).status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        finally:
+            self._rechecking.discard((endpoint.host, endpoint.port))
+        if healthy:
+            log.info("instance %s answers its health check again: back in rotation", endpoint.instance)
+            self.routes.restore(endpoint)
 
     # -- leadership: who acts, and writes fenced by the lease term ------------------------
 
@@ -287,6 +325,7 @@ class Controller:
         self._next_gc = time.monotonic() + self.cache_gc_interval_s
         keep = [path for rec in records for path in (rec.spec.get("model_path"), rec.spec.get("processor_path"),
                                                      rec.spec.get("warm_up_data_path")) if path]
+        keep += [source for rec in records for source in mounts.sources(rec.spec.get("storage"))]
 
         def collect() -> list[str]:
             removed = sources.collect_garbage(self.cache_dir, keep, self.cache_max_age_s)
@@ -415,16 +454,23 @@ class Controller:
     def _submit_deploy(self, rec: ServiceRecord, spec: specs.ServiceSpec, want: AppliedVersion) -> None:
         def task() -> None:
             try:
-                # Fetch here first: a bad path or archive fails in a second, with a clear
-                # reason, instead of after several instance start attempts.
-                sources.resolve(spec.model_path, f"{self.cache_dir}/models", spec.oss_endpoint,
+                # Fetch here first: a bad path, archive or storage mount fails in a second,
+                # with a clear reason, instead of after several instance start attempts.
+                mounted = mounts.prepare(spec.to_dict().get("storage"), self.cache_dir, spec.oss_endpoint,
+                                         shm_gb=spec.metadata.shm_size, scratch=False)
+                sources.resolve(mounted.local(spec.model_path), f"{self.cache_dir}/models", spec.oss_endpoint,
                                 sha256=spec.model_sha256)
-                code_dir = sources.resolve(spec.processor_path, f"{self.cache_dir}/code", spec.oss_endpoint)
+                code_dir = sources.resolve(mounted.local(spec.processor_path), f"{self.cache_dir}/code",
+                                           spec.oss_endpoint)
                 # A framework that is not installed fails now with its pip command (a ValueError).
                 processors.check_framework(spec.processor, spec.processor_type, code_dir=code_dir)
+                # A GPU asked for where there is none fails now (or runs on CPU when allowed).
+                placed, note = gpu.place(spec, self.backend.gpus, self.allow_cpu_fallback)
                 if not self._acting(in_pass=False):  # deposed while fetching: the new leader deploys
                     return
-                self.backend.deploy(rec.name, spec, self.cache_dir,
+                if note:
+                    self._write(self.store.add_event, rec.name, "Placement", note)
+                self.backend.deploy(rec.name, placed, self.cache_dir,
                                     {"token": rec.token, "internal_key": self.service_key(rec.name)}, code_dir)
             except Exception as exc:
                 known = (sources.ModelSourceError, ValueError)  # ValueError: bad requirements.txt

@@ -8,7 +8,7 @@ writes them into the gateway's route table every pass.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from eas.control.backend import AppState
 from eas.control.store import DELETED, RUNNING, ServiceRecord, TrafficRecord
@@ -42,7 +42,18 @@ def service_route(rec: ServiceRecord, spec: ServiceSpec, app: AppState | None, r
     elif asleep:
         hold = max(hold, WAKE_FROM_ZERO_S)
     return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit, hold,
-                 wake_on_demand=asleep, max_held=max_held, internal_key=internal_key)
+                 wake_on_demand=asleep, max_held=max_held, internal_key=internal_key,
+                 retry_in_flight=retries_in_flight(spec))
+
+
+def retries_in_flight(spec: ServiceSpec) -> bool:
+    """Whether a request whose instance died running it may run again on another
+    (`rpc.retry_in_flight`). Unset: yes for built-in processors, whose predictions are
+    pure; no for user code and containers, whose handlers may have side effects."""
+    chosen = spec.metadata.rpc.retry_in_flight
+    if chosen is not None:
+        return chosen
+    return spec.processor_type != "python" and not spec.containers
 
 
 def closed_route(rec: ServiceRecord) -> Route:
@@ -51,8 +62,13 @@ def closed_route(rec: ServiceRecord) -> Route:
     return Route(rec.name, rec.token, (), f"service is {rec.desired.lower()}", float(keepalive) / 1000)
 
 
-def entries(records: Iterable[ServiceRecord], traffic: Iterable[TrafficRecord]) -> tuple[dict[str, Entry], list[str]]:
+def entries(records: Iterable[ServiceRecord], traffic: Iterable[TrafficRecord],
+            running: Mapping[str, int] | None = None) -> tuple[dict[str, Entry], list[str]]:
     """Endpoint names clients may call: every live service's own, then shared ones.
+
+    A group in TrafficMode auto weighs its members by `running` (instances per service,
+    as observed this pass), so traffic follows capacity as members scale; equally while
+    none runs, so a request still reaches a member that is coming.
 
     Also returns the traffic rows none of whose services exists any more (in any
     state): the controller removes them.
@@ -73,6 +89,9 @@ def entries(records: Iterable[ServiceRecord], traffic: Iterable[TrafficRecord]) 
             if not any(svc in known for svc, _ in t.backends):
                 orphans.append(t.name)
             continue
+        if t.kind == "group" and t.mode == "auto":
+            counts = tuple((svc, (running or {}).get(svc, 0)) for svc, _ in backends)
+            backends = counts if any(n for _, n in counts) else tuple((svc, 1) for svc, _ in backends)
         token = t.token if t.kind == "group" else tokens.get(t.name, t.token)
         if t.kind == "closed":
             if t.name in out:

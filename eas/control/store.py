@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS traffic (
     token       TEXT NOT NULL,
     backends    TEXT NOT NULL,
     mirror      TEXT NOT NULL DEFAULT '',
-    created_at  DOUBLE PRECISION NOT NULL
+    created_at  DOUBLE PRECISION NOT NULL,
+    mode        TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS settings (
     key         TEXT PRIMARY KEY,
@@ -77,7 +78,21 @@ CREATE TABLE IF NOT EXISTS demand (
     service     TEXT PRIMARY KEY,
     at          DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS access_keys (
+    id          TEXT PRIMARY KEY,
+    secret      TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at  DOUBLE PRECISION NOT NULL
+);
 """
+
+#: Columns added since the first schema: (table, column, declaration). Added to older
+#: stores when they open (CREATE TABLE IF NOT EXISTS leaves existing tables alone).
+ADDED_COLUMNS = (
+    ("traffic", "mode", "TEXT NOT NULL DEFAULT ''"),
+)
+
 
 class Desired(StrEnum):
     """The state a user asked for; the controller drives toward it."""
@@ -125,6 +140,8 @@ class TrafficRecord:
     kind "service": a service's endpoint shared with partners (blue-green, A/B);
     kind "group": a group endpoint over member services; kind "closed": a partner's own
     endpoint after release. `mirror` copies a share of requests to a shadow service.
+    `mode` of a group: "auto" (EAS TrafficMode auto: members weighted by their running
+    instances, the gateway's weights follow every pass) or "" (customized: the weights given).
     """
 
     name: str
@@ -132,6 +149,18 @@ class TrafficRecord:
     token: str
     backends: list[tuple[str, int]]
     mirror: tuple[str, int] | None = None
+    created_at: float = field(default_factory=time.time)
+    mode: str = ""
+
+
+@dataclass
+class AccessKeyRecord:
+    """A management API credential: an AccessKey pair with a role ("admin" or "readonly")."""
+
+    id: str
+    secret: str
+    role: str
+    description: str = ""
     created_at: float = field(default_factory=time.time)
 
 
@@ -339,11 +368,12 @@ class Store:
                 "SELECT 1 FROM services WHERE name = ?", (rec.name,)).fetchone() is not None
             token = "" if owned else rec.token  # a service's endpoint: its token is the service's
             db.execute(
-                "INSERT INTO traffic (name, kind, token, backends, mirror, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "INSERT INTO traffic (name, kind, token, backends, mirror, created_at, mode)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, token = excluded.token, "
-                "backends = excluded.backends, mirror = excluded.mirror",
+                "backends = excluded.backends, mirror = excluded.mirror, mode = excluded.mode",
                 (rec.name, rec.kind, token, json.dumps(rec.backends),
-                 json.dumps(rec.mirror) if rec.mirror else "", rec.created_at),
+                 json.dumps(rec.mirror) if rec.mirror else "", rec.created_at, rec.mode),
             )
             self._event(db, event_service, "Traffic", event)
 
@@ -354,7 +384,7 @@ class Store:
             name=r["name"], kind=r["kind"], token=r["token"],
             backends=[(b[0], int(b[1])) for b in json.loads(r["backends"])],
             mirror=tuple(json.loads(r["mirror"])) if r["mirror"] else None,  # type: ignore[arg-type]
-            created_at=r["created_at"],
+            created_at=r["created_at"], mode=r["mode"],
         ) for r in rows}
 
     def shared_row(self, service: str) -> TrafficRecord | None:
@@ -457,6 +487,31 @@ class Store:
             db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                        (key, value))
             return str(db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()["value"])
+
+    # -- access keys (management API credentials besides the admin pair, eas/api/signature.py) --
+
+    def create_access_key(self, key: AccessKeyRecord) -> None:
+        """Record a new AccessKey pair; AlreadyExists if its id is taken."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM access_keys WHERE id = ?", (key.id,)).fetchone() is not None:
+                raise AlreadyExists(key.id)
+            db.execute("INSERT INTO access_keys (id, secret, role, description, created_at) VALUES (?, ?, ?, ?, ?)",
+                       (key.id, key.secret, key.role, key.description, key.created_at))
+
+    def access_key(self, key_id: str) -> AccessKeyRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM access_keys WHERE id = ?", (key_id,)).fetchone()
+        return _access_key(row) if row else None
+
+    def access_keys(self) -> list[AccessKeyRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM access_keys ORDER BY created_at, id").fetchall()
+        return [_access_key(r) for r in rows]
+
+    def delete_access_key(self, key_id: str) -> bool:
+        """Revoke a pair; False when there was none of that id."""
+        with self._tx() as db:
+            return bool(db.execute("DELETE FROM access_keys WHERE id = ?", (key_id,)).rowcount)
 
     # -- leases (leader election, eas/control/leader.py) -----------------------------------
 
@@ -620,6 +675,9 @@ class _Sqlite(_Dialect):
 
     def create_schema(self, raw: sqlite3.Connection) -> None:
         raw.executescript(SCHEMA.format(autoid=self.autoid))
+        for table, column, declaration in ADDED_COLUMNS:
+            if column not in {r["name"] for r in raw.execute(f"PRAGMA table_info({table})")}:
+                raw.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 class _Postgres(_Dialect):
@@ -656,6 +714,8 @@ class _Postgres(_Dialect):
             for statement in SCHEMA.format(autoid=self.autoid).split(";"):
                 if statement.strip():
                     raw.execute(statement)
+            for table, column, declaration in ADDED_COLUMNS:
+                raw.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}")
 
     def is_disconnect(self, exc: BaseException) -> bool:
         import psycopg
@@ -710,6 +770,10 @@ class _Conn:
 
     def close(self) -> None:
         self._raw.close()
+
+
+def _access_key(row: Any) -> AccessKeyRecord:
+    return AccessKeyRecord(row["id"], row["secret"], row["role"], row["description"], float(row["created_at"]))
 
 
 def _record(row: Any) -> ServiceRecord:

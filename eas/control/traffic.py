@@ -13,6 +13,10 @@ import secrets
 import string
 
 from eas.control import store as st
+from eas.protocols.auth import generate_token
+
+#: TrafficMode of a group formed by `metadata.group`: members weighted by running instances.
+AUTO = "auto"
 
 
 def partner_name(original: str) -> str:
@@ -41,3 +45,39 @@ def release_shares(backends: list[tuple[str, int]], partner: str, weight: int) -
     else:
         shares = [(s, rest // len(others)) for s, _ in others]
     return shares + [(partner, weight)]
+
+
+def group_conflict(store: st.Store, group: str, service: str) -> str | None:
+    """Why `service` cannot join `group` (a name another service or a shared endpoint
+    holds), or None."""
+    if group == service:
+        return f"metadata.group: '{group}' is this service's own name; pick another group name"
+    row = store.traffic().get(group)
+    if (row is not None and row.kind != "group") or any(r.name == group for r in store.list()):
+        return f"metadata.group: '{group}' is a service name; pick another group name"
+    return None
+
+
+def join_group(store: st.Store, service: str, group: str | None, previous: str | None = None) -> None:
+    """`metadata.group` as EAS reads it: the service joins the group, which is created
+    with its first member (a token of its own, TrafficMode auto); a service whose group
+    changed leaves the old one (a group formed this way goes with its last member).
+    Joining a group made with the group API keeps that group's mode and weights; the
+    newcomer gets weight 100 there (change it with `eascmd group modify`)."""
+    if previous and previous != group:
+        row = store.traffic().get(previous)
+        if row is not None and row.kind == "group":
+            row.backends = [(s, w) for s, w in row.backends if s != service]
+            if row.backends or row.mode != AUTO:
+                store.put_traffic(row, service, f"left group '{previous}'")
+            else:
+                store.delete_traffic(previous, service, f"left group '{previous}', its last member: group removed")
+    if not group:
+        return
+    row = store.traffic().get(group)
+    if row is None:
+        store.put_traffic(st.TrafficRecord(group, "group", generate_token(), [(service, 100)], mode=AUTO), service,
+                          f"joined group '{group}' (created; TrafficMode auto: weighted by running instances)")
+    elif all(s != service for s, _ in row.backends):
+        row.backends = [*row.backends, (service, 100)]
+        store.put_traffic(row, service, f"joined group '{group}'")

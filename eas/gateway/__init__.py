@@ -2,5 +2,6 @@
 
 Adapters per transport: EAS HTTP (http.py), Open Inference Protocol REST (oip_http.py),
 gRPC (grpc_server.py). The core reads the route table (route_table.py) the controller
-writes, forwards with its own HTTP/1.1 client (upstream.py) and records metrics (metrics.py).
+writes, forwards with its own HTTP/1.1 client (upstream.py), relays WebSockets
+(websocket.py) and records metrics (metrics.py).
 """

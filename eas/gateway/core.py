@@ -10,6 +10,23 @@ admits the call (429); then the call waits for an instance while one is coming
 (deploy, restart, wake), is forwarded over a pooled keep-alive connection, mirrored
 when asked, timed into the metrics and written to the access log.
 
+Streamed answers (chunked or server-sent events from the instance, for a transport that
+can pass them on: `Call.streaming`) come back as soon as their head does, their body a
+stream the transport sends chunk by chunk; their metrics (time to first byte, total,
+bytes) and access-log line are written when the stream ends, however it ends (a client
+gone mid-stream is a 499, an instance failing mid-stream a 503).
+
+Instance failures cost no request that can be saved, and are never a 500: a request
+that never reached an instance (connection refused, or broken before it was sent
+whole) goes to another ready instance, always; one whose instance died while running
+it goes once more to another when the service allows it (`Route.retry_in_flight`,
+`rpc.retry_in_flight` in the service JSON); all within the keepalive plus a grace (504
+past it). The instance that failed leaves this gateway's rotation at once
+(route_table.py `mark_down`) until the controller sees it healthy again.
+
+WebSocket upgrades at the predict path (`websocket`) pass the same admission (the
+token is checked at the upgrade), then frames are relayed both ways (websocket.py).
+
 On the hot path it does only what must be done per request: route lookups are dict
 reads (eas/gateway/route_table.py), never the store or Ray.
 """
@@ -30,8 +47,9 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterator, Mapping
 from urllib.parse import unquote
 
+from eas.gateway import websocket
 from eas.gateway.metrics import GatewayMetrics
-from eas.gateway.route_table import Entry, Route, RouteTable
+from eas.gateway.route_table import Endpoint, Entry, Route, RouteTable
 from eas.gateway.upstream import UpstreamFailed, UpstreamPool, UpstreamRefused, UpstreamTimeout
 from eas.protocols.auth import AuthError, body_md5, check_body_md5, check_service_head
 from eas.protocols.http import CLOSE, ClientGone
@@ -43,6 +61,7 @@ from eas.protocols.wire import (
     REQUEST_ID_HEADER,
     TARGET_HEADER,
     Answer,
+    BodyStream,
     error_answer,
     passed_headers,
 )
@@ -94,6 +113,9 @@ class Call:
     request_id: str = field(default_factory=new_request_id)
     client: str | None = None
     """The caller's address (access log, and the key of the 401 slow-down)."""
+    streaming: bool = False
+    """The transport can send an answer on as it arrives (EAS predict over HTTP): a
+    streamed instance answer then comes back as a stream, not read whole first."""
 
 
 class Gateway:
@@ -117,9 +139,12 @@ class Gateway:
     # -- the one path ---------------------------------------------------------------
 
     async def handle(self, call: Call, guard: Guard | None = None) -> Answer:
-        """Admit, forward (and mirror) one call; record it in the metrics and access log."""
+        """Admit, forward (and mirror) one call; record it in the metrics and access log
+        (a streamed answer: when its stream ends)."""
         started = time.perf_counter()
         answer = await self._serve(call, guard)
+        if answer.stream is not None:
+            return Answer(answer.status, b"", answer.headers, _MeteredStream(self, call, answer, started))
         seconds = time.perf_counter() - started
         name = call.service
         self.metrics.observe(name if name in self.routes else "_unknown", answer.status, seconds,
@@ -131,6 +156,20 @@ class Gateway:
                 "instance": answer.headers.get(INSTANCE_HEADER), "client": call.client,
             }, separators=(",", ":")))
         return answer
+
+    def _streamed(self, call: Call, answer: Answer, status: int, seconds: float, first_byte_s: float | None,
+                  sent: int) -> None:
+        """A streamed answer ended (`_MeteredStream`): its metrics and access-log line."""
+        name = call.service if call.service in self.routes else "_unknown"
+        self.metrics.observe(name, status, seconds, answer.headers.get(PROCESSOR_TIME_HEADER))
+        self.metrics.observe_stream(name, first_byte_s, sent)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({
+                "time": time.time(), "request_id": call.request_id, "service": call.service, "status": status,
+                "ms": round(seconds * 1000, 3), "bytes_in": len(call.body), "bytes_out": sent, "streamed": True,
+                "first_byte_ms": round(first_byte_s * 1000, 3) if first_byte_s is not None else None,
+                "instance": answer.headers.get(INSTANCE_HEADER), "client": call.client,
+            }, separators=(",", ":")))
 
     async def _serve(self, call: Call, guard: Guard | None) -> Answer:
         request_id = call.request_id
@@ -168,6 +207,9 @@ class Gateway:
         except ClientGone:
             log.info("499 client went away: request %s to %s cancelled", call.request_id, call.service)
             return error_answer(499, "client closed the connection", call.request_id)
+        except Exception as exc:  # never a 500 for what an instance did (or what this code missed)
+            log.exception("request %s to %s failed in the gateway", call.request_id, call.service)
+            return error_answer(503, f"'{call.service}' failed: {type(exc).__name__}: {exc}", call.request_id)
         finally:
             # The copy starts once the primary has its answer: the task first runs after
             # the caller writes the response, so the shadow's work never sits in front of it.
@@ -229,11 +271,16 @@ class Gateway:
     async def forward(self, route: Route, call: Call) -> Answer:
         """Send an admitted call to one of the service's instances; return its answer.
 
-        A refused connection (an instance that just went away) moves on to the next
-        instance; anything after the request was sent does not.
+        Within the keepalive plus `UPSTREAM_GRACE_S` over all attempts (504 past it): a
+        request never delivered (`UpstreamRefused`) goes to another ready instance,
+        always; one whose instance closed the connection while running it goes to
+        another once, when the route allows it (`retry_in_flight`); anything else is a
+        503 that says what the instance did. An instance that refused or died leaves the
+        rotation (`_take_out`).
         """
         request_id = call.request_id
         self.routes.touch(route.name)
+        started = time.monotonic()
         if not route.endpoints:
             ready = await self._wait_for_instance(route, request_id)
             if isinstance(ready, Answer):
@@ -247,24 +294,67 @@ class Gateway:
             path = call.instance_path.format(name=route.name)
         else:
             path = f"/api/predict/{route.name}" + (f"/{call.sub_path}" if call.sub_path else "")
-        timeout = route.keepalive_s + UPSTREAM_GRACE_S
-        start = next(self._turn)
-        for attempt in range(len(route.endpoints)):
-            endpoint = route.endpoints[(start + attempt) % len(route.endpoints)]
+        budget = timeout = route.keepalive_s + UPSTREAM_GRACE_S
+        endpoint = route.endpoints[next(self._turn) % len(route.endpoints)]
+        tried: list[Endpoint] = []
+        retried = False
+        while True:
             try:
                 up = await self.upstream.request(call.method, endpoint.host, endpoint.port, path, sent, call.body,
-                                                 timeout)
-                return Answer(up.status, up.body, passed_headers(up.headers, request_id))
-            except UpstreamRefused as exc:
-                log.info("instance %s of %s refused the connection: %s", endpoint.instance, route.name, exc)
-                continue
+                                                 timeout, stream=call.streaming, gap_s=budget)
+                return Answer(up.status, up.body, passed_headers(up.headers, request_id), up.stream)
             except UpstreamTimeout:
                 return error_answer(504, f"no answer from instance {endpoint.instance} within {timeout:.1f} s",
                                     request_id)
+            except UpstreamRefused as exc:
+                log.info("request %s: instance %s of %s did not take it (%s): sending it to another",
+                         request_id, endpoint.instance, route.name, exc)
+                self._take_out(route.name, endpoint, str(exc))
+                reason = "undelivered"
             except UpstreamFailed as exc:
-                log.warning("request %s to %s failed upstream: %s", request_id, route.name, exc)
-                return error_answer(503, f"instance {endpoint.instance} of '{route.name}' failed: {exc}", request_id)
-        return error_answer(503, f"no instance of '{route.name}' accepted the request", request_id)
+                if exc.gone:
+                    self._take_out(route.name, endpoint, str(exc))
+                if not (exc.in_flight and route.retry_in_flight and not retried):
+                    log.warning("request %s to %s failed upstream: %s", request_id, route.name, exc)
+                    return error_answer(503, f"instance {endpoint.instance} of '{route.name}' failed: {exc}",
+                                        request_id)
+                log.info("request %s: instance %s of %s failed while running it (%s): retrying it once on another",
+                         request_id, endpoint.instance, route.name, exc)
+                retried, reason = True, "in_flight"
+            tried.append(endpoint)
+            left = budget - (time.monotonic() - started)
+            chosen = await self._another(route, tried, request_id, left)
+            if isinstance(chosen, Answer):
+                return chosen
+            endpoint, timeout = chosen, budget - (time.monotonic() - started)
+            self.metrics.label(self.metrics.resent, route.name, reason).inc()
+
+    async def _another(self, route: Route, tried: list[Endpoint], request_id: str,
+                       left: float) -> Endpoint | Answer:
+        """A ready instance of the service not tried yet, from its route as it is now
+        (without the ones just taken out); while none is ready but one is coming, wait
+        for it within `left` seconds. Else the answer: 503, or 504 when time is up."""
+        if left <= 0:
+            return error_answer(504, f"no instance of '{route.name}' answered within "
+                                f"{route.keepalive_s + UPSTREAM_GRACE_S:.1f} s", request_id)
+        current = self.routes.get(route.name) or route
+        if not current.endpoints and current.hold_s > 0:
+            current = await self.routes.wait_ready(route.name, min(current.hold_s, left)) or current
+        done = {(e.host, e.port) for e in tried}
+        fresh = [e for e in current.endpoints if (e.host, e.port) not in done]
+        if fresh:
+            return fresh[next(self._turn) % len(fresh)]
+        if not current.endpoints and current.unavailable:
+            return error_answer(503, f"service '{route.name}' is not available: {current.unavailable}", request_id)
+        return error_answer(503, f"no instance of '{route.name}' accepted the request "
+                            f"({len(tried)} tried)", request_id)
+
+    def _take_out(self, name: str, endpoint: Endpoint, why: str) -> None:
+        """An instance refused or dropped a connection: out of this gateway's rotation (and
+        DIRECT discovery) until the controller sees it healthy (route_table.py)."""
+        if self.routes.mark_down(name, endpoint, why):
+            self.metrics.label(self.metrics.taken_out, name).inc()
+            log.warning("instance %s of %s is out of rotation: %s", endpoint.instance, name, why)
 
     def _mirror(self, mirror: tuple[str, int], call: Call) -> None:
         """Copy the call to the shadow service; its answer is dropped.
@@ -282,11 +372,119 @@ class Gateway:
 
         async def copy() -> None:
             async with self._mirror_slots:
-                await self.forward(shadow, call)
+                answer = await self.forward(shadow, call)
+                if answer.stream is not None:  # read and dropped: the shadow streams as it would
+                    try:
+                        async for _ in answer.stream:
+                            pass
+                    finally:
+                        await answer.stream.aclose()
 
         task = asyncio.get_running_loop().create_task(copy())
         self._mirror_tasks.add(task)
         task.add_done_callback(self._mirror_tasks.discard)
+
+    # -- WebSocket pass-through --------------------------------------------------------
+
+    async def websocket(self, call: Call, side: websocket.ClientSide, query: str = "") -> None:
+        """A WebSocket upgrade at a service's predict path, relayed to one of its instances.
+
+        Admitted as a request is (404, 401 from the upgrade's headers, 503, 429; the
+        same wait for an instance that is coming): a refusal is the HTTP answer to the
+        upgrade. Then a WebSocket to an instance (one that refuses the connection is
+        taken out of rotation and the next one tried), the client accepted with the
+        subprotocol the instance chose, and frames relayed both ways until either side
+        closes (websocket.py). Counted: sessions by answer, frames each way, sessions
+        open; one access-log line when it ends.
+        """
+        started = time.perf_counter()
+        opened = await self._open_websocket(call, query)
+        name = call.service if call.service in self.routes else "_unknown"
+        metrics = self.metrics
+        if isinstance(opened, Answer):
+            metrics.label(metrics.ws_sessions, name, str(opened.status)).inc()
+            self._socket_log(call, opened.status, started, None, 0, 0, None)
+            await side.refuse(opened)
+            return
+        upstream, endpoint = opened
+        frames = {"in": 0, "out": 0}
+        counters = {d: metrics.label(metrics.ws_frames, name, d) for d in frames}
+
+        def on_frame(direction: str) -> None:
+            frames[direction] += 1
+            counters[direction].inc()
+
+        metrics.label(metrics.ws_sessions, name, "101").inc()
+        live = metrics.label(metrics.ws_open, name)
+        live.inc()
+        ended: websocket.Ended | None = None
+        try:
+            await side.accept(upstream.subprotocol)
+            ended = await websocket.relay(side, upstream, on_frame)
+        finally:
+            live.dec()
+            if ended is None:  # cancelled (the server is stopping) or the accept failed
+                upstream.transport.abort()
+            self._socket_log(call, 101, started, endpoint, frames["in"], frames["out"], ended)
+
+    async def _open_websocket(self, call: Call, query: str) -> tuple[websocket.ClientConnection, Endpoint] | Answer:
+        request_id = call.request_id
+        entry = self.routes.entry(call.service)
+        if entry is None or entry.closed:
+            return self._unknown(call)  # type: ignore[return-value]
+        try:
+            expected_md5 = check_service_head(entry.token, call.headers, call.path, method="GET")
+            if expected_md5 is not None:
+                check_body_md5(expected_md5, await body_md5(b""))
+        except AuthError as exc:
+            return await self._unauthorized(call, str(exc))
+        admitted = self._pick(entry, call)
+        if isinstance(admitted, Answer):
+            return admitted
+        route = admitted
+        self.routes.touch(route.name)
+        if not route.endpoints:
+            ready = await self._wait_for_instance(route, request_id)
+            if isinstance(ready, Answer):
+                return ready
+            route = ready
+        headers = {REQUEST_ID_HEADER: request_id, INTERNAL_KEY_HEADER: route.internal_key or self.internal_key}
+        path = f"/api/predict/{route.name}" + (f"/{call.sub_path}" if call.sub_path else "")
+        protocols = [p.strip() for p in call.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        timeout = route.keepalive_s + UPSTREAM_GRACE_S
+        started = time.monotonic()
+        endpoint = route.endpoints[next(self._turn) % len(route.endpoints)]
+        tried: list[Endpoint] = []
+        while True:
+            try:
+                conn = await websocket.connect(endpoint.host, endpoint.port, path, query, headers, protocols,
+                                               timeout - (time.monotonic() - started))
+                return conn, endpoint
+            except websocket.UpgradeRefused as exc:
+                return error_answer(exc.status, f"instance {endpoint.instance} of '{route.name}' refused the "
+                                    f"WebSocket: {exc.body[:200].decode('utf-8', 'replace')}", request_id)
+            except TimeoutError:
+                return error_answer(504, f"instance {endpoint.instance} did not open the WebSocket within "
+                                    f"{timeout:.1f} s", request_id)
+            except UpstreamRefused as exc:
+                self._take_out(route.name, endpoint, str(exc))
+            tried.append(endpoint)
+            chosen = await self._another(route, tried, request_id, timeout - (time.monotonic() - started))
+            if isinstance(chosen, Answer):
+                return chosen
+            endpoint = chosen
+            self.metrics.label(self.metrics.resent, route.name, "undelivered").inc()
+
+    def _socket_log(self, call: Call, status: int, started: float, endpoint: Endpoint | None, frames_in: int,
+                    frames_out: int, ended: websocket.Ended | None) -> None:
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({
+                "time": time.time(), "request_id": call.request_id, "service": call.service, "status": status,
+                "ms": round((time.perf_counter() - started) * 1000, 3), "websocket": True,
+                "frames_in": frames_in, "frames_out": frames_out,
+                "closed_by": ended.by if ended else None, "close_code": ended.code if ended else None,
+                "instance": endpoint.instance if endpoint else None, "client": call.client,
+            }, separators=(",", ":")))
 
     # -- questions without a model call ------------------------------------------------
 
@@ -325,6 +523,59 @@ class Gateway:
             return None
         route = self.routes.get(name)
         return [(e.host, e.port) for e in (route.endpoints if route else ())]
+
+
+class _MeteredStream:
+    """A streamed answer as the gateway passes it on: each chunk counted, the first timed,
+    and the answer recorded once when the stream ends, however it ends: read to its end
+    (the status of its head), the instance failing or going silent mid-stream (503, 504),
+    or the client leaving (`aclose` before the end: 499, which drops the connection to
+    the instance so that it stops too)."""
+
+    def __init__(self, gateway: Gateway, call: Call, answer: Answer, started: float) -> None:
+        assert answer.stream is not None
+        self._gateway, self._call, self._answer, self._started = gateway, call, answer, started
+        self._inner: BodyStream = answer.stream
+        self._first: float | None = None
+        self._sent = 0
+        self._recorded = False
+
+    def __aiter__(self) -> _MeteredStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._inner.__anext__()
+        except StopAsyncIteration:
+            self._record(self._answer.status)
+            raise
+        except UpstreamTimeout as exc:
+            self._record(504, str(exc))
+            raise
+        except Exception as exc:
+            self._record(503, str(exc))
+            raise
+        if self._first is None:
+            self._first = time.perf_counter() - self._started
+        self._sent += len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        if not self._recorded:
+            log.info("499 client went away mid-stream: request %s to %s cancelled", self._call.request_id,
+                     self._call.service)
+            self._record(499, "client closed the connection")
+        await self._inner.aclose()
+
+    def _record(self, status: int, why: str = "") -> None:
+        if self._recorded:
+            return
+        self._recorded = True
+        if why and status != 499:
+            log.warning("request %s to %s: streamed answer cut short after %d bytes: %s", self._call.request_id,
+                        self._call.service, self._sent, why)
+        self._gateway._streamed(self._call, self._answer, status, time.perf_counter() - self._started,
+                                self._first, self._sent)
 
 
 class RateLimiter:

@@ -7,10 +7,14 @@ An adapter only: each RPC becomes a `Call` to `Gateway.handle` (eas/gateway/core
 
 - `inference.GRPCInferenceService` (KServe's Open Inference Protocol, what `tritonclient`
   and KServe clients call): ServerLive, ServerReady, ServerMetadata, ModelReady,
-  ModelMetadata, ModelInfer. The service token goes in the `authorization` metadata.
-  ModelInfer bytes are never decoded here: only the model name is read off the wire,
-  and the serialized request is forwarded to an instance's `/v2/models/{name}/infer`,
-  whose answer (a serialized ModelInferResponse) is handed back as is.
+  ModelMetadata, ModelInfer, and Triton's ModelStreamInfer (many calls on one
+  bidirectional stream: each request runs as a ModelInfer would, up to
+  `STREAM_CONCURRENCY` at once per stream, and is answered when ready; an error answers
+  its request alone in `error_message`). The service token goes in the `authorization`
+  metadata. ModelInfer bytes are never decoded here: only the model name (and, on a
+  stream, the request id) is read off the wire, and the serialized request is forwarded
+  to an instance's `/v2/models/{name}/infer`, whose answer (a serialized
+  ModelInferResponse) is handed back as is.
 - `eas.Predict/Predict`: an EAS predict call as bytes (`PredictRequest{service, body,
   token, content_type}`), answered with `PredictReply{status, body, content_type,
   request_id}` exactly as `POST /api/predict/{service}` would answer. The RPC itself
@@ -30,9 +34,10 @@ memory in flight is bounded by the two limits together.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 from starlette.datastructures import Headers
@@ -61,6 +66,10 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 INFER_METHOD = f"/{messages.INFERENCE_SERVICE}/ModelInfer"
+STREAM_INFER_METHOD = f"/{messages.INFERENCE_SERVICE}/ModelStreamInfer"
+#: Requests of one ModelStreamInfer stream running or answered but not yet sent at once;
+#: past it the stream's next request is read only when one is sent (bounded memory).
+STREAM_CONCURRENCY = 16
 #: Room for the message around a body of `max_body_bytes` (the gateway answers 413 past it).
 MESSAGE_SLACK_BYTES = 1 << 20
 
@@ -110,6 +119,60 @@ def model_name_of(message: bytes) -> str:
         if pos > end:
             raise ValueError("truncated message")
     return ""
+
+
+def name_and_id_of(message: bytes) -> tuple[str, str]:
+    """Fields 1 (`model_name`) and 3 (`id`) of a serialized ModelInferRequest, read without
+    decoding the tensors (what a stream's error answer must carry to be matched)."""
+    found: dict[int, str] = {}
+    pos, end = 0, len(message)
+
+    def varint() -> int:
+        nonlocal pos
+        shift = result = 0
+        while True:
+            if pos >= end or shift > 63:
+                raise ValueError("truncated varint")
+            byte = message[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return result
+            shift += 7
+
+    while pos < end:
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            varint()
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length = varint()
+            if number in (1, 3):
+                if pos + length > end:
+                    raise ValueError("truncated string field")
+                found[number] = message[pos:pos + length].decode("utf-8")
+            pos += length
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated message")
+    return found.get(1, ""), found.get(3, "")
+
+
+def _as_stream_response(infer_response: bytes) -> bytes:
+    """A serialized ModelInferResponse as the `infer_response` (field 2) of a serialized
+    ModelStreamInferResponse, without decoding it."""
+    size, head = len(infer_response), bytearray(b"\x12")
+    while True:
+        byte = size & 0x7F
+        size >>= 7
+        head.append(byte | (0x80 if size else 0))
+        if not size:
+            return bytes(head) + infer_response
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> Headers:
@@ -178,6 +241,7 @@ class GrpcGateway:
             "ModelMetadata": unary(self.model_metadata, p.ModelMetadataRequest, p.ModelMetadataResponse),
             # Bytes in, bytes out: the instance decodes and encodes the tensors.
             "ModelInfer": unary(self.model_infer, None, None),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         })
 
     def _predict_handler(self) -> grpc.GenericRpcHandler:
@@ -232,6 +296,72 @@ class GrpcGateway:
             content_type=INFER_REQUEST_TYPE, client=context.peer()))
         await self._fail_unless_ok(context, answer)
         return answer.body
+
+    async def model_stream_infer(self, requests: AsyncIterator[bytes],
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Triton's streaming inference: each serialized ModelInferRequest read from the
+        stream goes through `Gateway.handle` as a ModelInfer would (token, routing,
+        limits, failover, metrics), concurrently up to `STREAM_CONCURRENCY`; each answer
+        is written when ready, an error as `error_message` with the request's model name
+        and id. The client closing its side ends the stream once every answer is out;
+        a cancelled stream cancels the requests still running (499 at the instances)."""
+        headers, peer = _metadata(context), context.peer()
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(STREAM_CONCURRENCY)
+        ready: asyncio.Queue[bytes | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(request: bytes) -> None:
+            try:
+                name, request_id = name_and_id_of(request)
+            except (ValueError, UnicodeDecodeError) as exc:
+                await ready.put(self._stream_error("", "", f"request is not a serialized inference.ModelInferRequest: "
+                                                   f"{exc}"))
+                return
+            if not name:
+                await ready.put(self._stream_error("", request_id, "model_name is empty: say which model (service) "
+                                                   "to call"))
+                return
+            try:
+                answer = await self.gateway.handle(Call(
+                    service=name, headers=headers, path=STREAM_INFER_METHOD, body=request, instance_path=INFER_PATH,
+                    content_type=INFER_REQUEST_TYPE, client=peer))
+            except Exception as exc:  # every request gets its answer, whatever happened to it
+                log.exception("stream request %s to %s failed", request_id, name)
+                await ready.put(self._stream_error(name, request_id, f"{type(exc).__name__}: {exc}"))
+                return
+            if answer.status == 200:
+                await ready.put(_as_stream_response(answer.body))
+            else:
+                await ready.put(self._stream_error(name, request_id, _message_of(answer)))
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()  # released once an answer is written
+                    task = loop.create_task(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*running, return_exceptions=True)
+            finally:
+                await ready.put(None)
+
+        reader = loop.create_task(read())
+        try:
+            while (answer := await ready.get()) is not None:
+                yield answer
+                slots.release()
+            await reader  # a failure reading the stream fails the RPC
+        finally:
+            for task in (reader, *running):
+                task.cancel()
+
+    @staticmethod
+    def _stream_error(name: str, request_id: str, message: str) -> bytes:
+        return messages.ModelStreamInferResponse(
+            error_message=message, infer_response=messages.ModelInferResponse(model_name=name, id=request_id),
+        ).SerializeToString()
 
     # ------------------------------------------------------------------ eas.Predict
 

@@ -1,8 +1,11 @@
-"""The EAS face of the gateway: `POST /api/predict/{service}[/{sub_path}]` and DIRECT discovery.
+"""The EAS face of the gateway: `POST /api/predict/{service}[/{sub_path}]`, WebSockets at
+the same paths, and DIRECT discovery.
 
 An adapter only: HTTP in, a `Call` to `Gateway.handle` (eas/gateway/core.py), the
-`Answer` back out. The body is read by the core, once the endpoint and the credentials
-are known good; an answer given without reading it closes the connection (`close_unread`).
+`Answer` back out (a streamed one chunk by chunk). The body is read by the core, once
+the endpoint and the credentials are known good; an answer given without reading it
+closes the connection (`close_unread`). A WebSocket upgrade goes to `Gateway.websocket`
+with this transport's side of the session (`StarletteSide`).
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ import functools
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from eas.gateway.core import Call, Gateway
+from eas.gateway.websocket import Closed
+from eas.protocols.wire import Answer
 from eas.protocols.http import close_unread, read_body, signed_path, to_response, until_disconnect
 
 
@@ -23,8 +29,11 @@ class EasHttp:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/api/predict/{service}", self.predict, methods=["POST"]),
+            # GET: the model's signature (what EAS's TensorFlow processor answers), token checked like POST.
+            Route("/api/predict/{service}", self.predict, methods=["POST", "GET"]),
             Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
+            WebSocketRoute("/api/predict/{service}", self.websocket),
+            WebSocketRoute("/api/predict/{service}/{sub_path:path}", self.websocket),
             # DIRECT-mode discovery, at the paths the Python and Go SDKs ask.
             Route("/api/v1/servicediscovery/upstreams/{service}", self.upstreams, methods=["GET"]),
             Route("/exported/apis/eas.alibaba-inc.k8s.io/v1/upstreams/{service}", self.upstreams,
@@ -36,9 +45,17 @@ class EasHttp:
             service=http.path_params["service"], headers=http.headers, path=signed_path(http),
             reader=functools.partial(read_body, http), sub_path=http.path_params.get("sub_path", ""),
             content_type=http.headers.get("content-type"), client=http.client.host if http.client else None,
+            streaming=True, method=http.method,
         )
         response = to_response(await self.gateway.handle(call, functools.partial(until_disconnect, http)))
         return close_unread(http, response) if call.reader is not None else response
+
+    async def websocket(self, ws: WebSocket) -> None:
+        """A WebSocket at a predict path: the token from the upgrade's headers, then relayed."""
+        call = Call(service=ws.path_params["service"], headers=ws.headers, path=signed_path(ws),  # type: ignore[arg-type]
+                    method="GET", sub_path=ws.path_params.get("sub_path", ""),
+                    client=ws.client.host if ws.client else None)
+        await self.gateway.websocket(call, StarletteSide(ws), ws.scope.get("query_string", b"").decode("latin-1"))
 
     async def upstreams(self, http: Request) -> JSONResponse:
         """Service discovery for SDKs in DIRECT mode: the instances to call themselves.
@@ -52,3 +69,40 @@ class EasHttp:
             return JSONResponse({"code": 404, "message": f"service '{name}' does not exist"}, 404)
         return JSONResponse({"endpoints": {"items": [{"ip": host, "port": port, "weight": 100}
                                                      for host, port in instances]}})
+
+
+class StarletteSide:
+    """The client's end of a relayed WebSocket session (eas/gateway/websocket.py `ClientSide`)."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def accept(self, subprotocol: str | None) -> None:
+        await self.ws.accept(subprotocol=subprotocol)
+
+    async def refuse(self, answer: Answer) -> None:
+        """The HTTP answer to the upgrade (uvicorn's WebSocket denial extension); a server
+        without it can only close, which clients see as 403."""
+        try:
+            await self.ws.send_denial_response(to_response(answer))
+        except RuntimeError:
+            await self.ws.close(1008, answer.body[:120].decode("utf-8", "replace"))
+
+    async def receive(self) -> str | bytes | Closed:
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return Closed(message.get("code") or 1005, message.get("reason") or "")
+        text = message.get("text")
+        return text if text is not None else (message.get("bytes") or b"")
+
+    async def send(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            await self.ws.send_text(message)
+        else:
+            await self.ws.send_bytes(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        try:  # a close frame's reason is at most 123 bytes of UTF-8
+            await self.ws.close(code, reason.encode()[:123].decode("utf-8", "ignore"))
+        except (RuntimeError, OSError):  # already closed, or the client is gone
+            pass

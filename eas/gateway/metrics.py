@@ -1,7 +1,9 @@
 """Prometheus metrics: what the gateway measures itself, plus what instances report.
 
 The gateway times every request it forwards (total and processor time, by service and
-status). Instance-side numbers (queue depth, in-flight, batch sizes, cold start, and
+status); for streamed answers also the time to the first byte and the bytes sent, and
+it counts requests it sent again (never delivered, or retried after their instance died),
+instances it took out of rotation, and WebSocket sessions and frames. Instance-side numbers (queue depth, in-flight, batch sizes, cold start, and
 answers given to DIRECT callers too) come from each instance's `/stats`, which the
 control plane's scraper reads every second (eas/control/scaling.py); they are turned
 into metric families at scrape time, so nothing is kept twice.
@@ -19,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -63,6 +65,23 @@ class GatewayMetrics:
                                  ["service"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.processor = Histogram("eas_processor_seconds", "Time inside the instance per request",
                                    ["service"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.first_byte = Histogram("eas_first_byte_seconds", "Streamed answers: time to the first byte of the body",
+                                    ["service"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.streamed_bytes = Counter("eas_streamed_bytes", "Bytes of streamed answers sent to clients",
+                                      ["service"], registry=self.registry)
+        self.resent = Counter("eas_resent_requests", "Requests sent to another instance: 'undelivered' (never "
+                              "reached one), 'in_flight' (their instance died running them; rpc.retry_in_flight)",
+                              ["service", "reason"], registry=self.registry)
+        self.taken_out = Counter("eas_instances_taken_out", "Instances this gateway took out of rotation after a "
+                                 "connection failure", ["service"], registry=self.registry)
+        self.ws_sessions = Counter("eas_websocket_sessions", "WebSocket upgrades by answer (101: relayed)",
+                                   ["service", "code"], registry=self.registry)
+        self.ws_open = Gauge("eas_websocket_open", "WebSocket sessions being relayed now", ["service"],
+                             registry=self.registry)
+        self.ws_frames = Counter("eas_websocket_frames", "WebSocket frames relayed, 'in' from clients, 'out' to them",
+                                 ["service", "direction"], registry=self.registry)
+        self._extra: dict[str, set[tuple[Any, tuple[str, ...]]]] = {}
+        """name -> (metric, labels) observed beyond the per-request ones: removed with the name."""
 
     def observe(self, service: str, status: int, seconds: float, processor_ms: str | None) -> None:
         code = str(status)
@@ -78,6 +97,25 @@ class GatewayMetrics:
                 self.processor.labels(service).observe(float(processor_ms) / 1000)
             except ValueError:
                 pass
+
+    def label(self, metric: Any, service: str, *rest: str) -> Any:
+        """`metric.labels(service, *rest)`, remembered so the label set leaves with the name.
+        For the rarer observations (streams, resends, WebSockets), not the per-request ones."""
+        labels = (service, *rest)
+        self._extra.setdefault(service, set()).add((metric, labels))
+        seen = self._seen.get(service)
+        if seen is None:
+            seen = self._seen[service] = [0.0, set()]
+        seen[0] = self._clock()
+        return metric.labels(*labels)
+
+    def observe_stream(self, service: str, first_byte_s: float | None, sent: int) -> None:
+        """A streamed answer ended: its time to first byte and the bytes that went out
+        (its total time and status went through `observe`)."""
+        if first_byte_s is not None:
+            self.label(self.first_byte, service).observe(first_byte_s)
+        if sent:
+            self.label(self.streamed_bytes, service).inc(sent)
 
     def attach(self, instances: Callable[[], Iterable[InstanceStats]],
                services: Callable[[], dict[str, ServiceCounts]]) -> None:
@@ -101,6 +139,8 @@ class GatewayMetrics:
                 _remove(self.requests, name, code)
             _remove(self.latency, name)
             _remove(self.processor, name)
+            for metric, labels in self._extra.pop(name, ()):
+                _remove(metric, *labels)
         return gone
 
 

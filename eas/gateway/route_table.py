@@ -2,11 +2,19 @@
 
 Lookups are plain dict reads: the hot path never touches the store or Ray's control
 plane. Entries are replaced whole, so a reader sees an old or a new route, never half.
+
+An instance the gateway finds dead (a connection refused or broken by it) is taken out
+of its service's route at once (`mark_down`), instead of waiting for the controller's
+next pass to notice: what the gateway routes to and what DIRECT discovery lists are the
+controller's instances minus those. It comes back when the controller sees it healthy
+again (`restore`, after a health check of its own) and is forgotten when the controller
+no longer lists it (a dead replica is replaced by a new one, at a new address).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +54,9 @@ class Route:
     internal_key: str = ""
     """The key this service's instances accept from the gateway (its own, derived per
     service); empty: the gateway's own key."""
+    retry_in_flight: bool = False
+    """A request whose instance died while running it may be sent once more to another
+    instance (`rpc.retry_in_flight`: the service's predictions are pure)."""
 
 
 @dataclass(frozen=True)
@@ -77,12 +88,27 @@ class Entry:
         return self.backends[-1][0]
 
 
+@dataclass(frozen=True)
+class Down:
+    """An instance this gateway took out of rotation, and why."""
+
+    service: str
+    endpoint: Endpoint
+    why: str
+    since: float
+    """Monotonic time it was taken out."""
+
+
 class RouteTable:
     """Service routes and endpoint entries, written by the controller's thread and read
     by the gateway's event loop; waiters are woken across threads."""
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        """What the gateway reads: the controller's routes without the instances marked down."""
+        self._given: dict[str, Route] = {}
+        """The routes as the controller set them."""
+        self._down: dict[tuple[str, int], Down] = {}
         self._entries: dict[str, Entry] = {}
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
         self._lock = threading.Lock()
@@ -145,7 +171,20 @@ class RouteTable:
         return self._routes.get(name)
 
     def set(self, route: Route) -> None:
-        self._routes[route.name] = route
+        """The controller's route for a service (its thread). Instances marked down stay
+        out of it; marks of instances it no longer lists are forgotten."""
+        with self._lock:
+            self._given[route.name] = route
+            if self._down:
+                listed = {(e.host, e.port) for e in route.endpoints}
+                for key, down in list(self._down.items()):
+                    if down.service == route.name and key not in listed:
+                        del self._down[key]
+            route = self._visible(route)
+            self._routes[route.name] = route
+        self._wake_waiters(route)
+
+    def _wake_waiters(self, route: Route) -> None:
         if route.endpoints and route.name in self._waiters:
             with self._lock:
                 waiting = self._waiters.pop(route.name, [])
@@ -153,7 +192,55 @@ class RouteTable:
                 loop.call_soon_threadsafe(_release, future)
 
     def drop(self, name: str) -> None:
-        self._routes.pop(name, None)
+        with self._lock:
+            self._routes.pop(name, None)
+            self._given.pop(name, None)
+            for key, down in list(self._down.items()):
+                if down.service == name:
+                    del self._down[key]
+
+    # -- instances the gateway found dead -------------------------------------------------
+
+    def mark_down(self, name: str, endpoint: Endpoint, why: str) -> bool:
+        """Take an instance out of the service's route now (the gateway's loop, at the
+        first connection failure). True when it was still in rotation."""
+        key = (endpoint.host, endpoint.port)
+        with self._lock:
+            if key in self._down:
+                return False
+            self._down[key] = Down(name, endpoint, why, time.monotonic())
+            given = self._given.get(name)
+            if given is not None:
+                self._routes[name] = self._visible(given)
+        return True
+
+    def down(self) -> list[Down]:
+        """The instances out of rotation (the controller checks their health)."""
+        return list(self._down.values())
+
+    def restore(self, endpoint: Endpoint) -> None:
+        """The controller saw the instance healthy: back into its service's route."""
+        with self._lock:
+            down = self._down.pop((endpoint.host, endpoint.port), None)
+            given = self._given.get(down.service) if down is not None else None
+            route = self._visible(given) if given is not None else None
+            if route is not None:
+                self._routes[route.name] = route
+        if route is not None:
+            self._wake_waiters(route)
+
+    def _visible(self, route: Route) -> Route:
+        """`route` without the instances marked down (under the lock)."""
+        if not self._down:
+            return route
+        kept = tuple(e for e in route.endpoints if (e.host, e.port) not in self._down)
+        if len(kept) == len(route.endpoints):
+            return route
+        why = route.unavailable
+        if not kept:
+            failed = [d for d in self._down.values() if d.service == route.name]
+            why = f"instance {failed[-1].endpoint.instance} failed ({failed[-1].why})" if failed else why
+        return dataclasses.replace(route, endpoints=kept, unavailable=why)
 
     def names(self) -> Iterable[str]:
         return list(self._routes)

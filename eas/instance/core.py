@@ -16,10 +16,11 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Literal, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Literal, Mapping, TypeVar
 
 from eas.instance.runtime import ServiceRuntime
 from eas.protocols.auth import AuthError, body_md5, check_body_md5, check_service_head
+from eas.protocols.compression import DecompressionError, decompress_async
 from eas.protocols.http import ClientGone
 from eas.protocols.wire import (
     INSTANCE_HEADER,
@@ -30,7 +31,7 @@ from eas.protocols.wire import (
     Answer,
     error_answer,
 )
-from processors.base import Request, Response
+from processors.base import ProcessorError, Request, Response
 
 log = logging.getLogger("eas.instance")
 T = TypeVar("T")
@@ -60,8 +61,8 @@ class Call:
 
     service: str
     """The service the caller named (404 unless it is this instance's)."""
-    kind: Literal["predict", "infer_v2"]
-    """An EAS predict body, or an Open Inference Protocol call."""
+    kind: Literal["predict", "infer_v2", "signature"]
+    """An EAS predict body, an Open Inference Protocol call, or a GET of the model's signature."""
     body: bytes
     headers: Mapping[str, str]
     """Case-insensitive (what the auth checks read)."""
@@ -86,6 +87,8 @@ class InstanceApp:
         self.keepalive_s = meta.rpc.keepalive / 1000
         self.workers = meta.concurrency
         self.max_queue = meta.rpc.max_queue_size
+        self.decompressor = meta.rpc.decompressor
+        """The codec every predict body is compressed with (`metadata.rpc.decompressor`), or None."""
         self.in_flight = 0
         """Requests running or queued here; past workers + max_queue_size we shed with 450."""
         self.codes: dict[int, int] = {}
@@ -137,7 +140,7 @@ class InstanceApp:
 
     async def handle(self, call: Call, guard: Guard | None = None) -> Answer:
         """Admit a call (404, 503, 401, 413, 450), run it within the keepalive (408), count it."""
-        checked = self._head_check(call.service, call.headers, call.path, "POST")
+        checked = self._head_check(call.service, call.headers, call.path, "GET" if call.kind == "signature" else "POST")
         if isinstance(checked, tuple):
             return self.reject(*checked, call.request_id)
         if len(call.body) > self.max_body_bytes:
@@ -150,11 +153,16 @@ class InstanceApp:
         if self.in_flight >= self.workers + self.max_queue:
             return self.reject(450, f"instance queue is full ({self.max_queue} waiting, {self.workers} running): "
                                "retry later or add instances", call.request_id)
-        request = Request(body=call.body, content_type=call.content_type, sub_path=call.sub_path.lstrip("/"),
-                          headers=call.passed, request_id=call.request_id)
         self.in_flight += 1
         started = time.perf_counter()
         try:
+            body = call.body
+            if self.decompressor is not None and call.kind == "predict":
+                # After the MD5 check (the SDKs sign the compressed bytes), before the
+                # processor; at most the body limit comes out (a bomb is a 413).
+                body = await decompress_async(self.decompressor, body, self.max_body_bytes)
+            request = Request(body=body, content_type=call.content_type, sub_path=call.sub_path.lstrip("/"),
+                              headers=call.passed, request_id=call.request_id)
             work = asyncio.wait_for(self.runtime.run(call.kind, request), self.keepalive_s)
             response = await (guard(work) if guard is not None else work)
         except asyncio.TimeoutError:
@@ -163,14 +171,26 @@ class InstanceApp:
         except ClientGone:
             log.info("499 client went away: request %s to %s cancelled", call.request_id, self.instance)
             return self.reject(499, "client closed the connection", call.request_id)
+        except DecompressionError as exc:
+            return self.reject(exc.status, str(exc), call.request_id)
         finally:
             self.in_flight -= 1
         spent = time.perf_counter() - started
         self.processor_seconds += spent
+        headers = {"Content-Type": response.content_type, REQUEST_ID_HEADER: call.request_id,
+                   INSTANCE_HEADER: self.instance, PROCESSOR_TIME_HEADER: f"{spent * 1000:.3f}"}
+        chunks = getattr(response, "chunks", None)
+        if chunks is not None:  # streamed: its first chunk came within the keepalive
+            self.in_flight += 1  # it holds its place in the queue until it ends
+            return Answer(response.status, b"", headers, _InstanceStream(self, call, response.status,
+                                                                         response.body, chunks))
         self.codes[response.status] = self.codes.get(response.status, 0) + 1
-        return Answer(response.status, response.body, {
-            "Content-Type": response.content_type, REQUEST_ID_HEADER: call.request_id,
-            INSTANCE_HEADER: self.instance, PROCESSOR_TIME_HEADER: f"{spent * 1000:.3f}"})
+        return Answer(response.status, response.body, headers)
+
+    def stream_ended(self, status: int) -> None:
+        """A streamed answer ended (`_InstanceStream`): its place in the queue is free."""
+        self.in_flight -= 1
+        self.codes[status] = self.codes.get(status, 0) + 1
 
     # -- what the host and the controller read ---------------------------------------
 
@@ -195,3 +215,67 @@ class InstanceApp:
         """Stop taking new work before a restart: leave discovery, report what is in flight."""
         self.on_drain()
         return {"instance": self.instance, "in_flight": self.in_flight}
+
+
+class _InstanceStream:
+    """A processor's streamed answer as this instance sends it (the transport reads it).
+
+    The first chunk is already there (it came within the keepalive, like any answer);
+    each next one must come within the keepalive of the one before, else the stream is
+    cut (the client sees an incomplete answer; 408 counted and logged). Until it ends
+    the request keeps its place in `in_flight` (the queue limit, /stats). The transport
+    closes it when its client leaves (499): the processor's generator is closed too.
+    """
+
+    def __init__(self, app: InstanceApp, call: Call, status: int, first: bytes, chunks: Any) -> None:
+        self._app, self._call, self._status = app, call, status
+        self._first: bytes | None = first
+        self._chunks = chunks
+        self._ended = False
+
+    def __aiter__(self) -> _InstanceStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        if self._ended:
+            raise StopAsyncIteration
+        keepalive = self._app.keepalive_s
+        try:
+            async with asyncio.timeout(keepalive):
+                return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._end(self._status)
+            raise
+        except TimeoutError:
+            self._end(408, f"no next chunk within the keepalive of {keepalive * 1000:.0f} ms")
+            await self._chunks.aclose()
+            raise StreamCut(f"no next chunk within the keepalive of {keepalive * 1000:.0f} ms") from None
+        except ProcessorError as exc:
+            self._end(exc.status, exc.message)
+            raise StreamCut(exc.message) from None
+        except Exception as exc:
+            self._end(400, f"processor raised {type(exc).__name__}: {exc}")
+            raise StreamCut(f"processor raised {type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        if not self._ended:
+            log.info("499 client went away mid-stream: request %s to %s cancelled", self._call.request_id,
+                     self._app.instance)
+            self._end(499)
+        await self._chunks.aclose()
+
+    def _end(self, status: int, why: str = "") -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._app.stream_ended(status)
+        if why:
+            log.warning("request %s to %s: streamed answer cut short (%d): %s", self._call.request_id,
+                        self._app.instance, status, why)
+
+
+class StreamCut(Exception):
+    """A streamed answer stopped before its end (the processor failed or went silent)."""

@@ -45,6 +45,7 @@ class InstanceHttp:
         self.core = core
         self.app = Starlette(routes=[
             Route("/api/predict/{service}", self.predict, methods=["POST"]),
+            Route("/api/predict/{service}", self.signature, methods=["GET"]),
             Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
             Route("/v2/models/{service}/infer", self.infer, methods=["POST"]),
             Route("/v2/models/{service}/ready", self.ready, methods=["GET"]),
@@ -59,7 +60,7 @@ class InstanceHttp:
         """The answer, and whether the body was read (else the connection may have to close)."""
         request_id = http.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         path = signed_path(http)
-        refused = self.core.refusal(http.path_params["service"], http.headers, path)
+        refused = self.core.refusal(http.path_params["service"], http.headers, path, method=http.method)
         if refused is not None:  # no byte of the body is read for a caller refused by its head
             return self.core.reject(*refused, request_id), False
         try:
@@ -78,6 +79,11 @@ class InstanceHttp:
     async def predict(self, http: Request) -> Response:
         """`POST /api/predict/{service}[/{sub_path}]`: the EAS predict call."""
         answer, read = await self._answer(http, "predict")
+        return to_response(answer) if read else close_unread(http, to_response(answer))
+
+    async def signature(self, http: Request) -> Response:
+        """`GET /api/predict/{service}`: the model's signature, as EAS answers it."""
+        answer, read = await self._answer(http, "signature")
         return to_response(answer) if read else close_unread(http, to_response(answer))
 
     async def infer(self, http: Request) -> Response:

@@ -11,6 +11,7 @@ millisecond is called on the loop instead: for such models the hop to a worker t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import time
@@ -22,9 +23,11 @@ from eas import sources
 from eas.instance import oip
 from eas.instance.batching import BatchFn, Batcher
 from eas.ratelog import BurstLog
+from eas.sources import mounts as storage
 from eas.spec import ServiceSpec
-from processors import create_processor
-from processors.base import ModelLoadError, Processor, ProcessorError, Request, Response, error_body, error_response
+from processors import create_processor, signature_of
+from processors.base import (ModelLoadError, Processor, ProcessorError, Request, Response, error_body, error_response,
+                             json_response)
 
 log = logging.getLogger("eas.runtime")
 failures = BurstLog(log)
@@ -42,15 +45,21 @@ class ServiceRuntime:
     inline path for cheap built-in models, the worker pool otherwise.
     """
 
-    def __init__(self, spec: dict[str, Any], cache_dir: str) -> None:
+    def __init__(self, spec: dict[str, Any], cache_dir: str, device: str = "cpu") -> None:
+        """`device`: "cuda" when the host gave this instance a GPU (the processor places the model on it)."""
         self.spec = ServiceSpec.model_validate(spec)
         started = time.perf_counter()
-        self.processor = load_processor(self.spec, cache_dir)
-        self.load_seconds = time.perf_counter() - started
-        """Fetch + load time of this instance: its cold start, as metrics report it."""
-        started = time.perf_counter()
-        warm_up(self.processor, self.spec, cache_dir)
-        self.warm_up_seconds = time.perf_counter() - started
+        self.mounts = prepare_mounts(self.spec, cache_dir)
+        try:
+            self.processor = load_processor(self.spec, cache_dir, self.mounts, device)
+            self.load_seconds = time.perf_counter() - started
+            """Mounts + fetch + load time of this instance: its cold start, as metrics report it."""
+            started = time.perf_counter()
+            warm_up(self.processor, self.spec, cache_dir, self.mounts)
+            self.warm_up_seconds = time.perf_counter() - started
+        except BaseException:
+            self.mounts.close()
+            raise
         workers = self.spec.metadata.concurrency
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"eas-{self.spec.name}")
         rpc = self.spec.metadata.rpc
@@ -89,14 +98,23 @@ class ServiceRuntime:
         return dict(counts)
 
     async def run(self, kind: str, request: Request) -> Response:
-        """Answer one request of `kind` ("predict" or "infer_v2"): batched, inline or pooled."""
+        """Answer one request of `kind` ("predict", "infer_v2", or "signature": the model's
+        inputs and outputs, EAS's GET on the predict path): batched, inline or pooled."""
+        if kind == "signature":
+            try:
+                return json_response(signature_of(self.processor))
+            except ProcessorError as exc:
+                return error_response(exc, request.request_id)
         lane = self.lanes[kind]
         try:
             if lane.batcher is not None:
                 return await lane.batcher.submit(request)
             if lane.inline is not None and lane.inline.now():
                 return lane.inlined(request)
-            return await asyncio.get_running_loop().run_in_executor(self.pool, lane.pooled, request)
+            response = await asyncio.get_running_loop().run_in_executor(self.pool, lane.pooled, request)
+            if getattr(response, "chunks", None) is not None:  # user code streams its answer
+                return await self._first_chunk(response)
+            return response
         except ProcessorError as exc:
             return error_response(exc, request.request_id)
         except Exception as exc:  # a processor bug is the request's 400, never the instance's death
@@ -105,6 +123,24 @@ class ServiceRuntime:
             failures.exception(f"{self.spec.name}/{kind}", "processor of %s raised on request %s",
                                self.spec.name, request.request_id)
             return Response(error_body(400, f"processor raised {type(exc).__name__}: {exc}", request.request_id), 400)
+
+    async def _first_chunk(self, response: Response) -> Response:
+        """A streamed answer (processors/_usercode.py `StreamedResponse`) once its first
+        chunk is there: `body` holds it and `chunks` the rest as a `ChunkStream`. The
+        caller's keepalive covers this wait, as it covers a whole answer; whatever the
+        first step raises is the request's error, as for any answer. A generator that
+        yields nothing is an empty answer."""
+        stream = ChunkStream(response.chunks, self.pool)  # type: ignore[attr-defined]
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            return Response(b"", response.status, response.content_type or "application/octet-stream")
+        except BaseException:  # the keepalive passed, the client left, or the code raised
+            await stream.aclose()
+            raise
+        response.body = first
+        response.chunks = stream  # type: ignore[attr-defined]
+        return response
 
     async def predict(self, request: Request) -> Response:
         """An EAS predict call: the body goes to the processor as it came."""
@@ -118,6 +154,7 @@ class ServiceRuntime:
         for lane in self.lanes.values():
             lane.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.mounts.close()
 
 
 class _Lane:
@@ -184,7 +221,7 @@ class InlinePolicy:
         self.estimate_s = current + weight * (sample - current)
 
 
-def warm_up(processor: Processor, spec: ServiceSpec, cache_dir: str) -> None:
+def warm_up(processor: Processor, spec: ServiceSpec, cache_dir: str, mounts: storage.Mounts | None = None) -> None:
     """Replay the recorded warm-up requests before the instance takes traffic.
 
     `.txt`: one request per line; anything else (`.bin`, as the SDKs write a
@@ -195,7 +232,8 @@ def warm_up(processor: Processor, spec: ServiceSpec, cache_dir: str) -> None:
     if not spec.warm_up_data_path:
         return
     try:
-        path = sources.resolve(spec.warm_up_data_path, f"{cache_dir}/warmup")
+        local = mounts.local(spec.warm_up_data_path) if mounts else spec.warm_up_data_path
+        path = sources.resolve(local, f"{cache_dir}/warmup")
         with open(path, "rb") as fh:
             data = fh.read()
     except (sources.ModelSourceError, OSError) as exc:
@@ -215,18 +253,35 @@ def warm_up(processor: Processor, spec: ServiceSpec, cache_dir: str) -> None:
                                      f"{answer.body[:200].decode(errors='replace')}")
 
 
-def load_processor(spec: ServiceSpec, cache_dir: str) -> Processor:
-    """Fetch the model and code, build the processor and load it.
+def prepare_mounts(spec: ServiceSpec, cache_dir: str) -> storage.Mounts:
+    """The service's `storage` mounts on this node (eas/sources/mounts.py); a mount that
+    cannot be made fails the instance with the reason."""
+    try:
+        return storage.prepare(spec.to_dict().get("storage"), cache_dir, spec.oss_endpoint,
+                               shm_gb=spec.metadata.shm_size)
+    except sources.ModelSourceError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
+def load_processor(spec: ServiceSpec, cache_dir: str, mounts: storage.Mounts | None = None,
+                   device: str = "cpu") -> Processor:
+    """Fetch the model and code (paths under a mount_path read the mount), check the
+    model's digest, build the processor and load it.
 
     Every failure becomes a ModelLoadError whose text is what the user reads in
     `eascmd desc` (the controller shows the last line of it).
     """
+    mounts = mounts or storage.Mounts()
     try:
         processor = create_processor(
             spec.to_dict(),
-            model_dir=sources.resolve(spec.model_path, f"{cache_dir}/models", spec.oss_endpoint),
-            processor_path=sources.resolve(spec.processor_path, f"{cache_dir}/code", spec.oss_endpoint),
+            model_dir=sources.resolve(mounts.local(spec.model_path), f"{cache_dir}/models", spec.oss_endpoint,
+                                      sha256=spec.model_sha256),
+            processor_path=sources.resolve(mounts.local(spec.processor_path), f"{cache_dir}/code",
+                                           spec.oss_endpoint),
             workers=spec.metadata.concurrency,
+            mounts=mounts.paths,
+            device=device,
         )
         _ = processor.decode_limits  # a bad max_request_* in model_config fails the load, not a request
         return processor
@@ -236,3 +291,72 @@ def load_processor(spec: ServiceSpec, cache_dir: str) -> Processor:
         raise ModelLoadError(str(exc)) from None
     except Exception as exc:
         raise ModelLoadError(f"loading failed with {type(exc).__name__}: {exc}") from None
+
+
+class ChunkStream:
+    """The chunks of a streamed answer as an async iterator of bytes.
+
+    A plain generator's steps may block (user code waiting on a model), so each runs on
+    the worker pool, one at a time; between steps no thread is held. An async generator
+    runs on the event loop. `aclose()` stops it: the generator is closed (GeneratorExit
+    in the user's code) as soon as a step under way returns, on a worker thread, so the
+    instance's worker is free again then.
+    """
+
+    def __init__(self, chunks: Any, pool: ThreadPoolExecutor) -> None:
+        self._it = chunks
+        self._pool = pool
+        self._sync = not hasattr(chunks, "__anext__")
+        self._step: concurrent.futures.Future[Any] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        if not self._sync:
+            return await self._it.__anext__()
+        self._step = self._pool.submit(_next_chunk, self._it)
+        chunk = await asyncio.wrap_future(self._step)
+        if chunk is _END:
+            self._closed = True
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._sync:
+            try:
+                await self._it.aclose()
+            except Exception:  # the generator failed while closing: nothing to tell the client any more
+                log.info("closing a streamed answer failed", exc_info=True)
+            return
+        close = getattr(self._it, "close", None)
+        if close is None:
+            return
+
+        def after_step(_: object = None) -> None:
+            try:
+                self._pool.submit(close)
+            except RuntimeError:  # the pool is shut down: the instance is stopping
+                pass
+
+        if self._step is not None and not self._step.done():
+            self._step.add_done_callback(after_step)  # a step under way: close once it returns
+        else:
+            after_step()
+
+
+_END = object()
+
+
+def _next_chunk(chunks: Any) -> Any:
+    """One step of a plain generator, on a worker thread (StopIteration cannot cross a future)."""
+    try:
+        return next(chunks)
+    except StopIteration:
+        return _END

@@ -2,7 +2,16 @@
 
 Signing follows the EAS SDKs (docs/api.md, docs/client.md): the client signs
 `POST\\n{md5}\\n{content_type}\\n{date}\\n{path}` with HMAC-SHA1 keyed by the token,
-`path` being the path exactly as sent (eas/protocols/http.py `signed_path`).
+`path` being the path exactly as sent (eas/protocols/http.py `signed_path`), with its
+query string when it has one (the Java SDK's `CallConfig.setQueryParams` signs it) or
+without (what the other SDKs and older servers sign).
+
+The `Date` window: the Python and Go SDKs write the client's *local* time and label it
+GMT, so a correct client east or west of UTC sends a Date hours off. A signed Date is
+accepted from `now - 12 h - skew` to `now + 14 h + skew` (every zone from UTC-12 to
+UTC+14, plus `MAX_CLOCK_SKEW_S` of clock error); docs/security.md weighs the replay
+window this opens.
+
 Both sides live here so the gateway, the instances and our client can never drift apart.
 Servers check in two steps: `check_service_head` before the body is read (the raw
 token, or a signature's Date and HMAC, which covers the Content-MD5 header), then
@@ -21,8 +30,12 @@ import time
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Mapping
 
-#: How far a signed request's Date may be from our clock, in seconds (replay window).
+#: How far a client's clock may be from ours, in seconds, on top of its time zone.
 MAX_CLOCK_SKEW_S = 900
+#: The SDKs that sign local time labelled GMT are off by their zone's offset: zones run
+#: from UTC-12 (Date that far behind) to UTC+14 (that far ahead).
+ZONE_BEHIND_S = 12 * 3600
+ZONE_AHEAD_S = 14 * 3600
 #: What the Java and Go SDKs put in the string they sign, whatever Content-Type they send.
 SIGNED_DEFAULT_CONTENT_TYPE = "application/octet-stream"
 #: Bodies from this size on are hashed on a worker thread (hashlib lets go of the GIL),
@@ -44,6 +57,19 @@ async def body_md5(body: bytes) -> str:
     if len(body) < MD5_THREAD_BYTES:
         return content_md5(body)
     return await asyncio.to_thread(content_md5, body)
+
+
+def date_window(now: float) -> tuple[float, float]:
+    """The earliest and latest signed `Date` accepted at `now` (seconds since the epoch):
+    a client in any time zone whose clock is within MAX_CLOCK_SKEW_S of ours."""
+    return now - ZONE_BEHIND_S - MAX_CLOCK_SKEW_S, now + ZONE_AHEAD_S + MAX_CLOCK_SKEW_S
+
+
+def signed_paths(path: str) -> tuple[str, ...]:
+    """The paths a signature over request target `path` may cover: the target as sent,
+    and, when it has a query, the path alone."""
+    bare, mark, _ = path.partition("?")
+    return (path, bare) if mark else (path,)
 
 
 def signature(token: str, method: str, md5_hex: str, content_type: str, date: str, path: str) -> str:
@@ -140,8 +166,10 @@ def _check_signature(
     except (TypeError, ValueError, OverflowError, IndexError, AttributeError):
         # A year past 9999, or a number too large for C: a client error, never a 500.
         raise AuthError(f"unreadable Date header: {date[:100]!r}") from None
-    if abs((now if now is not None else time.time()) - sent_at) > MAX_CLOCK_SKEW_S:
-        raise AuthError(f"Date header is more than {MAX_CLOCK_SKEW_S} s from server time")
+    earliest, latest = date_window(now if now is not None else time.time())
+    if not earliest <= sent_at <= latest:
+        raise AuthError(f"Date header is more than {MAX_CLOCK_SKEW_S} s from server time in every time zone "
+                        "(UTC-12 to UTC+14): check the client's clock")
     md5_hex = headers.get("content-md5", "")
     # The Java SDK writes the md5 as a number (BigInteger.toString(16)), dropping leading
     # zeros, so 1 body in 16 arrives with fewer than 32 digits: pad before comparing.
@@ -151,10 +179,11 @@ def _check_signature(
         raise AuthError("Content-MD5 does not match the body: a signed request carries the hex MD5 of its body")
     content_type = headers.get("content-type", "")
     # The Python SDK signs the Content-Type it sends; the Java and Go SDKs always sign
-    # SIGNED_DEFAULT_CONTENT_TYPE whatever they send. Accept both (each compared in full,
-    # so timing does not tell which one was tried); body, path and Date stay bound.
-    matches = [hmac.compare_digest(sig.encode(), signature(token, method, md5_hex, ct, date, path).encode())
-               for ct in dict.fromkeys((content_type, SIGNED_DEFAULT_CONTENT_TYPE))]
+    # SIGNED_DEFAULT_CONTENT_TYPE whatever they send. Accept both, over the path with or
+    # without its query (each compared in full, so timing does not tell which one was
+    # tried); body, path and Date stay bound.
+    matches = [hmac.compare_digest(sig.encode(), signature(token, method, md5_hex, ct, date, p).encode())
+               for ct in dict.fromkeys((content_type, SIGNED_DEFAULT_CONTENT_TYPE)) for p in signed_paths(path)]
     if not any(matches):
         raise AuthError("signature does not match: check the service token")
     return expected_md5

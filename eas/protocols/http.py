@@ -7,7 +7,9 @@
 - `until_disconnect`: cancel work whose client went away (answered 499).
 - `read_body`: the request body, counted as it arrives; None (answer 413) at the limit.
 - `close_unread`: an answer given before the body was read closes the connection.
-- `to_response`: a data-plane `Answer` as a Starlette response.
+- `to_response`: a data-plane `Answer` as a Starlette response; a streamed one as a
+  `StreamedResponse` (chunk by chunk, back-pressure, the producer closed when the client
+  leaves).
 - `signed_path`: the path a client's EAS signature covers, as it was sent.
 - `ListenerLimits`, `uvicorn_config`: what one listener allows a client (connections,
   idle keep-alive, time and size of a request head, pauses in a body), enforced by
@@ -18,16 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import http as http_status
+import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from eas.protocols.wire import Answer
+from eas.protocols.wire import Answer, BodyStream
 
+log = logging.getLogger("eas.http")
 PREFIX = "/api/predict/"
 Handler = Callable[[Request], Awaitable[Response]]
 ASGIApp = Callable[..., Awaitable[None]]
@@ -55,7 +60,66 @@ class PredictFastPath:
 
 
 def to_response(answer: Answer) -> Response:
+    if answer.stream is not None:
+        return StreamedResponse(answer.stream, answer.status, answer.headers)
     return Response(answer.body, answer.status, headers=answer.headers)
+
+
+class StreamedResponse(Response):
+    """An answer whose body is produced as it goes: each chunk is sent as it comes.
+
+    Chunked transfer encoding (no Content-Length). Back-pressure: a chunk is asked of the
+    producer only once the previous one was handed to the client's connection (uvicorn's
+    `send` waits while the socket's buffer is full), so a slow client slows the producer
+    and memory stays bounded. A client that goes away mid-stream is noticed at once (a
+    watch on `receive`, which only reports the disconnect once the request body was
+    read) and the producer is closed (`aclose`): that is what cancels the work behind it.
+    A producer that fails mid-stream ends the answer without its last chunk, the one
+    signal HTTP has after a 200: the client sees an incomplete answer, never a complete
+    wrong one (uvicorn then logs "returned without completing response" and closes).
+    """
+
+    def __init__(self, stream: BodyStream, status: int, headers: Mapping[str, str]) -> None:
+        self.stream = stream
+        self.status_code = status
+        self.background = None
+        self.init_headers({k: v for k, v in headers.items() if k.lower() != "content-length"})
+        self.body = b""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        loop = asyncio.get_running_loop()
+        pump = loop.create_task(self._pump(send))
+        watch = loop.create_task(_disconnected_receive(receive))
+        try:
+            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not pump.done():  # the client left (or the server is stopping): stop producing
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+            whole = not pump.cancelled() and pump.exception() is None and pump.result()
+            if not whole:
+                await self.stream.aclose()
+        if not pump.cancelled() and pump.exception() is not None:
+            raise pump.exception()  # type: ignore[misc]
+
+    async def _pump(self, send: Any) -> bool:
+        """Send the head and every chunk; True when the answer was sent whole."""
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.stream:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception as exc:  # the producer failed: cut the answer short (see the class doc)
+            log.info("streamed answer cut short: %s", exc or type(exc).__name__)
+            return False
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
+
+async def _disconnected_receive(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class ClientGone(Exception):
@@ -151,14 +215,19 @@ async def _disconnected(http: Request) -> None:
 
 
 def signed_path(http: Request) -> str:
-    """The request path a client's EAS signature covers: the path exactly as it was sent
-    (`raw_path`: still percent-encoded, without the query), as the official SDKs sign it
-    (they sign the path string they put in the request line). Never the decoded path, so
+    """The request target a client's EAS signature covers: the path exactly as it was sent
+    (`raw_path`: still percent-encoded), then `?` and the query as sent when there is one,
+    as the official SDKs sign it (they sign the string they put in the request line; the
+    Java SDK's query parameters included, the others send none; eas/protocols/auth.py
+    also accepts a signature over the path alone). Never the decoded path, so
     `/api/predict/svc/a%2Fb` is signed as sent, and never anything from the Host header."""
     raw = http.scope.get("raw_path")
     if raw is None:  # an ASGI server without raw_path: the decoded path is all there is
-        return http.scope.get("root_path", "") + http.scope["path"]
-    return raw.decode("latin-1")
+        path = http.scope.get("root_path", "") + http.scope["path"]
+    else:
+        path = raw.decode("latin-1")
+    query = http.scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
 
 
 # -- what one listener allows a client -------------------------------------------------------
@@ -215,6 +284,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_at = 0.0
+        self._upgraded = False
+        """Handed over to a WebSocket protocol: nothing here times it any more."""
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -238,7 +309,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 if self._head_timer is None:
                     self._head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_timed_out)
         super().data_received(data)
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._upgraded:
             return
         if self._in_head:
             if self._head_bytes > self.limits.max_head_bytes:
@@ -247,6 +318,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._body_at = self.loop.time()
             if self._body_timer is None:
                 self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_check)
+
+    def handle_websocket_upgrade(self) -> None:
+        # The connection now speaks WebSocket with a protocol of its own (its frames and
+        # pings bound it): none of this protocol's head or body timers may close it.
+        self._upgraded = True
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+        super().handle_websocket_upgrade()
 
     # -- httptools callbacks -------------------------------------------------------------
 
@@ -320,8 +401,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (the `websockets` library's), minus one false alarm:
+    after an upgrade answered with an HTTP error (the WebSocket denial extension: a 401
+    for a wrong token) it forgets the handshake is over and logs "ASGI callable returned
+    without completing handshake" for every refusal."""
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+            self.handshake_complete = True
+
+
 def uvicorn_config(app: Any, limits: ListenerLimits, **kwargs: Any) -> uvicorn.Config:
     """A uvicorn config that serves `app` within `limits` (`GuardedHttpProtocol`)."""
     protocol = type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": limits})
+    kwargs.setdefault("ws", WebSocketProtocol)
     return uvicorn.Config(app, http=protocol, limit_concurrency=limits.concurrency or None,
                           timeout_keep_alive=limits.keep_alive_s, **kwargs)  # type: ignore[arg-type]

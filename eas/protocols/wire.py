@@ -7,14 +7,14 @@ error looks the same wherever a request failed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import AsyncIterator, Mapping, Protocol
 
 from processors.base import error_body
 
 __all__ = [
     "INSTANCE_HEADER", "INSTANCE_KEEPALIVE_S", "INTERNAL_KEY_HEADER", "MAX_BODY_BYTES", "PASSED_HEADERS",
-    "PROCESSOR_TIME_HEADER", "REQUEST_ID_HEADER", "TARGET_HEADER", "Answer", "error_answer", "error_body",
-    "passed_headers",
+    "PROCESSOR_TIME_HEADER", "REQUEST_ID_HEADER", "TARGET_HEADER", "Answer", "BodyStream", "error_answer",
+    "error_body", "passed_headers",
 ]
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -38,6 +38,20 @@ PASSED_HEADERS = ("Content-Type", INSTANCE_HEADER, PROCESSOR_TIME_HEADER, OIP_HE
 """Instance answer headers a caller sees (the rest are the instance server's own)."""
 
 
+class BodyStream(Protocol):
+    """An answer's body as it is produced: chunks of bytes, then the end.
+
+    Whoever sends it on reads it to its end, or calls `aclose()` when it stops early
+    (the client went away): the producer then stops and frees what it holds.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Answer:
     """A data-plane answer, whatever the transport: status, body and headers."""
@@ -45,6 +59,9 @@ class Answer:
     status: int
     body: bytes
     headers: dict[str, str]
+    stream: BodyStream | None = None
+    """A streamed answer's body, chunk by chunk as it is produced (`body` is then empty):
+    chunked or server-sent events from an instance, chunks a processor yields."""
 
 
 def error_answer(status: int, message: str, request_id: str, extra: Mapping[str, str] | None = None) -> Answer:

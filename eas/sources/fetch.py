@@ -308,7 +308,7 @@ def collect_garbage(cache_root: str | Path, keep_sources: Iterable[str], max_age
                     now: float | None = None) -> list[Path]:
     """Remove cache entries no listed source uses that were last used over `max_age_s` ago.
 
-    `cache_root` holds the per-kind caches (models/, code/, warmup/). An entry being built
+    `cache_root` holds the per-kind caches (models/, code/, warmup/, mounts/). An entry being built
     or read right now (its lock held) is left alone, as are half-built temp dirs younger
     than the bound. Returns what was removed.
     """
@@ -316,7 +316,7 @@ def collect_garbage(cache_root: str | Path, keep_sources: Iterable[str], max_age
     now = time.time() if now is None else now
     removed: list[Path] = []
     root = Path(cache_root)
-    for kind in (root / "models", root / "code", root / "warmup"):
+    for kind in (root / "models", root / "code", root / "warmup", root / "mounts"):
         if not kind.is_dir():
             continue
         for entry in kind.iterdir():

@@ -54,15 +54,35 @@ def redact_text(text: str) -> str:
     return _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
+#: Keys of a service JSON whose whole value is a credential (a git mount's password,
+#: EAS's `dockerAuth`, base64 of user:password).
+SECRET_KEYS = frozenset({"password", "dockerAuth"})
+
+
 def redact_data(value: Any) -> Any:
-    """A JSON-like value (a service spec) with every string in it redacted."""
+    """A JSON-like value (a service spec) with every string in it redacted, and the values
+    of `SECRET_KEYS` masked whole."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict):
-        return {k: redact_data(v) for k, v in value.items()}
+        return {k: MASK if k in SECRET_KEYS and isinstance(v, str) and v else redact_data(v)
+                for k, v in value.items()}
     if isinstance(value, list):
         return [redact_data(v) for v in value]
     return value
+
+
+def unredacted(sent: Any, stored: Any) -> Any:
+    """`sent` with every value that is exactly what `redact_data` shows of the stored one
+    replaced by the stored value: `desc` output sent back with `modify` keeps credentials."""
+    if isinstance(sent, dict) and isinstance(stored, dict):
+        return {k: unredacted(v, stored[k]) if k in stored else v for k, v in sent.items()}
+    if isinstance(sent, list) and isinstance(stored, list):
+        return [unredacted(v, stored[i]) if i < len(stored) else v for i, v in enumerate(sent)]
+    if isinstance(sent, str) and isinstance(stored, str) and sent != stored and (
+            sent == redact_text(stored) or sent == MASK):
+        return stored
+    return sent
 
 
 class RedactingFilter(logging.Filter):

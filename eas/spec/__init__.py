@@ -4,11 +4,14 @@ The rest of the platform imports from here: `from eas import spec` then
 `spec.parse(...)`, `spec.ServiceSpec`, `spec.SpecError`.
 """
 
-from eas.spec.document import SpecError, load_text, merge, parse
+from eas.spec.document import SpecError, load_text, merge, parse, service_name, with_name
 from eas.spec.elastic import AutoscalerSpec, CronJob, CronScalerSpec, SleepSpec
+from eas.spec.kept import kept_message
 from eas.spec.service import NAME_RE, Metadata, RpcConfig, ServiceSpec
+from eas.spec.storage import StorageSpec
 
 __all__ = [
     "NAME_RE", "AutoscalerSpec", "CronJob", "CronScalerSpec", "Metadata", "RpcConfig", "ServiceSpec",
-    "SleepSpec", "SpecError", "load_text", "merge", "parse",
+    "SleepSpec", "SpecError", "StorageSpec", "kept_message", "load_text", "merge", "parse", "service_name",
+    "with_name",
 ]

@@ -61,10 +61,26 @@ def _problem(err: Any) -> tuple[str, str]:
     if kind == "extra_forbidden":
         return loc, "unknown field (check the spelling against the service JSON reference)"
     if kind == "missing":
+        if loc == "name":
+            return loc, "required field is missing (the top-level name, or metadata.name)"
         return loc, "required field is missing"
     msg = err.get("msg", "invalid")
     msg = msg.removeprefix("Value error, ")
     return loc, msg
+
+
+def service_name(data: dict[str, Any]) -> Any:
+    """The name a raw description gives: top-level `name`, else the new-style `metadata.name`."""
+    meta = data.get("metadata")
+    return data.get("name") if data.get("name") is not None or not isinstance(meta, dict) else meta.get("name")
+
+
+def with_name(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """A copy of a raw description named `name`, in whichever places it names itself."""
+    out = {**data, "name": name}
+    if isinstance(data.get("metadata"), dict) and "name" in data["metadata"]:
+        out["metadata"] = {**data["metadata"], "name": name}
+    return out
 
 
 def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,8 @@ EAS's (camelCase), so a service JSON written for EAS validates unchanged.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
-from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,9 +17,33 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+#: Metrics this platform measures per instance (eas/control/autoscale.py `Load`).
+MEASURED_METRICS = ("qps", "cpu", "inflight")
+#: EAS metric names: a family, with a qualifier in brackets for some (`gpu[util]`,
+#: `queue[backlog]`). Matched so a typo (`qpx`) is still refused.
+_EAS_METRIC = re.compile(r"(qps|cpu|inflight|gpu|memory|rt|queue)(\[[a-z0-9_.]+\])?")
+
+
 class ScaleStrategy(_Model):
-    metricName: Literal["qps", "cpu", "inflight"]  # noqa: N815 - EAS field names
+    """One EAS scaling strategy. Every EAS metric family is accepted (`gpu[util]`,
+    `queue[backlog]` with its `service`, ...); only `MEASURED_METRICS` act here, the
+    others are kept and named like any field without effect."""
+
+    metricName: str  # noqa: N815 - EAS field names
     threshold: float = Field(..., gt=0)
+    service: str | None = None
+
+    @field_validator("metricName")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if not _EAS_METRIC.fullmatch(v):
+            raise ValueError(f"'{v}' is not an EAS metric: {', '.join(MEASURED_METRICS)} act here; gpu[util], "
+                             "memory, rt, queue[backlog] (with service) are kept without effect")
+        return v
+
+    @property
+    def measured(self) -> bool:
+        return self.metricName in MEASURED_METRICS
 
 
 class Window(_Model):
@@ -49,24 +73,42 @@ class AutoscalerSpec(_Model):
             raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
         return self
 
+    def unmeasured(self) -> list[str]:
+        """The strategies that cannot act here, as `scaleStrategies[i].metricName=<name>`."""
+        return [f"autoscaler.scaleStrategies[{i}].metricName={s.metricName}"
+                for i, s in enumerate(self.scaleStrategies) if not s.measured]
+
+
+def _check_cron(v: str) -> str:
+    from croniter import croniter
+
+    if len(v.split()) != 5 or not croniter.is_valid(v):
+        raise ValueError(f"'{v}' is not a cron expression (minute hour day month weekday)")
+    return v
+
 
 class CronJob(_Model):
     schedule: str
     target: int = Field(..., ge=0, le=1000)
+    name: str | None = None
+    """EAS's `ScaleJobs[].Name` (the cron scaler API keeps it here)."""
 
     @field_validator("schedule")
     @classmethod
     def _cron(cls, v: str) -> str:
-        from croniter import croniter
-
-        if not croniter.is_valid(v):
-            raise ValueError(f"'{v}' is not a cron expression (minute hour day month weekday)")
-        return v
+        return _check_cron(v)
 
 
 class CronScalerSpec(_Model):
     timezone: str = "UTC"
     jobs: list[CronJob] = Field(..., min_length=1)
+    exclude_dates: list[str] | None = None
+    """EAS's `ExcludeDates`: cron expressions; a job does not fire at a time one matches."""
+
+    @field_validator("exclude_dates")
+    @classmethod
+    def _excluded(cls, v: list[str] | None) -> list[str] | None:
+        return [_check_cron(e) for e in v] if v is not None else None
 
     @field_validator("timezone")
     @classmethod

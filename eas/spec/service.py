@@ -3,7 +3,11 @@
 The service JSON is the user's contract with us (docs/service-json.md). Validation
 happens at the edge (eas/spec/document.py parses text into these models), so everything
 behind it can trust a `ServiceSpec`. Unknown fields are refused by name: a typo such as
-`metdata` must not silently deploy a service with default settings.
+`metdata` must not silently deploy a service with default settings. Every field of EAS's
+public reference is accepted: what has a meaning on a Ray cluster acts, the rest is
+declared `kept()` (eas/spec/base.py) and named once to the user (eas/spec/kept.py).
+Both forms of the name are read: the classic top-level `name` and the current
+`metadata.name`.
 """
 
 from __future__ import annotations
@@ -13,17 +17,18 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from eas.spec.base import Strict as _Strict
+from eas.spec.base import kept
+from eas.spec.cloud import CloudSpec, NetworkingSpec, RuntimeSpec, UnitSpec
 from eas.spec.elastic import AutoscalerSpec, CronScalerSpec, SleepSpec
+from eas.spec.kept import kept_fields
+from eas.spec.storage import StorageSpec, check_unique
 
 #: A service or group name, matched whole: `\Z`, not `$` (which also matches before a
 #: trailing newline, so "svc\n" would pass); use `fullmatch`.
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class RpcConfig(_Strict):
@@ -35,6 +40,23 @@ class RpcConfig(_Strict):
     max_queue_size: int = Field(64, ge=1)
     worker_threads: int = Field(5, ge=1, le=1024)
     rate_limit: int | None = Field(None, ge=1, description="QPS per service")
+    retry_in_flight: bool | None = Field(
+        None, description="retry once on another instance a request whose instance died while running it; "
+        "default: on for built-in processors (pure predictions), off for user code and containers")
+    decompressor: str | None = Field(None, description="codec of compressed predict bodies (the SDKs' compressors)")
+    enable_sigterm: bool = kept(False, description="instances here always drain and stop gracefully")
+
+    @field_validator("decompressor", mode="before")
+    @classmethod
+    def _decompressor(cls, v: Any) -> Any:
+        # The codecs of eas/protocols/compression.py CODECS (a sibling layer: the list is
+        # repeated here, and tests/unit/test_compression.py checks the two agree).
+        codecs = ("gzip", "zlib", "snappy", "lz4", "zstd")
+        if v is None:
+            return None
+        if not isinstance(v, str) or v.strip().lower() not in codecs:
+            raise ValueError(f"decompressor {v!r} is not supported: use one of {', '.join(codecs)}")
+        return v.strip().lower()
 
 
 class RollingStrategy(_Strict):
@@ -44,17 +66,42 @@ class RollingStrategy(_Strict):
 
 class Metadata(_Strict):
     instance: int = Field(..., ge=0, le=1000)
-    cpu: float = Field(1, gt=0)
+    cpu: float = Field(1.0, gt=0)
     memory: int | None = Field(None, ge=1, description="MB")
     gpu: int = Field(0, ge=0)
     gpu_memory: int | None = Field(None, ge=0)
     workers: int = Field(5, ge=1, le=1024)
     resource: str | None = None
     warm_up_count: int = Field(5, ge=1, le=100, description="times each warm-up request is replayed")
-    enable_grpc: bool = False
-    enable_webservice: bool = False
+    enable_grpc: bool = Field(False, description="gRPC is always served here (eas-server --grpc-port)")
+    enable_webservice: bool = kept(False)
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     rolling_strategy: RollingStrategy = Field(default_factory=RollingStrategy)
+    name: str | None = Field(None, description="the new-style place of the service name")
+    workspace_id: str | None = None
+    region: str | None = Field(None, description="as `eascmd desc` prints it back; stored and shown")
+    group: str | None = Field(None, description="the service group this service joins")
+    qos: Literal["", "BestEffort"] | None = Field(None, description="BestEffort: no CPU reserved")
+    shm_size: int | None = Field(None, ge=1, description="GB of /dev/shm each instance needs")
+    type: str | None = kept()
+    gpu_core_percentage: int | None = kept(None, ge=1, le=100)
+    resource_burstable: bool | None = kept()
+    rdma: int | None = kept(None, ge=0)
+    disk: str | None = kept()
+    cuda: str | None = kept()
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.fullmatch(v):
+            raise ValueError("a group name starts with a lower-case letter and holds only lower-case letters, "
+                             "digits and underscores (at most 63 characters)")
+        return v
+
+    @property
+    def wants_gpu(self) -> bool:
+        """Whether instances ask for a GPU: whole cards (`gpu`) or a share by memory (`gpu_memory`)."""
+        return self.gpu > 0 or bool(self.gpu_memory)
 
     @property
     def concurrency(self) -> int:
@@ -65,7 +112,7 @@ class Metadata(_Strict):
 
 
 class ServiceSpec(_Strict):
-    name: str
+    name: str = Field(..., description="or metadata.name")
     token: str | None = None
     generate_token: bool | None = None
     model_path: str | None = None
@@ -84,6 +131,47 @@ class ServiceSpec(_Strict):
     cron_scaler: CronScalerSpec | None = None
     sleep: SleepSpec | None = None
     containers: list[dict[str, Any]] | None = None
+    storage: list[StorageSpec] | None = None
+    labels: dict[str, str] | None = None
+    cloud: CloudSpec | None = kept()
+    networking: NetworkingSpec | None = kept()
+    features: dict[str, Any] | None = kept()
+    queue: dict[str, Any] | None = kept()
+    sinker: dict[str, Any] | None = kept()
+    unit: UnitSpec | None = kept()
+    runtime: RuntimeSpec | None = kept()
+    dockerAuth: str | None = kept()  # noqa: N815 - EAS field name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        """New-style JSON names the service in metadata.name only; both given must agree."""
+        if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
+            return data
+        inner = data["metadata"].get("name")
+        if inner is None:
+            return data
+        outer = data.get("name")
+        if outer is None:
+            return {**data, "name": inner}
+        if outer != inner:
+            raise ValueError(f"name {outer!r} and metadata.name {inner!r} differ: give the service one name")
+        return data
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for key in v or {}:
+            if not key or len(key) > 128 or any(c.isspace() or c in "=," for c in key):
+                raise ValueError(f"label key {key!r}: 1-128 characters without spaces, '=' or ','")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: list[StorageSpec] | None) -> list[StorageSpec] | None:
+        if v:
+            check_unique(v)
+        return v
 
     @field_validator("name")
     @classmethod
@@ -149,13 +237,19 @@ class ServiceSpec(_Strict):
         instances; anything else (model, processor, resources, rpc settings) rolls.
         """
         data = self.to_dict()
-        data.pop("token", None)
-        data.pop("generate_token", None)
-        for elastic in ("autoscaler", "cron_scaler", "sleep"):
-            data.pop(elastic, None)
-        data["metadata"].pop("instance", None)
+        # Names, labels and the group change what the service is called and how it is
+        # found, not what runs; fields kept without effect change nothing at all.
+        for path in ("token", "generate_token", "autoscaler", "cron_scaler", "sleep", "labels", "metadata.instance",
+                     "metadata.name", "metadata.workspace_id", "metadata.region", "metadata.group",
+                     *kept_fields(self, every=True)):
+            _drop(data, path)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def kept_fields(self) -> list[str]:
+        """The EAS fields set here that have no effect on this platform (dotted paths)."""
+        unmeasured = self.autoscaler.unmeasured() if self.autoscaler else []
+        return kept_fields(self) + unmeasured
 
     def model_version_fields(self) -> dict[str, Any]:
         """Fields whose change makes a new service version (model or processor)."""
@@ -165,3 +259,24 @@ class ServiceSpec(_Strict):
         )
         data = self.to_dict()
         return {k: data.get(k) for k in keys}
+
+
+def _drop(data: dict[str, Any], path: str) -> None:
+    """Remove a dotted path (list items as `[i]`) from a dumped spec, if present."""
+    *parents, last = re.split(r"\.(?![^\[]*\])", path)
+    node: Any = data
+    for part in parents:
+        node = _step(node, part)
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def _step(node: Any, part: str) -> Any:
+    name, _, index = part.partition("[")
+    node = node.get(name) if isinstance(node, dict) else None
+    if index and isinstance(node, list):
+        i = int(index.rstrip("]"))
+        node = node[i] if i < len(node) else None
+    return node

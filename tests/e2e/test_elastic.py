@@ -69,13 +69,13 @@ def test_autoscaler_scales_up_under_load_and_back_down(server, code, tmp_path):
     with Load(f"{server.url}/api/predict/auto", b"{}", token, concurrency=6, max_seconds=90) as load:
         wait_instances(server, "auto", 3, timeout=60)
         info = server.desc("auto")
-        assert info["DesiredInstance"] == 3 and "qps" in info["LastScaling"]["Reason"]
+        assert info["Ext"]["DesiredInstance"] == 3 and "qps" in info["Ext"]["LastScaling"]["Reason"]
     assert all(status == 200 for status, _, _ in load.results), "scaling up fails no request"
     wait_instances(server, "auto", 1, timeout=60)
-    events = [e for e in json.loads(server.eascmd("events", "auto", "--json").stdout) if e["Type"] == "Scaled"]
+    events = [e for e in json.loads(server.eascmd("events", "auto", "--json").stdout) if e["Reason"] == "Scaled"]
     assert any("-> 3" in e["Message"] for e in events) and any("-> 1" in e["Message"] for e in events)
     shown = json.loads(server.eascmd("autoscale", "auto", "--json").stdout)
-    assert shown["autoscaler"]["max"] == 3 and shown["last_scaling"]["DesiredInstance"] == 1
+    assert shown["MaxReplica"] == 3 and shown["Ext"]["LastScaling"]["DesiredInstance"] == 1
     server.eascmd("delete", "auto", "-y")
 
 
@@ -118,7 +118,7 @@ def test_cron_scaler_changes_instances_at_the_scheduled_minute(server, code, tmp
     wait_instances(server, "crony", 2, timeout=150)
     fired = datetime.now(timezone.utc)
     assert fired.minute in (minute, (minute + 1) % 60), "scaled at the scheduled minute, not before"
-    assert "cron" in server.desc("crony")["LastScaling"]["Reason"]
+    assert "cron" in server.desc("crony")["Ext"]["LastScaling"]["Reason"]
     server.eascmd("delete", "crony", "-y")
 
 

@@ -118,7 +118,7 @@ def test_the_data_dir_and_its_secrets_are_private(server: EasServer) -> None:
 
 def test_token_rotation_after_a_mirror_through_the_gateway(server: EasServer, running: dict[str, str]) -> None:
     with server.admin() as admin:
-        resp = admin.put("/api/v2/services/local/front/mirror", json={"Target": "shadow", "Percentage": 100})
+        resp = admin.put("/api/v2/services/local/front/mirror", json={"Target": ["shadow"], "Ratio": 100})
         assert resp.status_code == 200, resp.text
     assert server.predict("front", b"x", OLD).status_code == 200
     server.eascmd("modify", "front", f"-Dtoken={NEW}")

@@ -46,7 +46,7 @@ def rss(pid: int) -> int:
 
 def instance_pid(server: EasServer, name: str) -> int:
     (instance,) = json.loads(server.eascmd("w", name, "--json").stdout)
-    return int(instance["Pid"])
+    return int(instance["Ext"]["Pid"])
 
 
 def tf_fill(name: str, dims: list[int], value: float = 1.0) -> bytes:

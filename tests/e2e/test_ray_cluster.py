@@ -72,13 +72,13 @@ def test_instances_spread_and_survive_a_lost_node(iris, tmp_path):
         srv.eascmd("create", str(write_json(tmp_path / "spread.json", spec)))
         running = [i for i in _instances(srv, "spread") if i["Status"] == "Running"]
         assert len(running) == 2
-        assert sorted(cluster.node_of(i["Pid"]) for i in running) == ["head", "worker"], \
+        assert sorted(cluster.node_of(i["Ext"]["Pid"]) for i in running) == ["head", "worker"], \
             "Serve spreads a service's instances over the nodes"
 
         # metadata.resource is a Ray custom resource: only nodes that have it take the instances.
         pinned = sklearn_service("pinned", iris["path"], instance=2, cpu=0.5, resource="worker_node")
         srv.eascmd("create", str(write_json(tmp_path / "pinned.json", pinned)))
-        assert {cluster.node_of(i["Pid"]) for i in _instances(srv, "pinned")} == {"worker"}
+        assert {cluster.node_of(i["Ext"]["Pid"]) for i in _instances(srv, "pinned")} == {"worker"}
         srv.eascmd("delete", "pinned", "-y")
 
         token = srv.desc("spread")["AccessToken"]
@@ -94,7 +94,7 @@ def test_instances_spread_and_survive_a_lost_node(iris, tmp_path):
             deadline = killed_at + RESCHEDULED_S
             while time.monotonic() < deadline:
                 now = [i for i in _instances(srv, "spread") if i["Status"] == "Running"]
-                if len(now) == 2 and {cluster.node_of(i["Pid"]) for i in now} == {"head"}:
+                if len(now) == 2 and {cluster.node_of(i["Ext"]["Pid"]) for i in now} == {"head"}:
                     break
                 time.sleep(0.5)
             rescheduled_s = time.monotonic() - killed_at

@@ -147,7 +147,7 @@ def test_versions_scaling_restart_and_blue_green_under_load(server, code, tmp_pa
         assert_clean(load, "deleting the blue side", mark)
     assert len(load.results) > 2500
     events = json.loads(server.eascmd("events", partner, "--json").stdout)
-    assert any(e["Type"] == "Traffic" for e in events)
+    assert any(e["Reason"] == "Traffic" for e in events)
     server.eascmd("delete", partner, "-y")
 
 

@@ -14,6 +14,11 @@ import pytest
 from tests.e2e.harness import EasServer
 from tests.sdk.harness import deploy, echo_spec
 
+#: The pytorch service that takes Snappy-compressed TorchRequests.
+TORCH_SNAPPY = "sdk_torch_snappy"
+#: `metadata.rpc.decompressor` codecs with an echo service each (gzip also reads zlib).
+CODECS = ("gzip", "snappy", "lz4", "zstd")
+
 
 @pytest.fixture(scope="session")
 def sdk_server(tmp_path_factory: pytest.TempPathFactory):
@@ -71,15 +76,20 @@ def framework_services(sdk_server: EasServer, tmp_path_factory: pytest.TempPathF
 
     def build_and_create(kind: str):  # noqa: ANN202
         model = build_isolated(kind, root / kind)
+        specs = [model.service(names[kind])]
+        if kind == "pytorch":  # the same model, its bodies Snappy-compressed (TorchRequest(True))
+            specs.append(model.service(TORCH_SNAPPY))
+            specs[-1]["metadata"]["rpc"] = {"decompressor": "snappy"}
         with sdk_server.admin() as admin:
-            resp = admin.post("/api/v2/services", json=model.service(names[kind]))
-        assert resp.status_code == 200, resp.text
+            for spec in specs:
+                resp = admin.post("/api/v2/services", json=spec)
+                assert resp.status_code == 200, resp.text
         return model
 
     with ThreadPoolExecutor(len(names)) as pool:
         built = dict(zip(names, pool.map(build_and_create, names)))
     tokens = {kind: sdk_server.wait_status(name, "Running", timeout=300)["AccessToken"]
-              for kind, name in names.items()}
+              for kind, name in {**names, "snappy": TORCH_SNAPPY}.items()}
     tf_request = tfproto.PredictRequest.FromString(built["tensorflow"].body)
     torch_request = torchproto.PredictRequest.FromString(built["pytorch"].body)
     return {
@@ -90,4 +100,22 @@ def framework_services(sdk_server: EasServer, tmp_path_factory: pytest.TempPathF
         "torch": {"name": names["pytorch"], "token": tokens["pytorch"],
                   "x": torchproto.array_from_proto(torch_request.inputs[0]),
                   "expected": built["pytorch"].expected},
+        "torch_snappy": {"name": TORCH_SNAPPY, "token": tokens["snappy"]},
     }
+
+
+@pytest.fixture(scope="session")
+def compressed_services(sdk_server: EasServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """Echo services whose predict bodies arrive compressed, one per codec
+    (`metadata.rpc.decompressor`): codec -> {"name", "token"}. The echo answers what
+    its processor saw, so a caller checks the body was decompressed, not passed through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workdir = tmp_path_factory.mktemp("compressed")
+
+    def create(codec: str) -> dict[str, str]:
+        name = f"sdk_{codec}"
+        return {"name": name, "token": deploy(sdk_server, echo_spec(name, cpu=0.25, decompressor=codec), workdir)}
+
+    with ThreadPoolExecutor(len(CODECS)) as pool:
+        return dict(zip(CODECS, pool.map(create, CODECS)))

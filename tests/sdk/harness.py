@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from eas.protocols.wire import MAX_BODY_BYTES
 from tests.e2e.harness import EasServer, write_json
 
 SDK_DIR = Path(__file__).resolve().parent
@@ -22,9 +23,17 @@ def deploy(server: EasServer, spec: dict[str, Any], workdir: Path) -> str:
     return server.desc(spec["name"])["AccessToken"]
 
 
-def echo_spec(name: str, instances: int = 1) -> dict[str, Any]:
+#: The client hosts' time zone in every SDK test: China's, where the SDKs that write
+#: local time labelled GMT are hours off UTC (eas/protocols/auth.py accepts every zone).
+CLIENT_TZ = "Asia/Shanghai"
+
+
+def echo_spec(name: str, instances: int = 1, cpu: float = 0.5, decompressor: str | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"instance": instances, "cpu": cpu}
+    if decompressor:
+        metadata["rpc"] = {"decompressor": decompressor}
     return {"name": name, "processor_type": "python", "processor_path": str(ECHO_CODE),
-            "processor_entry": "app.py", "metadata": {"instance": instances, "cpu": 0.5}}
+            "processor_entry": "app.py", "metadata": metadata}
 
 
 class ScaleDriver:
@@ -63,15 +72,20 @@ def _csv(values) -> str:  # noqa: ANN001
 
 def sdk_env(server: EasServer, echo_service: dict[str, Any], onnx_service: dict[str, Any],
             framework_services: dict[str, Any], tamper_port: int, direct: tuple[str, str],
-            sync: Path) -> dict[str, str]:
+            sync: Path, compressed: dict[str, dict[str, str]]) -> dict[str, str]:
     """The EAS_* variables the Java and Go SDK tests read: where the server is, each
-    service's name and token, the inputs to send and the answers to expect."""
+    service's name and token, the inputs to send and the answers to expect; and the
+    client's time zone, CLIENT_TZ."""
     import os
 
     rows, expected = onnx_service["rows"], onnx_service["expected"]
     tf, torch = framework_services["tf"], framework_services["torch"]
     return {
         **{k: v for k, v in os.environ.items() if k not in ("NAMESPACE", "POD_NAME")},
+        "TZ": CLIENT_TZ,
+        **{f"EAS_{codec.upper()}_SERVICE": svc["name"] for codec, svc in compressed.items()},
+        **{f"EAS_{codec.upper()}_TOKEN": svc["token"] for codec, svc in compressed.items()},
+        "EAS_BODY_LIMIT": str(MAX_BODY_BYTES),
         "EAS_ENDPOINT": f"127.0.0.1:{server.port}",
         "EAS_DISCOVERY": f"127.0.0.1:{server.port}",
         "EAS_TAMPER_ENDPOINT": f"127.0.0.1:{tamper_port}",

@@ -2,7 +2,9 @@
 
 The Go tests live in tests/sdk/go (sdk_test.go); this module starts the server side
 (services, a tampering relay, the scale-up for DIRECT mode), builds them with the SDK
-and runs `go test -json`, then checks every Go test ran and passed.
+and runs `go test -json` with TZ=Asia/Shanghai (the SDK writes local time labelled GMT
+in `Date`), then checks every Go test ran and passed: string, TF, Torch, retries, clear
+errors, a tampered body, DIRECT, Gzip and Zlib compression, and a decompression bomb.
 
 Where the SDK comes from: the Go module proxy when it serves the module; otherwise the
 official source checked out beside the project (`$EAS_GO_SDK_DIR`, default
@@ -30,7 +32,8 @@ GO_DIR = SDK_DIR / "go"
 MODULE = "github.com/pai-eas/eas-golang-sdk"
 GO_TESTS = {"TestStringPredictIsSigned", "TestTFPredictAgainstOnnx", "TestTFPredictAgainstTensorflow",
             "TestTorchPredictAgainstPytorch", "TestRetriesServerErrors", "TestClearErrors",
-            "TestTamperedBodyIsRefused", "TestDirectModeSpreadsOverNewInstances"}
+            "TestTamperedBodyIsRefused", "TestDirectModeSpreadsOverNewInstances", "TestCompressedGzipAndZlib",
+            "TestDecompressionBombIs413"}
 
 
 def _go(args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -54,7 +57,10 @@ def build_module(workdir: Path) -> tuple[Path, str]:
     return build, str(local.resolve())
 
 
-def test_official_go_sdk(sdk_server, echo_service, onnx_service, framework_services, tmp_path):
+def test_official_go_sdk(sdk_server, echo_service, onnx_service, framework_services, compressed_services,
+                        tmp_path):
+    """Every Go test, run from a client host in China (TZ=Asia/Shanghai): the Go SDK signs
+    its local time labelled GMT."""
     if shutil.which("go") is None:
         pytest.fail("Go is missing: install it (the Go SDK test builds the official SDK)")
     build, source = build_module(tmp_path)
@@ -66,7 +72,7 @@ def test_official_go_sdk(sdk_server, echo_service, onnx_service, framework_servi
     driver = ScaleDriver(sdk_server, "go_direct", sync)
     with TamperProxy(sdk_server.port) as tampering:
         env = sdk_env(sdk_server, echo_service, onnx_service, framework_services, tampering.port,
-                      ("go_direct", token), sync)
+                      ("go_direct", token), sync, compressed_services)
         log = tmp_path / "go-test.json"
         with open(log, "wb") as out:
             # The compiled test binary speaks test2json through `go tool test2json`.

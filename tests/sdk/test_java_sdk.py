@@ -2,8 +2,9 @@
 
 The JUnit tests live in tests/sdk/java (OfficialJavaSdkTest); this module starts the
 server side (services, a tampering relay, the scale-up for DIRECT mode), runs them with
-`mvn -o test` (artifacts resolved beforehand by `make sdk-deps`) and checks Surefire's
-report: every JUnit test ran and passed.
+`mvn -o test` (artifacts resolved beforehand by `make sdk-deps`) with TZ=Asia/Shanghai
+and checks Surefire's report: every JUnit test ran and passed, the compressed bodies of
+every codec of the SDK's compressors and a decompression bomb (413) included.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ JAVA_DIR = SDK_DIR / "java"
 RESOLVED = JAVA_DIR / "target" / ".deps-resolved"
 JUNIT_TESTS = {"stringPredictIsSigned", "bodyWhoseMd5StartsWithZero", "contentTypeOtherThanOctetStream", "tfPredictAgainstOnnx",
                "tfPredictAgainstTensorflow", "torchPredictAgainstPytorch", "retriesServerErrors", "clearErrors",
-               "tamperedBodyIsRefused", "directModeSpreadsOverNewInstances"}
+               "tamperedBodyIsRefused", "directModeSpreadsOverNewInstances", "compressedGzip", "compressedZlib",
+               "compressedSnappy", "compressedLz4Block", "compressedLz4Frame", "compressedZstd",
+               "decompressionBombIs413"}
 
 
-def test_official_java_sdk(sdk_server, echo_service, onnx_service, framework_services, tmp_path):
+def test_official_java_sdk(sdk_server, echo_service, onnx_service, framework_services, compressed_services,
+                          tmp_path):
+    """Every JUnit test, run from a client host in China (TZ=Asia/Shanghai)."""
     if shutil.which("mvn") is None or not RESOLVED.exists():
         pytest.fail("Maven or the Java SDK's artifacts are missing: run `make sdk-deps` (part of `make test`)")
     token = deploy(sdk_server, echo_spec("java_direct"), tmp_path)
@@ -34,7 +39,7 @@ def test_official_java_sdk(sdk_server, echo_service, onnx_service, framework_ser
     driver = ScaleDriver(sdk_server, "java_direct", sync)
     with TamperProxy(sdk_server.port) as tampering:
         env = sdk_env(sdk_server, echo_service, onnx_service, framework_services, tampering.port,
-                      ("java_direct", token), sync)
+                      ("java_direct", token), sync, compressed_services)
         shutil.rmtree(JAVA_DIR / "target" / "surefire-reports", ignore_errors=True)
         log = tmp_path / "mvn.log"
         with open(log, "wb") as out:

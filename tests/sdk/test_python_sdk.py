@@ -4,9 +4,9 @@ The SDK runs in its own venv (tests/sdk/python/.venv: it needs protobuf<=3.20.3)
 subprocess running tests/sdk/python/sdk_driver.py; these tests say what to call and
 check what came back.
 
-The SDK writes `Date` from the local clock but labels it GMT, so its signed requests are
-only right when the client's TZ is UTC (true of EAS's own servers); the driver runs with
-TZ=UTC unless a test shifts it on purpose to make a stale Date.
+The SDK writes `Date` from the local clock but labels it GMT. The driver runs as a client
+host in China would (TZ=Asia/Shanghai, 8 hours ahead), one test also from New York
+(UTC-5), and the Date tests shift it past the farthest time zones on purpose.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.sdk.harness import SDK_DIR, ScaleDriver, assert_spread, deploy, echo_spec
+from tests.sdk.harness import CLIENT_TZ, SDK_DIR, ScaleDriver, assert_spread, deploy, echo_spec
 from tests.sdk.tamper import TamperProxy
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +50,7 @@ def _parse(stdout: str, stderr: str) -> Any:
     return json.loads(lines[-1][len(RESULT_MARK):])
 
 
-def run_sdk(calls: list[dict[str, Any]], tz: str = "UTC", timeout: float = 120) -> list[dict[str, Any]]:
+def run_sdk(calls: list[dict[str, Any]], tz: str = CLIENT_TZ, timeout: float = 120) -> list[dict[str, Any]]:
     proc = subprocess.run([str(SDK_PYTHON), str(DRIVER)], input=json.dumps({"calls": calls}),
                           capture_output=True, text=True, timeout=timeout, env=_env(tz))
     assert proc.returncode == 0, f"SDK driver failed:\n{proc.stdout}\n{proc.stderr}"
@@ -73,12 +73,14 @@ def ok(result: dict[str, Any]) -> list[Any]:
     return result["results"]
 
 
-def test_string_request_signed(sdk_server, echo_service):
+@pytest.mark.parametrize("tz", [CLIENT_TZ, "America/New_York"])
+def test_string_request_signed(sdk_server, echo_service, tz):
+    """Signed from a host 8 hours east of UTC, and from one 5 (or 4, in summer) west."""
     body = "héllo, eas sdk"
     [plain, repeated] = run_sdk([
         {"client": client(sdk_server.url, echo_service), "request": string(body)},
         {"client": client(sdk_server.url, echo_service), "request": string("again"), "repeat": 3},
-    ])
+    ], tz=tz)
     answer = json.loads(ok(plain)[0])
     assert answer["upper"] == body.upper() and answer["length"] == len(body.encode())
     assert [json.loads(r)["upper"] for r in ok(repeated)] == ["AGAIN"] * 3
@@ -180,15 +182,59 @@ def test_tampered_body_is_refused(sdk_server, echo_service):
     assert "Content-MD5 does not match the body" in tampered["message"]
 
 
-def test_date_outside_the_allowed_skew_is_refused(sdk_server, echo_service):
-    # POSIX TZ "X-0:10" is 10 minutes east of UTC: the SDK's Date (local time labelled GMT)
-    # is then 10 minutes ahead, inside the gateway's 900 s window; 20 minutes is outside.
+@pytest.mark.parametrize("inside, outside", [("SKW-14:10", "SKW-14:30"), ("SKW+12:10", "SKW+12:30")])
+def test_date_outside_every_time_zone_is_refused(sdk_server, echo_service, inside, outside):
+    # POSIX TZ "X-14:10" is 14 h 10 min east of UTC: the SDK's Date (local time labelled
+    # GMT) is that far ahead, inside the window of the easternmost zone (UTC+14) plus 900 s;
+    # 14 h 30 min is outside. "X+12:10" / "X+12:30": the same past the westernmost, UTC-12.
     call = {"client": client(sdk_server.url, echo_service, retry_count=1), "request": string("what time")}
-    [inside] = run_sdk([call], tz="SKW-0:10")
-    [outside] = run_sdk([call], tz="SKW-0:20")
-    assert json.loads(ok(inside)[0])["upper"] == "WHAT TIME"
-    assert (outside["ok"], outside["code"]) == (False, 401)
-    assert "Date header is more than 900 s from server time" in outside["message"]
+    [accepted] = run_sdk([call], tz=inside)
+    [refused] = run_sdk([call], tz=outside)
+    assert json.loads(ok(accepted)[0])["upper"] == "WHAT TIME"
+    assert (refused["ok"], refused["code"]) == (False, 401)
+    assert "Date header is more than 900 s from server time in every time zone" in refused["message"]
+
+
+def test_onnx_request_against_onnx(sdk_server, onnx_service):
+    """eas-prediction's OnnxRequest (named raw tensors) on the onnx processor, read back as an OnnxResponse."""
+    rows: np.ndarray = onnx_service["rows"]
+    request = {"kind": "onnx", "tensors": [{"name": onnx_service["input"], "shape": list(rows.shape),
+                                             "dtype": "float32", "values": rows.ravel().tolist()}]}
+    [result] = run_sdk([{"client": client(sdk_server.url, onnx_service), "request": request}])
+    out = ok(result)[0][onnx_service["output"]]
+    expected: np.ndarray = onnx_service["expected"]
+    assert out["shape"] == list(expected.shape)
+    np.testing.assert_allclose(np.array(out["values"]).reshape(expected.shape), expected, rtol=1e-5)
+
+
+def test_snappy_torch_request_against_pytorch(sdk_server, framework_services):
+    """TorchRequest(True) Snappy-compresses its body (the SDK's one compressor); the service
+    says so with metadata.rpc.decompressor "snappy" and answers as for a plain one."""
+    torch, snappy = framework_services["torch"], framework_services["torch_snappy"]
+    x = torch["x"]
+    request = {"kind": "torch", "compress": True, "fetches": [0],
+               "feeds": [{"index": 0, "shape": list(x.shape), "dtype": "DT_FLOAT", "values": x.ravel().tolist()}]}
+    [result] = run_sdk([{"client": client(sdk_server.url, snappy), "request": request}])
+    out = ok(result)[0]["0"]
+    assert out["shape"] == list(torch["expected"].shape)
+    np.testing.assert_allclose(np.array(out["values"]).reshape(torch["expected"].shape), torch["expected"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_decompression_bomb_is_413(sdk_server, compressed_services, tmp_path):
+    """A few MB of Snappy that would inflate past the 64 MiB body limit: 413, from the
+    length the data declares, before anything is inflated."""
+    import cramjam
+
+    from eas.protocols.wire import MAX_BODY_BYTES
+
+    bomb = tmp_path / "bomb.snappy"
+    bomb.write_bytes(bytes(cramjam.snappy.compress_raw(b"\0" * (MAX_BODY_BYTES + 1))))
+    call = {"client": client(sdk_server.url, compressed_services["snappy"], retry_count=1),
+            "request": {"kind": "bytes", "file": str(bomb)}}
+    [refused] = run_sdk([call])
+    assert (refused["ok"], refused["code"]) == (False, 413), refused
+    assert "decompresses to more than" in refused["message"]
 
 
 def test_direct_mode_spreads_over_new_instances(sdk_server, tmp_path):
@@ -200,7 +246,7 @@ def test_direct_mode_spreads_over_new_instances(sdk_server, tmp_path):
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(job))
     proc = subprocess.Popen([str(SDK_PYTHON), str(DRIVER), str(job_file)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env("UTC"))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(CLIENT_TZ))
     try:
         driver.wait_ready_then_scale(lambda: proc.poll() is None)
         stdout, stderr = proc.communicate(timeout=60)

@@ -89,6 +89,10 @@ class MemoryCluster:
         """Read at each deploy, so a test may set it after the cluster is built."""
         self.host_instances = host_instances
         self.replica_port = replica_port
+        self.gpus = 0.0
+        """GPUs the cluster reports (`MemoryBackend.gpus`): set one to deploy GPU services."""
+        self.logs: dict[tuple[str, str], list[str]] = {}
+        """(service, replica id) -> the lines `logs` answers (default: one "started" line)."""
         self._phases: dict[str, list[Phase]] = {}
         self._seen: dict[str, int] = {}
         self._hosted: dict[str, tuple[str, list[_Hosted]]] = {}
@@ -229,6 +233,20 @@ class MemoryBackend:
                     out[name] = view
             self.cluster.changed.notify_all()
             return out
+
+    def logs(self, name: str, replica_id: str, max_lines: int) -> list[str] | None:
+        """The stand-in for an instance's log files: what the test put in `cluster.logs`,
+        else one line saying it started; None when no such instance runs."""
+        with self.cluster.lock:
+            app = self.cluster.apps.get(name)
+            if app is None or replica_id not in {r.replica_id for r in app.replicas}:
+                return None
+            lines = self.cluster.logs.get((name, replica_id), [f"instance {name}-{replica_id} started"])
+            return list(lines[-max_lines:])
+
+    def gpus(self) -> float:
+        """The cluster's GPUs: `MemoryCluster.gpus` (0 unless a test gives it some)."""
+        return self.cluster.gpus
 
     def restart_instances(self, name: str, replica_ids: list[str], internal_key: str) -> list[str]:
         """Records the restart of the listed instances; returns the ids that are not there."""

@@ -145,6 +145,62 @@ def build_pmml(directory: Path) -> BuiltModel:
                       "field 'x0' expects double, received str", corrupt, "model.pmml is not a valid PMML model")
 
 
+#: The heart-disease features of the PAI pipeline example (a logistic regression exported to PMML).
+HEART_FEATURES = ["sex", "cp", "fbs", "restecg", "exang", "slop", "thal", "age", "trestbps", "chol",
+                  "thalach", "oldpeak", "ca"]
+#: The feature whose MiningField declares a missingValueReplacement in `build_pmml_heart`'s file.
+HEART_REPLACED = ("ca", 0.5)
+
+
+@dataclass
+class HeartModel:
+    """A binary classifier as PMML with output fields p_0 and p_1 (what PAI exports)."""
+
+    path: Path
+    rows: list[dict[str, float]]
+    p_1: list[float]
+    """sklearn's own probability of class 1 for each of `rows`."""
+    predict: Callable[[list[dict[str, float]]], list[float]]
+    """sklearn's probability of class 1 for any rows (every feature given)."""
+
+
+def build_pmml_heart(directory: Path) -> HeartModel:
+    """A logistic regression trained here on made-up heart-disease rows, written as PMML 4.4
+    (a RegressionModel with a logit table per class, as PMML exporters write it)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.normal(size=(200, len(HEART_FEATURES))).round(3)
+    y = (x[:, 0] - x[:, 7] + 0.5 * x[:, 12] > 0).astype(int)
+    fitted = LogisticRegression().fit(x, y)
+    name, value = HEART_REPLACED
+    fields = "".join(f'<DataField name="{n}" optype="continuous" dataType="double"/>' for n in HEART_FEATURES)
+    mining = "".join(f'<MiningField name="{n}"' + (f' missingValueReplacement="{value}"' if n == name else "") + "/>"
+                     for n in HEART_FEATURES)
+    predictors = "".join(f'<NumericPredictor name="{n}" coefficient="{float(c)!r}"/>'
+                         for n, c in zip(HEART_FEATURES, fitted.coef_[0]))
+    pmml = ('<?xml version="1.0" encoding="UTF-8"?>\n<PMML xmlns="http://www.dmg.org/PMML-4_4" version="4.4">'
+            f'<Header description="heart disease"/><DataDictionary>{fields}'
+            '<DataField name="ifhealth" optype="categorical" dataType="integer"><Value value="0"/><Value value="1"/>'
+            '</DataField></DataDictionary>'
+            f'<RegressionModel functionName="classification" normalizationMethod="logit"><MiningSchema>{mining}'
+            '<MiningField name="ifhealth" usageType="target"/></MiningSchema><Output>'
+            '<OutputField name="p_0" optype="continuous" dataType="double" feature="probability" value="0"/>'
+            '<OutputField name="p_1" optype="continuous" dataType="double" feature="probability" value="1"/>'
+            f'</Output><RegressionTable intercept="{float(fitted.intercept_[0])!r}" targetCategory="1">{predictors}'
+            '</RegressionTable><RegressionTable intercept="0" targetCategory="0"/></RegressionModel></PMML>')
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "heart.pmml"
+    path.write_text(pmml)
+    rows = [dict(zip(HEART_FEATURES, r)) for r in x[:3].tolist()]
+
+    def predict(records: list[dict[str, float]]) -> list[float]:
+        matrix = np.asarray([[r[n] for n in HEART_FEATURES] for r in records])
+        return fitted.predict_proba(matrix)[:, 1].tolist()
+
+    return HeartModel(path, rows, predict(rows), predict)
+
+
 # ---------------------------------------------------------------- pytorch
 
 def build_pytorch(directory: Path) -> BuiltModel:

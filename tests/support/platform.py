@@ -187,7 +187,10 @@ class Harness:
         return f"/api/v2/services/{region}/{name}{suffix}"
 
     def create(self, spec: dict[str, Any], blue_green: bool = False) -> dict[str, Any]:
-        return self.ok("POST", "/api/v2/services", spec, {"BlueGreen": "true"} if blue_green else None)
+        """CreateService; with blue_green, a partner of the service the JSON names (ours, under /api/v2/ext/)."""
+        if blue_green:
+            return self.ok("POST", f"/api/v2/ext/services/{REGION}/{spec['name']}/partners", spec)
+        return self.ok("POST", "/api/v2/services", spec)
 
     def describe(self, name: str) -> dict[str, Any]:
         return self.ok("GET", self.svc(name))

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from eas.control.store import Store
 from tests.support.platform import (  # noqa: F401 - api_fixture registers the fixture
@@ -29,6 +31,21 @@ from tests.support.platform import (  # noqa: F401 - api_fixture registers the f
 from tests.support.platform import api_error as error
 
 TOKEN = "tok-iris-12345"
+#: The fields of EAS's `Service` and `Instance` objects (alibabacloud-eas20210701's models).
+EAS_SERVICE_FIELDS = {
+    "AccessToken", "AppConfig", "AppSpecName", "AppType", "AppVersion", "CallerUid", "Cpu", "CreateTime",
+    "CurrentVersion", "ExtraData", "Gateway", "Gpu", "Image", "InternetEndpoint", "IntranetEndpoint", "Labels",
+    "LatestVersion", "Memory", "Message", "Namespace", "ParentUid", "PendingInstance", "QuotaId", "Reason", "Region",
+    "Resource", "ResourceAlias", "Role", "RoleAttrs", "RunningInstance", "SafetyLock", "SecondaryInternetEndpoint",
+    "SecondaryIntranetEndpoint", "ServiceConfig", "ServiceGroup", "ServiceId", "ServiceName", "ServiceUid", "Source",
+    "Status", "TotalInstance", "TrafficState", "UpdateTime", "Weight", "WorkspaceId",
+}  # fmt: skip
+EAS_INSTANCE_FIELDS = {
+    "CurrentAmount", "ExternalIP", "ExternalInstancePort", "HostIP", "HostName", "InnerIP", "InstanceName",
+    "InstancePort", "InstanceType", "IsSpot", "Isolated", "LastState", "Namespace", "OriginalAmount",
+    "ReadyProcesses", "Reason", "ResourceType", "RestartCount", "Role", "StartAt", "StartTime", "Status",
+    "TenantHostIP", "TenantInstanceIP", "TotalProcesses", "Zone",
+}  # fmt: skip
 
 
 def sklearn_spec(name: str = "iris", instance: int = 1, **extra: Any) -> dict[str, Any]:
@@ -45,7 +62,7 @@ def test_create_answers_with_ids_and_only_writes_the_store(api: Harness) -> None
                            "IntranetEndpoint"}
     assert REQUEST_ID.match(answer["RequestId"]) and answer["ServiceId"].startswith("eas-m-")
     assert (answer["ServiceName"], answer["Region"], answer["Status"]) == ("iris", "local", "Creating")
-    assert answer["IntranetEndpoint"] == answer["InternetEndpoint"] == api.endpoint
+    assert answer["IntranetEndpoint"] == answer["InternetEndpoint"] == f"{api.endpoint}/api/predict/iris"
     # The API never waits for the backend: nothing is deployed before a controller pass.
     assert api.cluster.calls == []
     desc = api.describe("iris")
@@ -75,7 +92,7 @@ def test_create_refuses_taken_names_and_invalid_specs(api: Harness) -> None:
     broken = api.http.post("/api/v2/services", content=b'{"name": ', headers=basic_auth())
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["Message"]
 
-    api.ok("POST", "/api/v2/groups", {"Name": "grp", "Members": [{"Service": "iris", "Weight": 100}]})
+    api.ok("POST", "/api/v2/ext/groups", {"Name": "grp", "Members": [{"Service": "iris", "Weight": 100}]})
     status, code, message = error(api, "POST", "/api/v2/services", sklearn_spec("grp"))
     assert (status, code) == (409, "NameTaken") and "'grp' is a group name" in message
     assert [s["ServiceName"] for s in api.ok("GET", "/api/v2/services")["Services"]] == ["iris"]
@@ -95,10 +112,12 @@ def test_blue_green_create_makes_a_partner_at_weight_zero(api: Harness) -> None:
     entry = api.controller.routes.entry("iris")
     assert entry is not None and entry.backends == (("iris", 100), (partner, 0)) and entry.token == TOKEN
     assert api.controller.routes.entry(partner).token == theirs["AccessToken"]
-    assert {e["Type"] for e in api.ok("GET", api.svc("iris", "/events"))["Events"]} >= {"Traffic"}
+    assert {e["Reason"] for e in api.ok("GET", api.svc("iris", "/events"))["Events"]} >= {"Traffic"}
 
-    status, code, _ = error(api, "POST", "/api/v2/services", sklearn_spec("ghost"), {"BlueGreen": "true"})
+    status, code, _ = error(api, "POST", "/api/v2/ext/services/local/ghost/partners", sklearn_spec("ghost"))
     assert (status, code) == (404, "ServiceNotFound")
+    status, code, message = error(api, "POST", "/api/v2/ext/services/local/iris/partners", sklearn_spec("other"))
+    assert (status, code) == (400, "InvalidParameter") and "names the service it joins" in message
 
 
 # -- describe and list ------------------------------------------------------------------------
@@ -108,13 +127,16 @@ def test_describe_and_list_show_the_controllers_counts(api: Harness) -> None:
     api.create(sklearn_spec(instance=2))
     api.settle()
     desc = api.describe("iris")
+    url = f"{api.endpoint}/api/predict/iris"
     expected = {
         "ServiceName": "iris", "Region": "local", "Status": "Running", "Message": "", "AccessToken": TOKEN,
-        "TotalInstance": 2, "RunningInstance": 2, "PendingInstance": 0, "DesiredInstance": 2,
-        "CPU": 1, "GPU": 0, "Weight": 100, "LatestVersion": 1, "CurrentVersion": 1, "LastScaling": None,
-        "ServicePath": "/api/predict/iris", "IntranetEndpoint": api.endpoint, "InternetEndpoint": api.endpoint,
+        "TotalInstance": 2, "RunningInstance": 2, "PendingInstance": 0, "Cpu": 1, "Gpu": 0, "Memory": 0,
+        "Weight": 100, "LatestVersion": 1, "CurrentVersion": 1, "IntranetEndpoint": url, "InternetEndpoint": url,
+        "Ext": {"Cpu": 1, "DesiredInstance": 2, "LastScaling": None},
     }  # fmt: skip
     assert {k: desc[k] for k in expected} == expected
+    # Every field of EAS's Service object is there (the SDKs map them by name); none of our old names.
+    assert EAS_SERVICE_FIELDS <= set(desc) and not {"CPU", "GPU", "ServicePath", "DesiredInstance"} & set(desc)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", desc["CreateTime"])
     config = json.loads(desc["ServiceConfig"])
     assert config["name"] == "iris" and config["metadata"]["instance"] == 2
@@ -122,9 +144,49 @@ def test_describe_and_list_show_the_controllers_counts(api: Harness) -> None:
     assert "token" not in config and TOKEN not in desc["ServiceConfig"], "the token stays out of ServiceConfig"
 
     listed = api.ok("GET", "/api/v2/services")
-    assert listed["TotalCount"] == 1
+    assert (listed["TotalCount"], listed["PageNumber"], listed["PageSize"]) == (1, 1, 100)
     assert {k: v for k, v in listed["Services"][0].items()} == {k: v for k, v in desc.items() if k != "RequestId"}
     assert api.cluster.calls == [("deploy", "iris", "server")]
+
+
+def test_list_filters_sorts_and_pages(api: Harness) -> None:
+    for name in ("b_svc", "a_svc", "c_other"):
+        api.create(sklearn_spec(name))
+    api.ok("PUT", api.svc("c_other", "/stop"))
+
+    def names(**query: str) -> list[str]:
+        return [s["ServiceName"] for s in api.ok("GET", "/api/v2/services", params=query)["Services"]]
+
+    assert sorted(names()) == ["a_svc", "b_svc", "c_other"]
+    assert sorted(names(Filter="svc")) == ["a_svc", "b_svc"]
+    assert names(ServiceName="a_svc") == ["a_svc"]
+    assert names(ServiceStatus="Stopping") == ["c_other"]
+    assert names(Sort="ServiceName", Order="desc") == ["c_other", "b_svc", "a_svc"]
+    page = api.ok("GET", "/api/v2/services", params={"Sort": "ServiceName", "PageSize": "2", "PageNumber": "2"})
+    assert (page["TotalCount"], page["PageNumber"], page["PageSize"]) == (3, 2, 2)
+    assert [s["ServiceName"] for s in page["Services"]] == ["c_other"]
+    assert names(PageNumber="9") == []
+    for query, words in [({"PageSize": "0"}, "PageSize: an integer from 1"), ({"PageNumber": "x"}, "PageNumber"),
+                         ({"Sort": "Nope"}, "Sort: one of")]:
+        status, code, message = error(api, "GET", "/api/v2/services", params=query)
+        assert (status, code) == (400, "InvalidParameter") and words in message, message
+
+
+def test_update_type_replace_and_scale(api: Harness) -> None:
+    api.create(sklearn_spec(instance=2, metadata={"instance": 2, "cpu": 2}))
+    api.ok("PUT", api.svc("iris"), {"metadata": {"instance": 3}})
+    assert json.loads(api.describe("iris")["ServiceConfig"])["metadata"]["cpu"] == 2, "merge keeps the rest"
+    api.ok("PUT", api.svc("iris"), {"processor": "sklearn", "metadata": {"instance": 1}},
+           params={"UpdateType": "replace"})
+    config = json.loads(api.describe("iris")["ServiceConfig"])
+    assert (config["metadata"]["instance"], config["metadata"]["cpu"]) == (1, 1), "replace drops what is not sent"
+    assert api.describe("iris")["AccessToken"] == TOKEN, "the token stays"
+    status, code, message = error(api, "PUT", api.svc("iris"), {"metadata": {"instance": 1}},
+                                  params={"UpdateType": "patch"})
+    assert (status, code) == (400, "InvalidParameter") and message.startswith("UpdateType")
+    api.ok("PUT", api.svc("iris", "/scale"), {"Instance": 4})
+    assert api.describe("iris")["TotalInstance"] == 4
+    assert error(api, "PUT", api.svc("iris", "/scale"), {"Instance": -1})[:2] == (400, "InvalidParameter")
 
 
 # -- modify --------------------------------------------------------------------------------------
@@ -224,8 +286,13 @@ def test_instances_and_restart(api: Harness) -> None:
     assert listed["TotalCount"] == 2
     assert [i["InstanceName"] for i in listed["Instances"]] == ["iris-r0", "iris-r1"]
     first = listed["Instances"][0]
-    assert (first["Status"], first["ReadyProcesses"], first["TotalProcesses"], first["InstanceIp"]) == (
-        "Running", 1, 1, "127.0.0.1")
+    assert (first["Status"], first["ReadyProcesses"], first["TotalProcesses"], first["InnerIP"], first["HostIP"],
+            first["RestartCount"], first["LastState"]) == ("Running", 1, 1, "127.0.0.1", "127.0.0.1", 0, [])
+    assert EAS_INSTANCE_FIELDS <= set(first) and first["Ext"]["ReplicaState"] == "RUNNING"
+    assert [i["InstanceName"] for i in api.ok("GET", api.svc("iris", "/instances"),
+                                             params={"InstanceName": "r1"})["Instances"]] == ["iris-r1"]
+    paged = api.ok("GET", api.svc("iris", "/instances"), params={"PageSize": "1", "PageNumber": "2"})
+    assert (paged["TotalCount"], [i["InstanceName"] for i in paged["Instances"]]) == (2, ["iris-r1"])
 
     status, code, message = error(api, "DELETE", api.svc("iris", "/instances"))
     assert (status, code) == (400, "InvalidParameter") and message.startswith("InstanceList:")
@@ -233,22 +300,63 @@ def test_instances_and_restart(api: Harness) -> None:
     assert (status, code) == (404, "InstanceNotFound") and "iris-r9" in message
     assert not any(c[0] == "restart" for c in api.cluster.calls)
 
-    answer = api.ok("DELETE", api.svc("iris", "/instances"), params={"InstanceList": "iris-r1"})
+    answer = api.ok("DELETE", api.svc("iris", "/instances"), params={"InstanceList": "iris-r1", "SoftRestart": "true"})
     assert answer["Message"] == "instances iris-r1 of 'iris' are restarting"
     assert ("restart", "iris-r1", "server") in api.cluster.calls
-    last = api.ok("GET", api.svc("iris", "/events"))["Events"][-1]
-    assert (last["Type"], last["Message"]) == ("Restart", "restarting instances iris-r1")
+    last = api.ok("GET", api.svc("iris", "/events"))["Events"][0]
+    assert (last["Reason"], last["Message"]) == ("Restart", "restarting instances iris-r1")
+
+    # RestartService: every instance.
+    assert api.ok("PUT", api.svc("iris", "/restart"))["Message"] == "service 'iris' is restarting its 2 instances"
+    assert [c[1] for c in api.cluster.calls if c[0] == "restart"] == ["iris-r1", "iris-r0", "iris-r1"]
+    api.ok("PUT", api.svc("iris", "/stop"))
+    assert error(api, "PUT", api.svc("iris", "/restart"))[:2] == (409, "ServiceNotRunning")
+
+
+def test_logs_endpoints_and_their_filters(api: Harness) -> None:
+    api.create(sklearn_spec(instance=2))
+    api.settle()
+    api.cluster.logs[("iris", "r0")] = [f"line {i}" for i in range(1, 8)] + ["ERROR http://u:secret@h/x"]
+    logs = api.ok("GET", api.svc("iris", "/logs"), params={"InstanceName": "iris-r0", "PageSize": "3"})
+    assert (logs["TotalCount"], logs["TotalPageNum"], logs["PageNum"]) == (8, 3, 1)
+    assert logs["Logs"] == ["line 6", "line 7", "ERROR http://***@h/x"], "page 1: the latest, in order, redacted"
+    older = api.ok("GET", api.svc("iris", "/logs"), params={"InstanceName": "iris-r0", "PageSize": "3", "PageNum": "3"})
+    assert older["Logs"] == ["line 1", "line 2"]
+    assert api.ok("GET", api.svc("iris", "/logs"), params={"InstanceName": "iris-r0", "Keyword": "line 3"})[
+        "Logs"] == ["line 3"]
+    every = api.ok("GET", api.svc("iris", "/logs"))["Logs"]
+    assert every[-1] == "[iris-r1] instance iris-r1 started" and every[0] == "[iris-r0] line 1"
+    assert error(api, "GET", api.svc("iris", "/logs"), params={"InstanceName": "iris-r9"})[:2] == (
+        404, "InstanceNotFound")
+
+    endpoints = api.ok("GET", api.svc("iris", "/endpoints"))
+    assert endpoints["AccessToken"] == TOKEN
+    assert endpoints["Endpoints"][0]["IntranetEndpoints"] == [f"{api.endpoint}/api/predict/iris"]
 
 
 def test_events_tell_the_story(api: Harness) -> None:
     api.create(sklearn_spec())
     api.settle()
     events = api.ok("GET", api.svc("iris", "/events"))
-    assert events["TotalCount"] == len(events["Events"])
-    assert [(e["Type"], e["Message"]) for e in events["Events"]] == [
-        ("Created", "service created"), ("Status", "Creating -> Running")]
+    assert (events["TotalCount"], events["PageNum"], events["TotalPageNum"]) == (len(events["Events"]), 1, 1)
+    assert [(e["Type"], e["Reason"], e["Message"]) for e in events["Events"]] == [
+        ("Normal", "Status", "Creating -> Running"), ("Normal", "Created", "service created")], "newest first"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", events["Events"][0]["Time"])
     assert error(api, "GET", api.svc("ghost", "/events"))[:2] == (404, "ServiceNotFound")
+
+    api.ok("PUT", api.svc("iris", "/stop"))
+    api.settle()
+    api.ok("PUT", api.svc("iris", "/start"))
+    everything = api.ok("GET", api.svc("iris", "/events"))["Events"]
+    page = api.ok("GET", api.svc("iris", "/events"), params={"PageSize": "2", "PageNum": "2"})
+    assert page["Events"] == everything[2:4] and page["TotalPageNum"] == (len(everything) + 1) // 2
+    stops = api.ok("GET", api.svc("iris", "/events"), params={"EventType": "Normal"})["Events"]
+    assert len(stops) == len(everything)
+    assert api.ok("GET", api.svc("iris", "/events"), params={"EventType": "Warning"})["Events"] == []
+    later = api.ok("GET", api.svc("iris", "/events"), params={"StartTime": "2999-01-01 00:00:00"})
+    assert later["Events"] == [] and later["TotalCount"] == 0
+    assert error(api, "GET", api.svc("iris", "/events"), params={"EndTime": "yesterday"})[:2] == (
+        400, "InvalidParameter")
 
 
 # -- scalers ---------------------------------------------------------------------------------------
@@ -269,35 +377,53 @@ def test_autoscaler_put_get_delete_and_validation(api: Harness) -> None:
         assert (status, code) == (400, "InvalidParameter") and words in message, message
     empty = api.http.put(api.svc("iris", "/autoscaler"), content=b"", headers=basic_auth())
     assert empty.status_code == 400 and "send the autoscaler block" in empty.json()["Message"]
-    assert api.ok("GET", api.svc("iris", "/autoscaler"))["Autoscaler"] is None, "nothing was stored"
+    off = api.ok("GET", api.svc("iris", "/autoscaler"))
+    assert (off["MinReplica"], off["MaxReplica"], off["ScaleStrategies"], off["Ext"]["Enabled"]) == (0, 0, [], False)
 
-    api.ok("PUT", api.svc("iris", "/autoscaler"), block)
+    api.ok("POST", api.svc("iris", "/autoscaler"), block)  # CreateServiceAutoScaler; PUT is the Update
     got = api.ok("GET", api.svc("iris", "/autoscaler"))
-    assert got["Autoscaler"]["min"] == 2 and got["Autoscaler"]["scaleStrategies"][0]["metricName"] == "qps"
+    assert (got["ServiceName"], got["MinReplica"], got["MaxReplica"]) == ("iris", 2, 3)
+    assert got["ScaleStrategies"] == [{"metricName": "qps", "threshold": 10, "service": ""}]
+    assert got["CurrentMetrics"] == [{"metricName": "qps", "service": "", "value": 0.0}]
+    assert got["Behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300, "EAS's defaults are filled in"
     assert json.loads(api.describe("iris")["ServiceConfig"])["autoscaler"]["max"] == 3
     # The real scaler runs in the controller's pass: min 2 lifts the count from 1.
     api.settle()
     desc = api.describe("iris")
-    assert (desc["DesiredInstance"], desc["RunningInstance"]) == (2, 2)
-    assert desc["LastScaling"]["DesiredInstance"] == 2 and got["LastScaling"] is None
+    assert (desc["Ext"]["DesiredInstance"], desc["RunningInstance"]) == (2, 2)
+    assert desc["Ext"]["LastScaling"]["DesiredInstance"] == 2 and got["Ext"]["LastScaling"] is None
 
     api.ok("DELETE", api.svc("iris", "/autoscaler"))
-    assert api.ok("GET", api.svc("iris", "/autoscaler"))["Autoscaler"] is None
+    assert api.ok("GET", api.svc("iris", "/autoscaler"))["Ext"]["Enabled"] is False
     assert "autoscaler" not in json.loads(api.describe("iris")["ServiceConfig"])
     api.settle()
-    assert api.describe("iris")["DesiredInstance"] == 1, "back to metadata.instance"
+    assert api.describe("iris")["Ext"]["DesiredInstance"] == 1, "back to metadata.instance"
 
 
 def test_cronscaler_put_delete_and_validation(api: Harness) -> None:
     api.create(sklearn_spec())
-    block = {"timezone": "Asia/Shanghai", "jobs": [{"schedule": "0 8 * * *", "target": 2}]}
-    api.ok("PUT", api.svc("iris", "/cronscaler"), block)
-    assert json.loads(api.describe("iris")["ServiceConfig"])["cron_scaler"] == block
-    assert api.ok("GET", api.svc("iris", "/autoscaler"))["CronScaler"] == block
+    off = api.ok("GET", api.svc("iris", "/cronscaler"))
+    assert (off["ScaleJobs"], off["ExcludeDates"], off["Ext"]["Enabled"]) == ([], [], False)
+    body = {"TimeZone": "Asia/Shanghai", "ScaleJobs": [{"Name": "morning", "Schedule": "0 0 8 * * *", "TargetSize": 2}],
+            "ExcludeDates": ["* * * * * 0,6"]}
+    api.ok("POST", api.svc("iris", "/cronscaler"), body)  # CreateServiceCronScaler; PUT is the Update
+    assert json.loads(api.describe("iris")["ServiceConfig"])["cron_scaler"] == {
+        "timezone": "Asia/Shanghai", "jobs": [{"name": "morning", "schedule": "0 8 * * *", "target": 2}],
+        "exclude_dates": ["* * * * 0,6"]}
+    got = api.ok("GET", api.svc("iris", "/cronscaler"))
+    assert (got["ServiceName"], got["TimeZone"], got["ExcludeDates"]) == ("iris", "Asia/Shanghai", ["* * * * * 0,6"])
+    job = got["ScaleJobs"][0]
+    assert (job["Name"], job["Schedule"], job["TargetSize"]) == ("morning", "0 0 8 * * *", 2)
+    fired = job["LastProbeTime"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT00:00:00Z", fired), "08:00 in Shanghai is 00:00 UTC"
+    assert datetime.fromisoformat(fired.replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Shanghai")).weekday() < 5
     bad = [
-        ({"jobs": [{"schedule": "every day", "target": 1}]}, "cron_scaler.jobs.0.schedule: 'every day' is not"),
-        ({**block, "timezone": "Mars/Base"}, "cron_scaler.timezone: unknown time zone 'Mars/Base'"),
-        ({"jobs": []}, "cron_scaler.jobs"),
+        ({"ScaleJobs": [{"Schedule": "every day", "TargetSize": 1}]}, "ScaleJobs[0].Schedule: a cron expression"),
+        ({"ScaleJobs": [{"Schedule": "30 0 8 * * *", "TargetSize": 1}], "TimeZone": "Mars/Base"},
+         "cron_scaler.timezone: unknown time zone 'Mars/Base'"),
+        ({"ScaleJobs": [{"Schedule": "* 0 8 * * *", "TargetSize": 1}]}, "the seconds field must be one number"),
+        ({"ScaleJobs": [{"Schedule": "0 0 8 * * *", "TargetSize": -1}]}, "cron_scaler.jobs.0.target"),
+        ({"ScaleJobs": []}, "ScaleJobs: a non-empty list"),
     ]
     for body, words in bad:
         status, code, message = error(api, "PUT", api.svc("iris", "/cronscaler"), body)
@@ -320,7 +446,8 @@ def test_admin_credentials_are_required(api: Harness) -> None:
     ]
     calls = [("GET", "/api/v2/services", None), ("GET", api.svc("iris"), None),
              ("POST", "/api/v2/services", sklearn_spec("other")), ("DELETE", api.svc("iris"), None),
-             ("GET", "/api/v2/groups", None), ("PUT", api.svc("iris", "/traffic"), {"Backends": []})]
+             ("GET", "/api/v2/groups", None), ("PUT", "/api/v2/ext/services/local/iris/traffic", {"Backends": []}),
+             ("GET", "/api/v2/ext/accesskeys", None)]
     for headers, words in refused:
         for method, path, body in calls:
             status, code, message = error(api, method, path, body, auth=headers)
@@ -396,9 +523,9 @@ def test_a_deploy_that_fails_at_once_ends_failed(tmp_path: Path) -> None:
         harness.controller.reconcile()
         desc = harness.describe("bad")
         assert (desc["Status"], desc["Message"]) == ("Failed", f"{missing} does not exist on the server")
-        statuses = [e["Message"] for e in harness.ok("GET", harness.svc("bad", "/events"))["Events"]
-                    if e["Type"] == "Status"]
-        assert statuses == [f"Creating -> Failed: {missing} does not exist on the server"]
+        statuses = [(e["Type"], e["Message"]) for e in harness.ok("GET", harness.svc("bad", "/events"))["Events"]
+                    if e["Reason"] == "Status"]
+        assert statuses == [("Warning", f"Creating -> Failed: {missing} does not exist on the server")]
         failed = harness.predict("bad", b"{}", TOKEN)
         assert failed.status_code == 503 and "service failed: " in failed.json()["message"]
         harness.ok("PUT", harness.svc("bad"), {"model_path": None})  # fixed: deploys again
@@ -418,7 +545,10 @@ def test_gateway_routes_follow_create_and_delete(api: Harness) -> None:
     api.settle()
     routed = api.predict("iris", b"{}", TOKEN)
     assert routed.status_code == 503, routed.text
-    assert routed.json()["message"] == "no instance of 'iris' accepted the request"  # nothing listens there
+    # Nothing listens there: the instance leaves the gateway's rotation at the refusal, and
+    # the request, after waiting for another within the keepalive, says which one failed.
+    assert routed.json()["message"].startswith("service 'iris' is not available: instance iris-r0 failed (cannot "
+                                               "connect to 127.0.0.1:")
     assert api.predict("iris", b"{}", "not-the-token").status_code == 401
     assert api.predict("iris", b"{}", None).status_code == 401
 

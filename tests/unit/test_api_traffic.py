@@ -76,11 +76,16 @@ def test_release_validation(api: Harness) -> None:
 # -- A/B traffic ----------------------------------------------------------------------------------
 
 
+def ext(name: str, suffix: str = "") -> str:
+    """A path of ours (not EAS's): A/B weights live under /api/v2/ext/."""
+    return f"/api/v2/ext/services/local/{name}{suffix}"
+
+
 def test_ab_traffic_splits_one_endpoint(api: Harness) -> None:
     for name in ("a", "b"):
         api.create(spec(name))
     api.settle()
-    answer = api.ok("PUT", api.svc("a", "/traffic"), {"Backends": [{"Service": "a", "Weight": 80},
+    answer = api.ok("PUT", ext("a", "/traffic"), {"Backends": [{"Service": "a", "Weight": 80},
                                                                    {"Service": "b", "Weight": 20}]})
     assert answer["Message"] == "traffic of 'a': a 80, b 20"
     assert weights(api, "a", "b") == [80, 20]
@@ -95,9 +100,9 @@ def test_ab_traffic_splits_one_endpoint(api: Harness) -> None:
         ([{"Service": "a", "Weight": 50}, {"Service": "a", "Weight": 50}], "Backends: each service may appear once"),
     ]
     for backends, message in bad:
-        assert error(api, "PUT", api.svc("a", "/traffic"), {"Backends": backends}) == (
+        assert error(api, "PUT", ext("a", "/traffic"), {"Backends": backends}) == (
             400, "InvalidParameter", message)
-    status, code, message = error(api, "PUT", api.svc("a", "/traffic"), {"Backends": [{"Service": "ghost"}]})
+    status, code, message = error(api, "PUT", ext("a", "/traffic"), {"Backends": [{"Service": "ghost"}]})
     assert (status, code) == (404, "ServiceNotFound") and "'ghost'" in message
     assert entry_backends(api, "a") == (("a", 80), ("b", 20)), "a refused change leaves traffic as it was"
 
@@ -112,18 +117,24 @@ def test_mirror_set_and_drop(api: Harness) -> None:
     status, code, message = error(api, "DELETE", api.svc("a", "/mirror"))
     assert (status, code, message) == (404, "MirrorNotFound", "'a' has no mirror")
 
-    answer = api.ok("PUT", api.svc("a", "/mirror"), {"Target": "shadow", "Percentage": 25})
+    assert {k: v for k, v in api.ok("GET", api.svc("a", "/mirror")).items() if k != "RequestId"} == {
+        "ServiceName": "a", "Ratio": "", "Target": ""}
+    # CreateServiceMirror (POST) and UpdateServiceMirror (PUT) take EAS's body.
+    answer = api.ok("POST", api.svc("a", "/mirror"), {"Target": ["shadow"], "Ratio": 25})
     assert answer["Message"] == "25% of 'a' requests are copied to 'shadow'"
     api.controller.reconcile()
     entry = api.controller.routes.entry("a")
     assert entry.mirror == ("shadow", 25) and entry.backends == (("a", 100),)
     assert weights(api, "a") == [100]
+    got = api.ok("GET", api.svc("a", "/mirror"))
+    assert (got["ServiceName"], got["Ratio"], got["Target"]) == ("a", "25", "shadow"), "as text, as EAS answers"
 
-    for body, words in [({"Target": "a"}, "Target: another service"), ({"Percentage": 10}, "Target:"),
-                        ({"Target": "shadow", "Percentage": 101}, "Percentage: an integer from 0 to 100")]:
+    for body, words in [({"Target": ["a"]}, "Target: another service"), ({"Ratio": 10}, "Target:"),
+                        ({"Target": ["shadow", "a"]}, "Target: a list with the one service"),
+                        ({"Target": ["shadow"], "Ratio": 101}, "Ratio: an integer from 0 to 100")]:
         status, code, message = error(api, "PUT", api.svc("a", "/mirror"), body)
         assert (status, code) == (400, "InvalidParameter") and message.startswith(words), message
-    assert error(api, "PUT", api.svc("a", "/mirror"), {"Target": "ghost"})[:2] == (404, "ServiceNotFound")
+    assert error(api, "PUT", api.svc("a", "/mirror"), {"Target": ["ghost"]})[:2] == (404, "ServiceNotFound")
 
     assert api.ok("DELETE", api.svc("a", "/mirror"))["Message"] == "'a' is no longer mirrored"
     api.controller.reconcile()
@@ -144,9 +155,13 @@ def test_versions_and_switch_keep_the_instance_count(api: Harness, tmp_path: Pat
     api.settle()
 
     listed = api.ok("GET", api.svc("iris", "/versions"))
-    assert listed["CurrentVersion"] == 2
-    assert [(v["Version"], v["Current"]) for v in listed["Versions"]] == [(1, False), (2, True)]
-    assert [v["ServiceConfig"]["model_path"] for v in listed["Versions"]] == [str(m) for m in models]
+    assert (listed["Ext"]["CurrentVersion"], listed["TotalCount"], listed["PageNumber"]) == (2, 2, 1)
+    assert [(v["ImageId"], v["Message"]) for v in listed["Versions"]] == [(1, ""), (2, "current")]
+    assert set(listed["Versions"][0]) == {"BuildTime", "ImageAvailable", "ImageId", "Message", "ServiceConfig",
+                                          "ServiceRunnable"}, "EAS's version fields, no others"
+    assert [json.loads(v["ServiceConfig"])["model_path"] for v in listed["Versions"]] == [str(m) for m in models]
+    second = api.ok("GET", api.svc("iris", "/versions"), params={"PageSize": "1", "PageNumber": "2"})
+    assert [v["ImageId"] for v in second["Versions"]] == [2]
 
     answer = api.ok("PUT", api.svc("iris", "/version"), {"Version": 1})
     assert answer["Message"] == "'iris' is rolling to version 1"
@@ -157,9 +172,9 @@ def test_versions_and_switch_keep_the_instance_count(api: Harness, tmp_path: Pat
     api.settle()
     desc = api.describe("iris")
     assert (desc["Status"], desc["RunningInstance"], desc["CurrentVersion"]) == ("Running", 3, 1)
-    assert [v["Current"] for v in api.ok("GET", api.svc("iris", "/versions"))["Versions"]] == [True, False]
+    assert [v["Message"] for v in api.ok("GET", api.svc("iris", "/versions"))["Versions"]] == ["current", ""]
     assert ("Version", "switched from version 2 to 1") in [
-        (e["Type"], e["Message"]) for e in api.ok("GET", api.svc("iris", "/events"))["Events"]]
+        (e["Reason"], e["Message"]) for e in api.ok("GET", api.svc("iris", "/events"))["Events"]]
 
     status, code, message = error(api, "PUT", api.svc("iris", "/version"), {"Version": 9})
     assert (status, code, message) == (404, "VersionNotFound", "'iris' has no version 9 (latest is 2)")
@@ -177,34 +192,40 @@ def test_groups_crud_validation_and_routing(api: Harness) -> None:
         api.create(spec(name))
     api.settle()
     members = [{"Service": "a", "Weight": 50}, {"Service": "b", "Weight": 50}]
-    group = api.ok("POST", "/api/v2/groups", {"Name": "grp", "Members": members, "Token": "group-token-1"})
-    assert {k: v for k, v in group.items() if k != "RequestId"} == {
-        "GroupName": "grp", "Region": "local", "AccessToken": "group-token-1", "Members": members,
-        "GroupPath": "/api/predict/grp", "IntranetEndpoint": api.endpoint,
+    group = api.ok("POST", "/api/v2/ext/groups", {"Name": "grp", "Members": members, "Token": "group-token-1"})
+    url = f"{api.endpoint}/api/predict/grp"
+    assert {k: v for k, v in group.items() if k not in ("RequestId", "CreateTime", "UpdateTime")} == {
+        "Name": "grp", "ClusterId": "local", "AccessToken": "group-token-1", "TrafficMode": "customized",
+        "QueueService": "", "InternetEndpoint": url, "IntranetEndpoint": url, "Ext": {"Members": members},
     }
-    assert [g["GroupName"] for g in api.ok("GET", "/api/v2/groups")["Groups"]] == ["grp"]
-    assert api.ok("GET", "/api/v2/groups/local/grp")["Members"] == members
+    listed = api.ok("GET", "/api/v2/groups")
+    assert ([g["Name"] for g in listed["Groups"]], listed["TotalCount"]) == (["grp"], 1)
+    assert api.ok("GET", "/api/v2/groups", params={"Filter": "nope"})["Groups"] == []
+    assert api.ok("GET", "/api/v2/groups/local/grp")["Ext"]["Members"] == members
+    endpoints = api.ok("GET", "/api/v2/groups/local/grp/endpoints")
+    assert (endpoints["AccessToken"], endpoints["Endpoints"][0]["InternetEndpoints"]) == ("group-token-1", [url])
     assert entry_backends(api, "grp") == (("a", 50), ("b", 50))
     assert api.predict("grp", b"{}", "group-token-1").status_code == 503  # admitted, to a member
     assert api.predict("grp", b"{}", TOKEN).status_code == 401, "a group has its own token"
 
     for name in ("Grp", "1grp", "g-1", None):
-        status, code, message = error(api, "POST", "/api/v2/groups", {"Name": name, "Members": members})
+        status, code, message = error(api, "POST", "/api/v2/ext/groups", {"Name": name, "Members": members})
         assert (status, code) == (400, "InvalidParameter") and message.startswith("Name:"), name
     for name in ("grp", "a"):
-        status, code, message = error(api, "POST", "/api/v2/groups", {"Name": name, "Members": members})
+        status, code, message = error(api, "POST", "/api/v2/ext/groups", {"Name": name, "Members": members})
         assert (status, code) == (409, "NameTaken") and f"'{name}' is already a service or group name" in message
-    assert error(api, "POST", "/api/v2/groups", {"Name": "g2", "Members": [{"Service": "ghost"}]})[:2] == (
+    assert error(api, "POST", "/api/v2/ext/groups", {"Name": "g2", "Members": [{"Service": "ghost"}]})[:2] == (
         404, "ServiceNotFound")
-    assert error(api, "POST", "/api/v2/groups", {"Name": "g2", "Members": []})[:2] == (400, "InvalidParameter")
+    assert error(api, "POST", "/api/v2/ext/groups", {"Name": "g2", "Members": []})[:2] == (400, "InvalidParameter")
 
-    updated = api.ok("PUT", "/api/v2/groups/local/grp", {"Members": [{"Service": "b", "Weight": 100}]})
-    assert updated["Members"] == [{"Service": "b", "Weight": 100}]
+    updated = api.ok("PUT", "/api/v2/ext/groups/local/grp", {"Members": [{"Service": "b", "Weight": 100}]})
+    assert updated["Ext"]["Members"] == [{"Service": "b", "Weight": 100}]
     assert entry_backends(api, "grp") == (("b", 100),)
 
-    assert api.ok("DELETE", "/api/v2/groups/local/grp")["Message"] == "group 'grp' deleted"
-    for method in ("GET", "PUT", "DELETE"):
-        status, code, message = error(api, method, "/api/v2/groups/local/grp", {"Members": members})
+    assert api.ok("DELETE", "/api/v2/ext/groups/local/grp")["Message"] == "group 'grp' deleted"
+    for method, path in (("GET", "/api/v2/groups/local/grp"), ("PUT", "/api/v2/ext/groups/local/grp"),
+                         ("DELETE", "/api/v2/ext/groups/local/grp")):
+        status, code, message = error(api, method, path, {"Members": members})
         assert (status, code) == (404, "GroupNotFound") and "eascmd group ls" in message
     assert error(api, "GET", "/api/v2/groups/elsewhere/grp")[:2] == (404, "RegionNotFound")
     assert entry_backends(api, "grp") is None
@@ -215,9 +236,10 @@ def test_traffic_calls_need_a_live_service(api: Harness) -> None:
     for name in ("a", "b"):
         api.create(spec(name))
     api.ok("DELETE", api.svc("b"))
-    for method, suffix, body in [("PUT", "/traffic", {"Backends": [{"Service": "b"}]}),
-                                 ("PUT", "/mirror", {"Target": "a"}), ("PUT", "/version", {"Version": 1})]:
-        status, code, message = error(api, method, api.svc("b", suffix), body)
+    for method, path, body in [("PUT", ext("b", "/traffic"), {"Backends": [{"Service": "b"}]}),
+                               ("PUT", api.svc("b", "/mirror"), {"Target": ["a"]}),
+                               ("PUT", api.svc("b", "/version"), {"Version": 1})]:
+        status, code, message = error(api, method, path, body)
         assert (status, code) == (409, "ServiceDeleting") and "being deleted" in message
-    status, code, _ = error(api, "PUT", api.svc("a", "/traffic"), {"Backends": [{"Service": "b"}]})
+    status, code, _ = error(api, "PUT", ext("a", "/traffic"), {"Backends": [{"Service": "b"}]})
     assert (status, code) == (409, "ServiceDeleting")

@@ -88,3 +88,16 @@ def test_load_tracker_rates_from_counters():
                                      102.0)], {"s": 0.5})
     assert loads["s"].qps == pytest.approx(10) and loads["s"].cpu == pytest.approx(50)
     assert loads["s"].inflight == 2 and active == {"s"}
+
+
+def test_cron_exclude_dates_skip_those_firings() -> None:
+    """EAS's ExcludeDates (kept as `exclude_dates`): a firing one matches does not count,
+    the job's firing before it (or another job's) does."""
+    cron = CronScalerSpec.model_validate({"timezone": "UTC", "exclude_dates": ["* * * * 0,6"], "jobs": [
+        {"name": "morning", "schedule": "0 9 * * *", "target": 4}, {"schedule": "0 18 * * *", "target": 1}]})
+    saturday_ten = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc).timestamp()
+    assert cron_target(cron, saturday_ten)[0] == 1, "Saturday's 09:00 is excluded: Friday's 18:00 holds"
+    monday_ten = datetime(2026, 11, 30, 10, 0, tzinfo=timezone.utc).timestamp()
+    assert cron_target(cron, monday_ten)[0] == 4
+    with pytest.raises(ValidationError, match="exclude_dates"):
+        CronScalerSpec.model_validate({"exclude_dates": ["weekends"], "jobs": [{"schedule": "0 9 * * *", "target": 1}]})

@@ -83,7 +83,8 @@ def test_service_lifecycle(client: ManagementClient, served: Harness) -> None:
 
     client.update_service("iris", {"metadata": {"instance": 3}})
     assert client.wait_until_running("iris", timeout=10, interval=0.01)["TotalInstance"] == 3
-    assert ("Updated", "scaled from 2 to 3 instances") in [(e["Type"], e["Message"]) for e in client.list_events("iris")]
+    assert ("Updated", "scaled from 2 to 3 instances") in [(e["Reason"], e["Message"])
+                                                           for e in client.list_events("iris")]
 
     client.stop_service("iris")
     assert client.wait_for_status("iris", {"Stopped"}, timeout=10, interval=0.01)["Status"] == "Stopped"
@@ -93,8 +94,8 @@ def test_service_lifecycle(client: ManagementClient, served: Harness) -> None:
     assert [i["InstanceName"] for i in client.list_instances("iris")] == ["iris-r0", "iris-r1", "iris-r2"]
     client.restart_instances("iris", ["iris-r0", "iris-r2"])
     assert [c[1] for c in served.cluster.calls if c[0] == "restart"] == ["iris-r0", "iris-r2"]
-    events = client.list_events("iris")
-    assert events[0]["Type"] == "Created" and events[-1]["Message"] == "restarting instances iris-r0, iris-r2"
+    events = client.list_events("iris")  # newest first
+    assert events[-1]["Reason"] == "Created" and events[0]["Message"] == "restarting instances iris-r0, iris-r2"
 
     client.delete_service("iris")
     client.wait_until_deleted("iris", timeout=10, interval=0.01)
@@ -168,8 +169,39 @@ def test_api_errors_are_readable(client: ManagementClient) -> None:
 def test_wrong_credentials_are_401(served: Harness) -> None:
     with ManagementClient(served.url, ACCESS_ID, "wrong") as c, pytest.raises(EasApiError) as err:
         c.list_services()
-    assert (err.value.status, err.value.code) == (401, "Unauthorized")
-    assert "wrong access id or key" in str(err.value)
+    assert (err.value.status, err.value.code) == (401, "SignatureDoesNotMatch")
+    assert "check the AccessKey secret" in str(err.value)
+    with ManagementClient(served.url, "nobody", ACCESS_KEY) as c, pytest.raises(EasApiError) as err:
+        c.list_services()
+    assert (err.value.status, err.value.code) == (401, "InvalidAccessKeyId.NotFound")
+
+
+def test_eas_actions_beyond_the_lifecycle(client: ManagementClient, served: Harness) -> None:
+    """Each call signs like the SDKs (ACS3-HMAC-SHA256) and reads EAS's answers."""
+    client.create_service(spec("iris", 2))
+    client.wait_until_running("iris", timeout=10, interval=0.01)
+    assert client.restart_service("iris")["Message"] == "service 'iris' is restarting its 2 instances"
+    served.cluster.logs[("iris", "r0")] = ["hello", "ERROR boom"]
+    assert client.service_logs("iris", instance="iris-r0", keyword="ERROR")["Logs"] == ["ERROR boom"]
+    assert client.describe_endpoints("iris")["Endpoints"][0]["IntranetEndpoints"] == [f"{served.url}/api/predict/iris"]
+    client.set_autoscaler("iris", {"min": 1, "max": 3, "scaleStrategies": [{"metricName": "qps", "threshold": 5}]})
+    assert client.describe_autoscaler("iris")["MaxReplica"] == 3
+    client.delete_autoscaler("iris")
+    client.set_cron_scaler("iris", {"ScaleJobs": [{"Name": "up", "Schedule": "0 0 9 * * *", "TargetSize": 2}]})
+    assert [j["Name"] for j in client.describe_cron_scaler("iris")["ScaleJobs"]] == ["up"]
+    client.delete_cron_scaler("iris")
+    client.update_service("iris", {"processor": "sklearn", "metadata": {"instance": 1}}, replace=True)
+    assert client.wait_until_running("iris", timeout=10, interval=0.01)["TotalInstance"] == 1
+    assert [v["ImageId"] for v in client.list_versions("iris")] == [1]
+    assert client.last_request_id
+
+
+def test_lists_read_every_page(client: ManagementClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("eas.client.management.PAGE_SIZE", 2)
+    for i in range(5):
+        client.create_service(spec(f"svc{i}"))
+    assert sorted(s["ServiceName"] for s in client.list_services()) == [f"svc{i}" for i in range(5)]
+    assert [s["ServiceName"] for s in client.list_services(ServiceName="svc3")] == ["svc3"]
 
 
 def test_unreachable_server() -> None:

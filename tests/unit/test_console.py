@@ -102,7 +102,7 @@ def test_sign_in_sets_a_signed_http_only_cookie_and_never_echoes_the_key(platfor
     assert ACCESS_KEY not in cookie and ACCESS_KEY not in resp.text
     info = resp.json()
     assert info["AccessId"] == ACCESS_ID and info["Region"] == "local" and info["Csrf"]
-    assert info["Features"] == {"logs": False, "queue": False, "labels": False}
+    assert info["Features"] == {"logs": True, "queue": False, "labels": False}, "the API serves instance logs"
 
     again = platform.http.get("/console/session")  # a reloaded page: same session, same CSRF token
     assert again.status_code == 200 and again.json()["Csrf"] == info["Csrf"]
@@ -180,13 +180,13 @@ def test_traffic_rows_of_an_endpoint(platform: Harness, tmp_path: Path) -> None:
     csrf = sign_in(platform)
     empty = platform.http.get("/console/traffic/a", headers=csrf).json()
     assert empty["Endpoint"] is None and empty["SharedIn"] == [] and empty["Groups"] == []
-    platform.ok("PUT", platform.svc("a", "/traffic"), {"Backends": [{"Service": "a", "Weight": 70},
-                                                                   {"Service": "b", "Weight": 30}]})
-    platform.ok("PUT", platform.svc("a", "/mirror"), {"Target": "b", "Percentage": 10})
+    platform.ok("PUT", "/api/v2/ext/services/local/a/traffic", {"Backends": [{"Service": "a", "Weight": 70},
+                                                                            {"Service": "b", "Weight": 30}]})
+    platform.ok("PUT", platform.svc("a", "/mirror"), {"Target": ["b"], "Ratio": 10})
     row = platform.http.get("/console/traffic/a", headers=csrf).json()["Endpoint"]
     assert row == {"Name": "a", "Kind": "service", "Backends": [{"Service": "a", "Weight": 70},
                                                                 {"Service": "b", "Weight": 30}],
-                   "Mirror": {"Target": "b", "Percentage": 10}}
+                   "Mirror": {"Target": "b", "Ratio": 10}}
     assert [r["Name"] for r in platform.http.get("/console/traffic/b", headers=csrf).json()["SharedIn"]] == ["a"]
     assert platform.http.get("/console/traffic/a").status_code == 403, "no CSRF token"
     platform.http.cookies.clear()
@@ -226,8 +226,8 @@ def test_online_test_goes_through_the_gateway_with_the_service_token(platform: H
 def test_metrics_history_of_a_service_over_the_real_app(platform: Harness, tmp_path: Path) -> None:
     echo(platform, tmp_path, "a")
     echo(platform, tmp_path, "b")
-    platform.ok("PUT", platform.svc("a", "/traffic"), {"Backends": [{"Service": "a", "Weight": 50},
-                                                                   {"Service": "b", "Weight": 50}]})
+    platform.ok("PUT", "/api/v2/ext/services/local/a/traffic", {"Backends": [{"Service": "a", "Weight": 50},
+                                                                            {"Service": "b", "Weight": 50}]})
     platform.settle()
     history = platform.platform.console.history
     history.sample(now=1000.0)  # the baseline

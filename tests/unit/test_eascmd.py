@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from click.testing import CliRunner, Result
 from eas.client import config
 from eascmd import table
 from eascmd.cli import cli
+from eascmd.common import eas_time
 from eascmd.progress import ProgressPrinter
 from eascmd.specfile import parse_defines
 from tests.support.backend import ABSENT, Phase
@@ -69,7 +71,8 @@ def config_of(served: Harness, name: str) -> dict[str, Any]:
 
 
 def event_types(served: Harness, name: str) -> list[str]:
-    return [e["Type"] for e in served.ok("GET", served.svc(name, "/events"))["Events"]]
+    """The kinds of change (EAS's Reason) of a service's events, newest first."""
+    return [e["Reason"] for e in served.ok("GET", served.svc(name, "/events"))["Events"]]
 
 
 # -- pure helpers -----------------------------------------------------------------------
@@ -150,12 +153,14 @@ def test_config_writes_a_readable_file(tmp_path: Path) -> None:
     path = str(tmp_path / "sub" / "eascmd.conf")
     result = run(path, "config", "-i", "me", "-k", "key", "-e", "http://10.0.0.1:9000/", "-r", "bj")
     assert result.exit_code == 0, result.output
-    assert f"[OK] Configuration saved to {path}" in result.output
+    assert result.output == f"Configuration saved to: {path}\n", "EAS's line"
     assert config.read(path) == config.ClientConfig("http://10.0.0.1:9000", "me", "key", "bj")
     run(path, "config", "-i", "me2", "-k", "key2")  # endpoint and region are kept
     assert config.read(path) == config.ClientConfig("http://10.0.0.1:9000", "me2", "key2", "bj")
-    bad = run(path, "config", "-i", "me", "-k", "key", "-e", "localhost:8080")
-    assert bad.exit_code == 2 and "[ERROR]" in bad.stderr and "is not a URL" in bad.stderr
+    bare = run(path, "config", "-i", "me", "-k", "key", "-e", "eas.example.com:8080")  # EAS takes a bare host
+    assert bare.exit_code == 0 and config.read(path).endpoint == "http://eas.example.com:8080"
+    bad = run(path, "config", "-i", "me", "-k", "key", "-e", "ftp://host")
+    assert bad.exit_code == 2 and "[ERROR]" in bad.stderr and "is not a server address" in bad.stderr
 
 
 #: The deploy eascmd watches in the progress test, each step held until its line is read.
@@ -303,8 +308,9 @@ def test_delete_confirmation(conf_file: str, served: Harness) -> None:
 
     accepted = run(conf_file, "delete", "iris", input="Y\n")
     assert accepted.exit_code == 0, accepted.output
-    assert "[OK] Service [iris] in region [local] is terminating" in accepted.output
-    assert accepted.output.rstrip().endswith("[OK] Service [iris] is deleted")
+    lines = accepted.output.splitlines()
+    assert lines[1].startswith("[RequestId]: ") and lines[2] == "[OK] Service [iris] in region [local] is terminating"
+    assert "[OK] Service is terminating" in lines and lines[-1] == "[OK] Service was deleted successfully"
     assert served.status("iris") is None
 
     served.running(spec("iris2"))
@@ -314,7 +320,7 @@ def test_delete_confirmation(conf_file: str, served: Harness) -> None:
     served.running(spec("iris3"))
     forced = run(conf_file, "delete", "iris3", "-y")
     assert forced.exit_code == 0 and "Are you sure" not in forced.output
-    assert "[OK] Service [iris3] is deleted" in forced.output
+    assert "[OK] Service was deleted successfully" in forced.output
     assert [c[:2] for c in served.cluster.calls if c[0] == "delete"] == [
         ("delete", "iris"), ("delete", "iris2"), ("delete", "iris3")]
 
@@ -366,17 +372,21 @@ def test_stop_and_start(conf_file: str, served: Harness) -> None:
 
 def test_read_commands_tables_and_json(conf_file: str, served: Harness) -> None:
     served.running(spec("iris", 2, token="token-iris"))
-    ls = run(conf_file, "ls")
-    assert ls.exit_code == 0, ls.output
-    assert ls.output.splitlines()[1].split() == [
-        "|", "SERVICENAME", "|", "REGION", "|", "INSTANCE", "|", "CREATETIME", "|", "UPDATETIME", "|",
-        "STATUS", "|", "WEIGHT", "|", "SERVICEPATH", "|",
-    ]  # fmt: skip
+    for name in ("ls", "list"):  # EAS's long name too
+        ls = run(conf_file, name)
+        assert ls.exit_code == 0, ls.output
+        assert ls.output.splitlines()[0].startswith("[RequestId]: ")
+        assert ls.output.splitlines()[2].split() == [
+            "|", "SERVICENAME", "|", "REGION", "|", "INSTANCE", "|", "CREATETIME", "|", "UPDATETIME", "|",
+            "STATUS", "|", "WEIGHT", "|", "SERVICEPATH", "|",
+        ]  # fmt: skip
     listed = json.loads(run(conf_file, "ls", "--json").output)
     assert listed[0]["ServiceName"] == "iris"
-    assert ls.output.splitlines()[3].split("|")[1:-1] == [
-        " iris        ", " local  ", " 2        ", f" {listed[0]['CreateTime']} ", f" {listed[0]['UpdateTime']} ",
-        " Running ", " 100    ", " /api/predict/iris ",
+    created, updated = eas_time(listed[0]["CreateTime"]), eas_time(listed[0]["UpdateTime"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", created), "EAS's times in tables"
+    assert ls.output.splitlines()[4].split("|")[1:-1] == [
+        " iris        ", " local  ", " 2        ", f" {created} ", f" {updated} ", " Running ", " 100    ",
+        " /api/predict/iris ",
     ]  # fmt: skip
     assert json.loads(CliRunner().invoke(cli, ["-c", conf_file, "--json", "ls"]).output)[0]["Region"] == "local"
 
@@ -384,30 +394,40 @@ def test_read_commands_tables_and_json(conf_file: str, served: Harness) -> None:
     assert desc.exit_code == 0, desc.output
     keys = [line.split("|")[1].strip() for line in desc.output.splitlines() if line.startswith("|")]
     assert [k for k in keys if k] == [
-        "Status", "ServiceName", "CreateTime", "UpdateTime", "AccessToken", "TotalInstance", "RunningInstance",
-        "PendingInstance", "DesiredInstance", "CPU", "GPU", "Memory", "Weight", "LatestVersion", "CurrentVersion",
-        "LastScaling", "Message",
+        "Status", "ServiceName", "Region", "CreateTime", "UpdateTime", "AccessToken", "TotalInstance",
+        "RunningInstance", "PendingInstance", "DesiredInstance", "CPU", "GPU", "Memory", "Weight", "LatestVersion",
+        "CurrentVersion", "LastScaling", "Message",
         "IntranetEndpoint", "ServiceConfig",
     ]  # fmt: skip
     assert f"| {served.url}/api/predict/iris" in desc.output
+    assert "|           Memory | 0M " in desc.output, "EAS writes memory in MB with an M"
     assert '|                  |   "name": "iris",' in desc.output  # pretty ServiceConfig, one line per row
     assert json.loads(run(conf_file, "desc", "iris", "--json").output)["AccessToken"] == "token-iris"
 
-    w = run(conf_file, "w", "iris")
-    assert w.exit_code == 0, w.output
-    assert w.output.splitlines()[1].split("|")[1:-1] == [
-        " INSTANCENAME ", " INNERIP   ", " HOSTIP    ", " STARTAT              ", " RESTARTS ", " STATUS  ",
-        " READY ", " REASON ", " LASTSTATE ",
-    ]  # fmt: skip
+    for name in ("w", "showworkers"):
+        w = run(conf_file, name, "iris")
+        assert w.exit_code == 0, w.output
+        assert w.output.splitlines()[2].split("|")[1:-1] == [
+            " INSTANCENAME ", " INNERIP   ", " HOSTIP    ", " STARTAT             ", " RESTARTS ", " STATUS  ",
+            " READY ", " REASON ", " LASTSTATE ",
+        ]  # fmt: skip
     instances = json.loads(run(conf_file, "w", "iris", "--json").output)
     assert [i["InstanceName"] for i in instances] == ["iris-r0", "iris-r1"]
-    started = instances[1]["StartAt"]
-    assert f"| iris-r1      | 127.0.0.1 | 127.0.0.1 | {started} | 0        | Running | 1/1   |" in w.output
+    started = eas_time(instances[1]["StartAt"])
+    assert f"| iris-r1      | 127.0.0.1 | 127.0.0.1 | {started} | 0        | Running | [1/1] |" in w.output
 
     events = run(conf_file, "events", "iris")
-    assert events.exit_code == 0 and "| Created | service created " in events.output
-    assert "TIME" in events.output and "TYPE" in events.output and "MESSAGE" in events.output
-    assert json.loads(run(conf_file, "events", "iris", "--json").output)[0]["Type"] == "Created"
+    assert events.exit_code == 0 and "| Normal | Created | service created " in events.output
+    assert events.output.splitlines()[3].split("|")[3].strip() == "Created", "oldest first, like a log"
+    assert "TIME" in events.output and "REASON" in events.output and "MESSAGE" in events.output
+    assert json.loads(run(conf_file, "events", "iris", "--json").output)[-1]["Reason"] == "Created"
+
+    served.cluster.logs[("iris", "r1")] = ["loading model", "ERROR: boom"]
+    logs = run(conf_file, "logs", "iris", "-i", "iris-r1")
+    assert logs.exit_code == 0 and logs.output == "loading model\nERROR: boom\n"
+    assert run(conf_file, "logs", "iris", "-k", "boom").output == "[iris-r1] ERROR: boom\n"
+    assert json.loads(run(conf_file, "logs", "iris", "-i", "iris-r1", "-n", "1", "--json").output)["Logs"] == [
+        "ERROR: boom"]
 
 
 def test_dw_restarts_after_confirmation(conf_file: str, served: Harness) -> None:
@@ -417,11 +437,47 @@ def test_dw_restarts_after_confirmation(conf_file: str, served: Harness) -> None
     assert refused.exit_code == 1 and restarted() == []
     result = run(conf_file, "dw", "iris", "iris-r0", "iris-r1", input="y\n")
     assert result.exit_code == 0, result.output
-    assert "restart the instances [iris-r0, iris-r1] of service [iris] in [local]? [Y/n]" in result.output
-    assert "[OK] Instances [iris-r0, iris-r1] of service [iris] are restarting" in result.output
+    assert "Are you sure to delete the instances [iris-r0,iris-r1] of service [iris] in [local]? [Y/n]" in result.output
+    assert ("[OK] Instance(s) [iris-r0,iris-r1] for service [iris] in region [local] was deleted successfully"
+            in result.output)
     assert restarted() == ["iris-r0", "iris-r1"]
+    commas = run(conf_file, "deleteworkers", "iris", "iris-r1,iris-r0", "-y")  # EAS's form
+    assert commas.exit_code == 0, commas.output
+    assert restarted() == ["iris-r0", "iris-r1", "iris-r1", "iris-r0"]
     unknown = run(conf_file, "dw", "iris", "iris-r7", "-y")
     assert unknown.exit_code == 1 and "[ERROR] no such instance of 'iris': iris-r7" in unknown.stderr
+
+
+def test_autoscale_and_cronscale_in_eas_syntax(conf_file: str, served: Harness, tmp_path: Path) -> None:
+    served.running(spec("iris"))
+    result = run(conf_file, "autoscale", "local/iris", "-Dmin=1", "-Dmax=4", "-Dstrategies.qps=20",
+                 "-Dstrategies.cpu=70", "-Dbehavior.scaleDown.stabilizationWindowSeconds=60")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "[OK] Autoscaler of service [iris]: 1..4 instances on qps 20, cpu 70"
+    block = config_of(served, "iris")["autoscaler"]
+    assert (block["min"], block["max"], block["behavior"]["scaleDown"]["stabilizationWindowSeconds"]) == (1, 4, 60)
+    assert [(s["metricName"], s["threshold"]) for s in block["scaleStrategies"]] == [("qps", 20), ("cpu", 70)]
+    shown = run(conf_file, "autoscale", "desc", "iris")
+    assert "|      MaxReplica | 4 " in shown.output and "qps 20, cpu 70" in shown.output
+    assert json.loads(run(conf_file, "autoscale", "iris", "--json").output)["MinReplica"] == 1
+    for args, words in [(["iris", "-Dmax=3"], "at least one -Dstrategies"),
+                        (["iris", "-Dmaxx=3"], "unknown key(s) maxx"),
+                        (["elsewhere/iris", "-Dmax=2", "-Dstrategies.qps=1"], "region 'elsewhere'")]:
+        bad = run(conf_file, "autoscale", *args)
+        assert bad.exit_code == 2 and words in bad.stderr, bad.stderr
+    removed = run(conf_file, "autoscale", "rm", "iris")
+    assert removed.exit_code == 0 and "[OK] Autoscaler of service [iris] is removed" in removed.output
+    assert "autoscaler" not in config_of(served, "iris")
+
+    cron = write_spec(tmp_path, {"ScaleJobs": [{"Name": "day", "Schedule": "0 0 8 * * *", "TargetSize": 1}],
+                                 "ExcludeDates": ["* * * * * 0,6"], "TimeZone": "Asia/Shanghai"}, "cron.json")
+    set_ = run(conf_file, "cronscale", "iris", "-s", cron)
+    assert set_.exit_code == 0 and "[OK] Cron scaler of service [iris]: 1 jobs" in set_.output, set_.output
+    assert config_of(served, "iris")["cron_scaler"]["jobs"] == [{"name": "day", "schedule": "0 8 * * *", "target": 1}]
+    shown = run(conf_file, "cronscale", "desc", "iris")
+    assert "| day  | 0 0 8 * * * | 1          |" in shown.output and "ExcludeDates: * * * * * 0,6" in shown.output
+    assert run(conf_file, "cronscale", "rm", "iris").exit_code == 0
+    assert "cron_scaler" not in config_of(served, "iris")
 
 
 def test_not_found_says_what_to_do(conf_file: str) -> None:
@@ -444,7 +500,7 @@ def test_wrong_credentials_message(served: Harness, tmp_path: Path) -> None:
     path = served.conf(tmp_path / "eascmd.conf", access_key="wrong-key")
     result = run(path, "ls")
     assert result.exit_code == 1
-    assert "[ERROR] wrong access id or key [HTTP 401, Unauthorized" in result.stderr
+    assert "[HTTP 401, SignatureDoesNotMatch" in result.stderr and "check the AccessKey secret" in result.stderr
     assert f"check {path}" in result.stderr and "eascmd config -i" in result.stderr
 
 

@@ -57,8 +57,10 @@ def test_pmml_rows_as_lists_and_missing_fields(built: dict[str, BuiltModel]) -> 
     as_lists = [[r["x0"], r["x1"], r["x2"]] for r in records]
     answer = json.loads(processor.predict(Request(json.dumps({"instances": as_lists}).encode())).body)
     np.testing.assert_allclose([p["predicted_y"] for p in answer["predictions"]], built["pmml"].expected)
+    # Missing fields are imputed as EAS does (no missingValueReplacement here: 0.0 for doubles).
     partial = json.loads(processor.predict(Request(b'{"instances": [{"x0": 1.0}]}')).body)
-    assert partial == {"predictions": [{"predicted_y": None}]}  # PMML: missing input, no result
+    zeros = json.loads(processor.predict(Request(b'{"instances": [{"x0": 1.0, "x1": 0.0, "x2": 0.0}]}')).body)
+    assert partial == zeros and partial["predictions"][0]["predicted_y"] is not None
     with pytest.raises(ProcessorError, match="unknown field 'z'"):
         processor.predict(Request(b'{"instances": [{"z": 1}]}'))
 

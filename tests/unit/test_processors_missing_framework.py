@@ -108,8 +108,8 @@ def test_the_service_fails_with_it_before_any_instance_starts(no_sklearn: None, 
     desc = api.describe("iris")
     assert (desc["Status"], desc["Message"]) == ("Failed", SKLEARN_MISSING)
     assert api.cluster.calls == []  # the controller never asked the backend to deploy it
-    statuses = [e["Message"] for e in api.ok("GET", api.svc("iris", "/events"))["Events"] if e["Type"] == "Status"]
-    assert statuses[-1] == f"Creating -> Failed: {SKLEARN_MISSING}"
+    statuses = [e["Message"] for e in api.ok("GET", api.svc("iris", "/events"))["Events"] if e["Reason"] == "Status"]
+    assert statuses[0] == f"Creating -> Failed: {SKLEARN_MISSING}", "the newest event first"
 
 
 # Everything `pip install eas-serving` (no extra) does not bring.

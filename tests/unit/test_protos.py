@@ -101,8 +101,12 @@ def test_grpc_services_and_methods() -> None:
     inference = pool.FindServiceByName(v2.INFERENCE_SERVICE)
     assert v2.INFERENCE_SERVICE == "inference.GRPCInferenceService"
     assert {m.name: (m.input_type.full_name, m.output_type.full_name) for m in inference.methods} == {
-        name: (f"inference.{name}Request", f"inference.{name}Response")
-        for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")}
+        **{name: (f"inference.{name}Request", f"inference.{name}Response")
+           for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")},
+        # Triton's streaming extension (tritonclient's start_stream): requests in, responses out, both streamed.
+        "ModelStreamInfer": ("inference.ModelInferRequest", "inference.ModelStreamInferResponse")}
+    streaming = {m.name for m in inference.methods if m.client_streaming and m.server_streaming}
+    assert streaming == {"ModelStreamInfer"}
     predict = pool.FindServiceByName(v2.PREDICT_SERVICE)
     assert v2.PREDICT_SERVICE == "eas.Predict"
     assert [(m.name, m.input_type.full_name, m.output_type.full_name) for m in predict.methods] == [
@@ -234,6 +238,8 @@ BUILDERS: dict[str, Callable[[], Any]] = {
                                                      token="tok", content_type="application/json"),
     "eas_predict_reply": lambda: v2.PredictReply(status=429, body=b"too many", content_type="text/plain",
                                                  request_id="abc-123"),
+    "stream_infer_error": lambda: v2.ModelStreamInferResponse(
+        error_message="bad", infer_response=v2.ModelInferResponse(model_name="iris", id="r1")),
 }
 
 #: What each message above serialized to (deterministic: map entries sorted by key) with
@@ -288,6 +294,8 @@ WIRE = {
         "6c69636174696f6e2f6a736f6e"
     ),
     "eas_predict_reply": "08ad031208746f6f206d616e791a0a746578742f706c61696e22076162632d313233",
+    # Written by hand from Triton's grpc_service.proto (error_message = 1, infer_response = 2).
+    "stream_infer_error": "0a03626164120a0a04697269731a027231",
 }
 
 

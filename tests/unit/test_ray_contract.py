@@ -50,3 +50,29 @@ def test_the_serve_controller_reports_instance_details() -> None:
 
     # Called as a remote method by RayBackend.observe.
     assert hasattr(ServeController, "get_serve_instance_details")
+
+
+def test_what_the_log_reader_uses_exists(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """RayBackend.logs reads `worker-<id>-<job>-<pid>.out/.err` in the node's log dir,
+    found through the worker's Node; elsewhere it pins a task with NodeAffinity."""
+    from ray._private import worker
+    from ray._private.node import Node
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from eas.backend import ray_serve
+
+    assert hasattr(worker, "global_worker") and callable(Node.get_logs_dir_path)
+    assert "node_ip_address" in dir(Node) and "soft" in inspect.signature(NodeAffinitySchedulingStrategy).parameters
+
+    class FakeNode:
+        @staticmethod
+        def get_logs_dir_path() -> str:
+            return str(tmp_path)
+
+    monkeypatch.setattr(worker.global_worker, "node", FakeNode(), raising=False)
+    (tmp_path / "worker-aa-01000000-42.out").write_text(":job_id:01000000\n:actor_name:ServeReplica:x\nready\nout 2\n")
+    (tmp_path / "worker-aa-01000000-42.err").write_text(":actor_name:ServeReplica:x\nwarn\n")
+    (tmp_path / "worker-bb-01000000-420.out").write_text("another process\n")
+    assert ray_serve.worker_log_lines(42, 10) == ["ready", "out 2", "warn"]
+    assert ray_serve.worker_log_lines(42, 1) == ["out 2", "warn"], "the last lines of each"
+    assert ray_serve.worker_log_lines(7, 10) is None, "no files: not on this node"

@@ -44,15 +44,15 @@ def admitted(api: Harness, endpoint: str, token: str) -> bool:
 def with_mirror(api: Harness) -> str:
     api.create(spec("shadow", token="shadow-token-1"))
     api.settle()
-    api.ok("PUT", api.svc("svc", "/mirror"), {"Target": "shadow", "Percentage": 50})
+    api.ok("PUT", api.svc("svc", "/mirror"), {"Target": ["shadow"], "Ratio": 50})
     return "svc"
 
 
 def with_ab_split(api: Harness) -> str:
     api.create(spec("other", token="other-token-1"))
     api.settle()
-    api.ok("PUT", api.svc("svc", "/traffic"), {"Backends": [{"Service": "svc", "Weight": 50},
-                                                            {"Service": "other", "Weight": 50}]})
+    api.ok("PUT", "/api/v2/ext/services/local/svc/traffic", {"Backends": [{"Service": "svc", "Weight": 50},
+                                                                         {"Service": "other", "Weight": 50}]})
     return "svc"
 
 
@@ -90,7 +90,7 @@ def test_the_released_partners_own_endpoint_and_a_group_keep_their_own_tokens(ap
     api.settle()
     api.ok("PUT", api.svc(partner, "/release"), {"Weight": 50})
     assert api.store.traffic()[partner].token == "", "the closed row holds no token"
-    api.ok("POST", "/api/v2/groups", {"Name": "grp", "Members": [{"Service": "svc", "Weight": 100}],
+    api.ok("POST", "/api/v2/ext/groups", {"Name": "grp", "Members": [{"Service": "svc", "Weight": 100}],
                                       "Token": "group-token-1"})
     api.settle()
     rotate(api, "svc", NEW)
@@ -139,7 +139,7 @@ def test_a_store_from_before_keeps_no_copies(tmp_path: Path) -> None:
 def test_rotation_through_a_mirror_with_real_instances(served: Harness, echo_code: Path) -> None:
     served.running(echo_spec("front", echo_code, token=OLD))
     served.running(echo_spec("copy", echo_code, token="copy-token-12"))
-    served.ok("PUT", served.svc("front", "/mirror"), {"Target": "copy", "Percentage": 100})
+    served.ok("PUT", served.svc("front", "/mirror"), {"Target": ["copy"], "Ratio": 100})
     served.ok("PUT", served.svc("front"), {"token": NEW})
     wait_until(lambda: served.predict("front", b"x", NEW).status_code == 200, "the new token to be accepted")
     answer = served.predict("front", b"x", NEW)

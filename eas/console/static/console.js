@@ -137,6 +137,8 @@ async function request(method, url, { json, body, headers = {} } = {}) {
 }
 
 const api = (method, path, opts) => request(method, 'api/v2' + path, opts);
+// The API pages its lists (EAS's PageNumber/PageSize, 100 by default); one page of its most.
+const PAGE_MAX = 1000;
 const svcPath = (name, suffix = '') => `/services/${enc(S.session.Region)}/${enc(name)}${suffix}`;
 
 async function act(what, fn) {
@@ -347,7 +349,7 @@ function servicesPage() {
   };
   const load = async () => {
     try {
-      const [list, metrics] = await Promise.all([api('GET', '/services'),
+      const [list, metrics] = await Promise.all([api('GET', `/services?PageSize=${PAGE_MAX}`),
         request('GET', 'metrics').catch(() => ({ Services: {} }))]);
       S.services = list.Services;
       for (const [name, s] of Object.entries(metrics.Services)) {
@@ -381,7 +383,7 @@ function serviceRow(svc, rate) {
   const cached = S.rowCache.get(svc.ServiceName);
   if (cached && cached.key === key) return cached.row;
   const name = svc.ServiceName;
-  const url = `${svc.IntranetEndpoint}${svc.ServicePath}`;
+  const url = svc.IntranetEndpoint;
   const stopped = ['Stopped', 'Stopping'].includes(svc.Status);
   const row = h('tr', { 'data-service': name },
     h('th', { scope: 'row' }, h('a', { href: `#/service/${enc(name)}` }, name)),
@@ -516,7 +518,9 @@ function createPage() {
     ev.preventDefault();
     submit.disabled = true;
     try {
-      const out = await api('POST', '/services' + (blue.checked ? '?BlueGreen=true' : ''),
+      // A blue-green partner is ours, not EAS's: POST /api/v2/ext/services/{region}/{name}/partners.
+      const partnerOf = () => { try { const j = JSON.parse(text.value); return j.name || (j.metadata || {}).name || ''; } catch { return ''; } };
+      const out = await api('POST', blue.checked ? `/ext${svcPath(partnerOf(), '/partners')}` : '/services',
         { body: text.value, headers: { 'Content-Type': 'application/json' } });
       toast(`Created ${out.ServiceName}`);
       go(`#/service/${enc(out.ServiceName)}`);
@@ -595,7 +599,7 @@ async function servicePage(name, tab) {
     if (key === headKey) return;
     headKey = key;
     const stopped = ['Stopped', 'Stopping'].includes(svc.Status);
-    const url = `${svc.IntranetEndpoint}${svc.ServicePath}`;
+    const url = svc.IntranetEndpoint;
     heading.replaceChildren(name, ' ', statusBadge(svc.Status));
     summary.replaceChildren(...[
       svc.Message ? h('p', { class: 'reason', id: 'service-message' }, svc.Message) : null,
@@ -631,7 +635,7 @@ function renderOverview(panel, name, current) {
   const facts = h('dl', { class: 'facts' },
     h('dt', {}, 'Service ID'), h('dd', {}, svc.ServiceId),
     h('dt', {}, 'Region'), h('dd', {}, svc.Region),
-    h('dt', {}, 'Resources'), h('dd', {}, `${svc.CPU} CPU · ${svc.Memory} MB · ${svc.GPU} GPU per instance`),
+    h('dt', {}, 'Resources'), h('dd', {}, `${(svc.Ext || {}).Cpu ?? svc.Cpu} CPU · ${svc.Memory} MB · ${svc.Gpu} GPU per instance`),
     h('dt', {}, 'Created'), h('dd', {}, time(svc.CreateTime)),
     h('dt', {}, 'Token'), h('dd', {}, token, ' ',
       h('button', { type: 'button', class: 'ghost small', onclick: (ev) => {
@@ -640,8 +644,7 @@ function renderOverview(panel, name, current) {
         ev.target.textContent = shown ? 'Hide' : 'Show';
       } }, 'Show'), ' ', copyButton(svc.AccessToken, 'token')),
     h('dt', {}, 'Updated'), h('dd', {}, time(svc.UpdateTime)),
-    h('dt', {}, 'Last scaling'), h('dd', {}, svc.LastScaling
-      ? `${time(svc.LastScaling.Time)}: ${svc.LastScaling.DesiredInstance} (${svc.LastScaling.Reason})` : '—'));
+    h('dt', {}, 'Last scaling'), h('dd', {}, lastScaling(svc)));
   const charts = h('div', { class: 'charts', id: 'charts' });
   const figs = {};
   for (const id of ['requests', 'latency', 'queue', 'instances', 'split', 'batches']) {
@@ -799,16 +802,17 @@ async function renderConfig(panel, name, current) {
 
 async function versionCompare(box, name, left, right) {
   const out = await api('GET', svcPath(name, '/versions'));
-  const versions = out.Versions.map((v) => v.Version);
+  const currentVersion = out.Ext.CurrentVersion;
+  const versions = out.Versions.map((v) => v.ImageId);
   const a = h('select', { id: 'diff-from' }, versions.map((v) => h('option', { value: String(v) }, `version ${v}`)));
   const b = h('select', { id: 'diff-to' }, versions.map((v) => h('option', { value: String(v) }, `version ${v}`)));
-  a.value = String(left ?? Math.max(1, out.CurrentVersion - 1));
-  b.value = String(right ?? out.CurrentVersion);
+  a.value = String(left ?? Math.max(1, currentVersion - 1));
+  b.value = String(right ?? currentVersion);
   const view = h('div', {});
   const show = () => {
     const get = (v) => {
-      const found = out.Versions.find((x) => String(x.Version) === v);
-      return found ? JSON.stringify(sortKeys(found.ServiceConfig), null, 2) : '';
+      const found = out.Versions.find((x) => String(x.ImageId) === v);
+      return found ? JSON.stringify(sortKeys(JSON.parse(found.ServiceConfig)), null, 2) : '';
     };
     view.replaceChildren(diffView(get(a.value), get(b.value)));
   };
@@ -821,22 +825,25 @@ async function versionCompare(box, name, left, right) {
 async function renderVersions(panel, name, current) {
   const out = await api('GET', svcPath(name, '/versions'));
   const compare = h('div', { id: 'compare' });
+  // EAS's ListServiceVersions: ImageId is the version, ServiceConfig its JSON as text.
+  const currentVersion = out.Ext.CurrentVersion;
   const rows = [...out.Versions].reverse().map((v) => {
-    const cfg = v.ServiceConfig || {};
-    return h('tr', { 'data-version': String(v.Version) },
-      h('th', { scope: 'row' }, `version ${v.Version}`),
-      h('td', {}, v.Current ? h('span', { class: 'badge Running' }, 'current') : ''),
+    const cfg = JSON.parse(v.ServiceConfig || '{}');
+    const isCurrent = v.ImageId === currentVersion;
+    return h('tr', { 'data-version': String(v.ImageId) },
+      h('th', { scope: 'row' }, `version ${v.ImageId}`),
+      h('td', {}, isCurrent ? h('span', { class: 'badge Running' }, 'current') : ''),
       h('td', {}, h('code', {}, cfg.processor || cfg.processor_type || '')),
       h('td', {}, h('code', {}, cfg.model_path || cfg.processor_path || '')),
       h('td', { class: 'actions' },
-        h('button', { type: 'button', class: 'ghost small', onclick: () => versionCompare(compare, name, v.Version, out.CurrentVersion) },
+        h('button', { type: 'button', class: 'ghost small', onclick: () => versionCompare(compare, name, v.ImageId, currentVersion) },
           'Compare with current'),
-        v.Current ? null : h('button', { type: 'button', class: 'ghost small', onclick: async () => {
-          if (!(await confirmDialog(`Switch ${name} to version ${v.Version}?`,
+        isCurrent ? null : h('button', { type: 'button', class: 'ghost small', onclick: async () => {
+          if (!(await confirmDialog(`Switch ${name} to version ${v.ImageId}?`,
             'The model and code of that version roll out; the instance count stays.', 'Switch'))) return;
-          await act(`switch to version ${v.Version}`, () => api('PUT', svcPath(name, '/version'), { json: { Version: v.Version } }));
+          await act(`switch to version ${v.ImageId}`, () => api('PUT', svcPath(name, '/version'), { json: { Version: v.ImageId } }));
           go(`#/service/${enc(name)}/versions`);
-        } }, v.Version < out.CurrentVersion ? 'Roll back to this' : 'Switch to this')));
+        } }, v.ImageId < currentVersion ? 'Roll back to this' : 'Switch to this')));
   });
   panel.replaceChildren(
     h('table', { id: 'versions' }, h('caption', { class: 'visually-hidden' }, 'Versions'),
@@ -849,7 +856,7 @@ async function renderVersions(panel, name, current) {
 // -- traffic: A/B weights, blue-green release, mirror ---------------------------------------
 
 async function allServiceNames() {
-  const list = await api('GET', '/services');
+  const list = await api('GET', `/services?PageSize=${PAGE_MAX}`);
   S.services = list.Services;
   return list.Services.map((s) => s.ServiceName);
 }
@@ -899,7 +906,7 @@ async function renderTraffic(panel, name, current) {
       if (add.value) { backends.push({ Service: add.value, Weight: 0 }); draw(); }
     } }, 'Add backend');
     const apply = h('button', { type: 'button', id: 'apply-weights', onclick: async () => {
-      await act('traffic updated', () => api('PUT', svcPath(name, '/traffic'), { json: { Backends: backends } }));
+      await act('traffic updated', () => api('PUT', `/ext${svcPath(name, '/traffic')}`, { json: { Backends: backends } }));
     } }, 'Apply weights');
     draw();
     parts.push(h('section', { 'aria-labelledby': 'ab-title' },
@@ -936,17 +943,17 @@ async function renderTraffic(panel, name, current) {
   const mirror = t.Endpoint && t.Endpoint.Mirror;
   const target = h('select', { id: 'mirror-target' }, others.map((n) => h('option', { value: n }, n)));
   if (mirror) target.value = mirror.Target;
-  const pct = { Service: 'mirror', Weight: mirror ? mirror.Percentage : 100 };
+  const pct = { Service: 'mirror', Weight: mirror ? mirror.Ratio : 100 };
   const { row: pctRow } = weightRow(pct, () => {});
   pctRow.querySelector('label').textContent = 'Share of requests copied (%)';
   parts.push(h('section', { 'aria-labelledby': 'mirror-title' },
     h('h2', { id: 'mirror-title' }, 'Mirror'),
-    h('p', { id: 'mirror-now' }, mirror ? `${mirror.Percentage}% of requests are copied to ${mirror.Target} (answers dropped).`
+    h('p', { id: 'mirror-now' }, mirror ? `${mirror.Ratio}% of requests are copied to ${mirror.Target} (answers dropped).`
       : 'No mirror: requests are not copied.'),
     field('Copy requests to', target), h('div', { class: 'weights' }, pctRow),
     h('div', { class: 'row' },
       h('button', { type: 'button', id: 'mirror-apply', disabled: !others.length, onclick: async () => {
-        await act('mirror set', () => api('PUT', svcPath(name, '/mirror'), { json: { Target: target.value, Percentage: pct.Weight } }));
+        await act('mirror set', () => api('PUT', svcPath(name, '/mirror'), { json: { Target: [target.value], Ratio: pct.Weight } }));
         go(`#/service/${enc(name)}/traffic`);
       } }, 'Set mirror'),
       mirror ? h('button', { type: 'button', class: 'ghost danger', onclick: async () => {
@@ -962,14 +969,40 @@ async function renderTraffic(panel, name, current) {
 
 // -- scaling: autoscaler, cron scaler, sleep -----------------------------------------------
 
+// The autoscaler and cron scaler in EAS's bodies (Create/UpdateServiceAutoScaler,
+// Create/UpdateServiceCronScaler: six-field schedules, seconds first); sleep is ours.
 const SCALER_EXAMPLES = {
   autoscaler: { min: 1, max: 4, scaleStrategies: [{ metricName: 'qps', threshold: 10 }] },
-  cron_scaler: { timezone: 'UTC', jobs: [{ schedule: '0 8 * * *', target: 2 }, { schedule: '0 20 * * *', target: 1 }] },
+  cron_scaler: { TimeZone: 'UTC', ScaleJobs: [{ Name: 'day', Schedule: '0 0 8 * * *', TargetSize: 2 },
+    { Name: 'night', Schedule: '0 0 20 * * *', TargetSize: 1 }] },
   sleep: { idle_seconds: 600 },
 };
 
+// What DescribeServiceAutoScaler / DescribeServiceCronScaler answer, as the bodies the PUTs take.
+function autoscalerBody(a) {
+  if (!a.Ext.Enabled) return null;
+  const body = { min: a.MinReplica, max: a.MaxReplica,
+    scaleStrategies: a.ScaleStrategies.map((s) => (s.service ? s : { metricName: s.metricName, threshold: s.threshold })) };
+  if (Object.keys(a.Behavior || {}).length) body.behavior = a.Behavior;
+  return body;
+}
+
+function cronBody(c) {
+  if (!c.Ext.Enabled) return null;
+  const body = { ScaleJobs: c.ScaleJobs.map((j) => ({ Name: j.Name, Schedule: j.Schedule, TargetSize: j.TargetSize })) };
+  if (c.TimeZone) body.TimeZone = c.TimeZone;
+  if (c.ExcludeDates.length) body.ExcludeDates = c.ExcludeDates;
+  return body;
+}
+
+function lastScaling(svc) {
+  const last = (svc.Ext || {}).LastScaling;
+  return last ? `${time(last.Time)}: ${last.DesiredInstance} (${last.Reason})` : '—';
+}
+
 async function renderScaling(panel, name, current) {
-  const out = await api('GET', svcPath(name, '/autoscaler'));
+  const [out, cron] = await Promise.all([api('GET', svcPath(name, '/autoscaler')), api('GET', svcPath(name, '/cronscaler'))]);
+  const last = out.Ext.LastScaling;
   const block = (title, key, value, put, remove) => {
     const editor = h('textarea', { class: 'code', id: `editor-${key}`, spellcheck: 'false', rows: '9' });
     editor.value = JSON.stringify(value || SCALER_EXAMPLES[key], null, 2);
@@ -997,14 +1030,14 @@ async function renderScaling(panel, name, current) {
   const count = h('p', {}, `Desired instances: ${svc.TotalInstance} (running ${svc.RunningInstance}). `,
     h('button', { type: 'button', class: 'ghost small', onclick: () => scaleDialog(svc) }, 'Scale…'));
   panel.replaceChildren(count,
-    h('p', { class: 'muted' }, 'Last decision: ', out.LastScaling
-      ? `${time(out.LastScaling.Time)} → ${out.LastScaling.DesiredInstance} (${out.LastScaling.Reason})` : 'none yet'),
+    h('p', { class: 'muted' }, 'Last decision: ', last
+      ? `${time(last.Time)} → ${last.DesiredInstance} (${last.Reason})` : 'none yet'),
     h('div', { class: 'cols' },
-      block('Autoscaler', 'autoscaler', out.Autoscaler,
+      block('Autoscaler', 'autoscaler', autoscalerBody(out),
         (b) => api('PUT', svcPath(name, '/autoscaler'), { json: b }), () => api('DELETE', svcPath(name, '/autoscaler'))),
-      block('Cron scaler', 'cron_scaler', out.CronScaler,
+      block('Cron scaler', 'cron_scaler', cronBody(cron),
         (b) => api('PUT', svcPath(name, '/cronscaler'), { json: b }), () => api('DELETE', svcPath(name, '/cronscaler')))),
-    block('Sleep when idle', 'sleep', out.Sleep,
+    block('Sleep when idle', 'sleep', out.Ext.Sleep,
       (b) => api('PUT', svcPath(name), { json: { sleep: b } }), () => api('PUT', svcPath(name), { json: { sleep: null } })),
     h('p', { class: 'hint' }, 'Fields: docs/elasticity.md. Errors name the field as the API does, e.g. autoscaler.max.'));
 }
@@ -1015,16 +1048,16 @@ async function renderInstances(panel, name) {
   const tbody = h('tbody', { id: 'instances-body' });
   const note = h('p', { class: 'muted', id: 'instances-count', 'aria-live': 'polite' });
   const load = async () => {
-    const out = await api('GET', svcPath(name, '/instances'));
+    const out = await api('GET', svcPath(name, `/instances?PageSize=${PAGE_MAX}`));
     note.textContent = `${out.TotalCount} instances`;
     tbody.replaceChildren(...out.Instances.map((i) => h('tr', { 'data-instance': i.InstanceName },
       h('th', { scope: 'row' }, h('code', {}, i.InstanceName)),
       h('td', {}, statusBadge(i.Status), i.Reason ? h('span', { class: 'reason' }, i.Reason) : null),
       h('td', { class: 'num' }, `${i.ReadyProcesses}/${i.TotalProcesses}`),
-      h('td', { class: 'num' }, String(i.Restarts)),
-      h('td', {}, i.LastState || '—'),
-      h('td', {}, i.HostIp),
-      h('td', {}, i.InstanceIp),
+      h('td', { class: 'num' }, String(i.RestartCount)),
+      h('td', {}, i.LastState && i.LastState.length ? JSON.stringify(i.LastState[i.LastState.length - 1]) : '—'),
+      h('td', {}, i.HostIP),
+      h('td', {}, i.InnerIP),
       h('td', {}, time(i.StartAt)),
       h('td', { class: 'actions' }, h('button', { type: 'button', class: 'ghost small', 'aria-label': `Restart ${i.InstanceName}`,
         onclick: async () => {
@@ -1048,8 +1081,9 @@ async function renderEvents(panel, name) {
   const list = h('ol', { class: 'events', id: 'events' });
   const load = async () => {
     const out = await api('GET', svcPath(name, '/events'));
-    list.replaceChildren(...[...out.Events].reverse().map((e) => h('li', {},
-      h('time', { datetime: e.Time }, time(e.Time)), h('span', { class: 'type' }, e.Type), e.Message)));
+    // DescribeServiceEvent answers newest first, as the list shows them; Reason is the kind of change.
+    list.replaceChildren(...out.Events.map((e) => h('li', {},
+      h('time', { datetime: e.Time }, time(e.Time)), h('span', { class: 'type' }, e.Reason), e.Message)));
     if (!out.Events.length) list.append(h('li', { class: 'muted' }, 'No event yet.'));
   };
   panel.replaceChildren(logs, h('h2', {}, 'Events'), list);

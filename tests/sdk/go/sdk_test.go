@@ -263,3 +263,38 @@ func TestDirectModeSpreadsOverNewInstances(t *testing.T) {
 		"spread_s": spread, "after": after})
 	os.WriteFile(filepath.Join(sync, "result.json"), result, 0o644)
 }
+
+// The Go SDK's compressors (SetCompressType): the body is compressed and signed as sent,
+// with no Content-Encoding; the service's metadata.rpc.decompressor ("gzip", which reads
+// zlib too) undoes it before the processor, whose echo proves what it received.
+func TestCompressedGzipAndZlib(t *testing.T) {
+	for _, compressType := range []string{eas.CompressTypeGzip, eas.CompressTypeZlib} {
+		c := client(t, env(t, "EAS_ENDPOINT"), env(t, "EAS_GZIP_SERVICE"), env(t, "EAS_GZIP_TOKEN"), 0)
+		c.SetCompressType(compressType)
+		body := strings.Repeat("compressed by the go sdk with "+compressType+"; ", 100)
+		out, err := c.StringPredict(body)
+		if err != nil {
+			t.Fatalf("%s: %v", compressType, err)
+		}
+		answer := decode(t, out)
+		if answer["upper"] != strings.ToUpper(body) || answer["length"] != float64(len(body)) {
+			t.Fatalf("%s: the processor did not see the decompressed body: %v", compressType, answer)
+		}
+	}
+}
+
+// A body that inflates past the service's body limit is refused with 413 while it
+// inflates: the SDK compresses (limit + 1 MiB) of zeros into about 65 KiB.
+func TestDecompressionBombIs413(t *testing.T) {
+	limit, err := strconv.Atoi(env(t, "EAS_BODY_LIMIT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := client(t, env(t, "EAS_ENDPOINT"), env(t, "EAS_GZIP_SERVICE"), env(t, "EAS_GZIP_TOKEN"), 0)
+	c.SetCompressType(eas.CompressTypeGzip)
+	_, err = c.BytesPredict(make([]byte, limit+1<<20))
+	perr, ok := err.(*eas.PredictError)
+	if !ok || perr.Code != 413 || !strings.Contains(perr.Message, "decompresses to more than") {
+		t.Fatalf("expected a 413 for the bomb, got %v", err)
+	}
+}

@@ -11,8 +11,11 @@ or, for the DIRECT-mode scaling check, {"spread": {...}} (see `spread`).
 
 client:  endpoint, service, token, endpoint_type ("DIRECT"...), custom_url, retry_count, timeout_ms
 request: {"kind": "string", "body": str}
+         {"kind": "bytes", "file": path}  (a StringRequest of the file's bytes, sent as they are)
          {"kind": "tf", "signature": str, "feeds": [{"name", "shape", "dtype", "values"}], "fetches": [str]}
-         {"kind": "torch", "feeds": [{"index", "shape", "dtype", "values"}], "fetches": [int]}
+         {"kind": "torch", "feeds": [{"index", "shape", "dtype", "values"}], "fetches": [int],
+          "compress": bool}  (TorchRequest(True): the body Snappy-compressed)
+         {"kind": "onnx", "tensors": [{"name", "shape", "dtype" (numpy), "values"}]}  (OnnxRequest)
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ import os
 import sys
 import time
 
+import numpy as np
 from eas_prediction import PredictClient, PredictException, StringRequest, TFRequest, TorchRequest
+from eas_prediction import onnx_processor_data_helper as onnx_helper
+from eas_prediction.onnx_request import OnnxRequest
 
 RESULT_MARK = "SDK-RESULT "
 
@@ -52,8 +58,17 @@ def build(request: dict):
         for name in request.get("fetches", []):
             req.add_fetch(name)
         return req
+    if kind == "bytes":
+        with open(request["file"], "rb") as f:
+            return StringRequest(f.read())
+    if kind == "onnx":
+        req = OnnxRequest()
+        for t in request["tensors"]:
+            array = np.array(t["values"], dtype=t["dtype"]).reshape(t["shape"])
+            req.add_tensor(onnx_helper.from_array(array, t["name"]))
+        return req
     if kind == "torch":
-        req = TorchRequest()
+        req = TorchRequest(bool(request.get("compress")))
         for feed in request["feeds"]:
             req.add_feed(feed["index"], feed["shape"], getattr(TorchRequest, feed["dtype"]), feed["values"])
         for index in request.get("fetches", []):
@@ -64,9 +79,13 @@ def build(request: dict):
 
 def read(request: dict, response) -> object:
     kind = request["kind"]
-    if kind == "string":
+    if kind in ("string", "bytes"):
         data = response.response_data
         return data.decode("utf-8") if isinstance(data, bytes) else str(data)
+    if kind == "onnx":
+        tensors = [response.get_tensor(i) for i in range(response.get_size())]
+        return {t.name: {"shape": list(t.dims), "values": onnx_helper.to_array(t).ravel().tolist()}
+                for t in tensors}
     if kind == "tf":
         names = request.get("fetches") or list(response.response.outputs)
         return {name: {"shape": list(response.get_tensor_shape(name)), "values": list(response.get_values(name))}
