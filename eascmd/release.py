@@ -246,10 +246,7 @@ def autoscale_command(settings: Settings, args: tuple[str, ...], defines: tuple[
       eascmd autoscale rm iris
     """
     client = settings.client()
-    verb, target = (args[0], args[1:]) if args[0] in ("rm", "desc") else ("", args)
-    if len(target) != 1:
-        raise click.UsageError("name one service: eascmd autoscale [rm|desc] [REGION/]SERVICE [-D...]")
-    name = _service_arg(settings, target[0])
+    verb, name = _verb_and_service(settings, args, "eascmd autoscale [rm|desc] [REGION/]SERVICE [-D...]")
     if verb == "rm":
         print_request_id(str(client.delete_autoscaler(name).get("RequestId", "")))
         ok(f"Autoscaler of service [{name}] is removed")
@@ -275,6 +272,14 @@ def autoscale_command(settings: Settings, args: tuple[str, ...], defines: tuple[
        + ", ".join(f"{s['metricName']} {s['threshold']:g}" for s in block["scaleStrategies"]))
 
 
+def _verb_and_service(settings: Settings, args: tuple[str, ...], usage: str) -> tuple[str, str]:
+    """`[rm|desc] [REGION/]SERVICE`: the verb ("" to set) and the service name."""
+    verb, target = (args[0], args[1:]) if args[0] in ("rm", "desc") else ("", args)
+    if len(target) != 1:
+        raise click.UsageError(f"name one service: {usage}")
+    return verb, _service_arg(settings, target[0])
+
+
 @click.command("cronscale")
 @click.argument("args", nargs=-1, required=True, metavar="[rm|desc] [REGION/]SERVICE")
 @click.option("-s", "--spec", "spec_file", metavar="FILE",
@@ -295,10 +300,7 @@ def cronscale_command(settings: Settings, args: tuple[str, ...], spec_file: str 
       eascmd cronscale rm iris
     """
     client = settings.client()
-    verb, target = (args[0], args[1:]) if args[0] in ("rm", "desc") else ("", args)
-    if len(target) != 1:
-        raise click.UsageError("name one service: eascmd cronscale [rm|desc] [REGION/]SERVICE [-s FILE]")
-    name = _service_arg(settings, target[0])
+    verb, name = _verb_and_service(settings, args, "eascmd cronscale [rm|desc] [REGION/]SERVICE [-s FILE]")
     if verb == "rm":
         print_request_id(str(client.delete_cron_scaler(name).get("RequestId", "")))
         ok(f"Cron scaler of service [{name}] is removed")

@@ -80,50 +80,10 @@ def grpc_code(status: int) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.UNKNOWN
 
 
-def model_name_of(message: bytes) -> str:
-    """Field 1 (`model_name`) of a serialized ModelInferRequest, read without decoding the
-    tensors: walk the top-level fields, skipping each by its wire type."""
-    pos, end = 0, len(message)
-
-    def varint() -> int:
-        nonlocal pos
-        shift = result = 0
-        while True:
-            if pos >= end or shift > 63:
-                raise ValueError("truncated varint")
-            byte = message[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return result
-            shift += 7
-
-    while pos < end:
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            varint()
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            length = varint()
-            if number == 1:
-                if pos + length > end:
-                    raise ValueError("truncated model_name")
-                return message[pos:pos + length].decode("utf-8")
-            pos += length
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if pos > end:
-            raise ValueError("truncated message")
-    return ""
-
-
-def name_and_id_of(message: bytes) -> tuple[str, str]:
-    """Fields 1 (`model_name`) and 3 (`id`) of a serialized ModelInferRequest, read without
-    decoding the tensors (what a stream's error answer must carry to be matched)."""
+def string_fields(message: bytes, numbers: frozenset[int]) -> dict[int, str]:
+    """The top-level string fields `numbers` of a serialized message, read without
+    decoding the rest (tensors): walk the fields, skipping each by its wire type, and stop
+    once every wanted field is found."""
     found: dict[int, str] = {}
     pos, end = 0, len(message)
 
@@ -140,7 +100,7 @@ def name_and_id_of(message: bytes) -> tuple[str, str]:
                 return result
             shift += 7
 
-    while pos < end:
+    while pos < end and len(found) < len(numbers):
         key = varint()
         number, wire = key >> 3, key & 7
         if wire == 0:
@@ -151,7 +111,7 @@ def name_and_id_of(message: bytes) -> tuple[str, str]:
             pos += 4
         elif wire == 2:
             length = varint()
-            if number in (1, 3):
+            if number in numbers:
                 if pos + length > end:
                     raise ValueError("truncated string field")
                 found[number] = message[pos:pos + length].decode("utf-8")
@@ -160,6 +120,22 @@ def name_and_id_of(message: bytes) -> tuple[str, str]:
             raise ValueError(f"unsupported wire type {wire}")
         if pos > end:
             raise ValueError("truncated message")
+    return found
+
+
+_NAME = frozenset({1})
+_NAME_AND_ID = frozenset({1, 3})
+
+
+def model_name_of(message: bytes) -> str:
+    """Field 1 (`model_name`) of a serialized ModelInferRequest (how a call is routed)."""
+    return string_fields(message, _NAME).get(1, "")
+
+
+def name_and_id_of(message: bytes) -> tuple[str, str]:
+    """Fields 1 (`model_name`) and 3 (`id`) of a serialized ModelInferRequest (what a
+    stream's error answer must carry to be matched)."""
+    found = string_fields(message, _NAME_AND_ID)
     return found.get(1, ""), found.get(3, "")
 
 
