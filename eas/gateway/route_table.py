@@ -57,6 +57,8 @@ class Route:
     retry_in_flight: bool = False
     """A request whose instance died while running it may be sent once more to another
     instance (`rpc.retry_in_flight`: the service's predictions are pure)."""
+    backflow: tuple[float, int] | None = None
+    """Data backflow: (share of requests captured, bytes kept of each body); None: off."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Entry:
     mirror: tuple[str, int] | None = None
     closed: str = ""
     """Non-empty for a released partner's own endpoint: why it no longer answers."""
+    bml: bool = False
+    """The endpoint answers Baidu BML's API (eas/protocols/bml.py)."""
 
     def pick(self, draw: float, pin: str | None = None) -> str | None:
         """The backend for one request: the pinned one if it is a backend, else by weight.

@@ -1,0 +1,64 @@
+"""BML's API face in-process: envelopes, error codes, log ids, and the service JSON blocks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eas.protocols import bml
+from eas.protocols.wire import Answer, error_answer
+from eas.spec import ServiceSpec
+
+
+def test_success_gets_the_log_id_spliced_in() -> None:
+    answer = bml.to_bml(Answer(200, b'{"result":{"labels":[]}}', {}), "req-1")
+    assert json.loads(answer.body) == {"log_id": bml.log_id("req-1"), "result": {"labels": []}}
+    assert json.loads(bml.to_bml(Answer(200, b"{}", {}), "r").body) == {"log_id": bml.log_id("r")}
+    listed = bml.to_bml(Answer(200, b"[1, 2]", {}), "r")
+    assert json.loads(listed.body) == {"log_id": bml.log_id("r"), "result": [1, 2]}
+    raw = Answer(200, b"\x89PNG", {"Content-Type": "image/png"})
+    assert bml.to_bml(raw, "r").body == b"\x89PNG"
+
+
+def test_log_id_is_a_stable_positive_63_bit_number() -> None:
+    assert bml.log_id("abc") == bml.log_id("abc") != bml.log_id("abd")
+    assert 0 < bml.log_id("abc") < 2**63
+
+
+@pytest.mark.parametrize(("status", "code", "message", "expected"), [
+    (400, 336006, "Missing required parameter", 336006),  # the user's CustomException code
+    (400, "336005", "Failed decoding input", 336005),
+    (400, 400, "request body is not valid JSON: ...", bml.INVALID_JSON),
+    (400, 400, "processor raised KeyError", bml.INVALID_ARGUMENT),
+    (401, 401, "missing Authorization header: ...", bml.INVALID_TOKEN_PARAMETER),
+    (401, 401, "wrong token for this service", bml.TOKEN_INVALID),
+    (404, 404, "service 'x' does not exist", bml.NO_METHOD),
+    (413, 413, "request body over 64 bytes", bml.BAD_SIZE),
+    (429, 429, "over the rate limit", bml.QPS_LIMIT),
+    (503, 503, "service 'x' is not available: waking", bml.MODEL_UNAVAILABLE),
+    (500, 500, "boom", bml.INTERNAL_ERROR),
+])
+def test_error_codes(status: int, code: object, message: str, expected: int) -> None:
+    assert bml.error_code_for(status, code, message) == expected
+
+
+def test_errors_become_bml_error_bodies() -> None:
+    answer = bml.to_bml(error_answer(429, "over the rate limit of 5 requests/s", "rid", {"Retry-After": "1"}), "rid")
+    assert answer.status == 429 and answer.headers["Retry-After"] == "1"
+    assert json.loads(answer.body) == {"log_id": bml.log_id("rid"), "error_code": 18,
+                                       "error_msg": "over the rate limit of 5 requests/s"}
+
+
+def test_service_json_blocks() -> None:
+    base = {"name": "s", "processor": "sklearn", "model_path": "/m", "metadata": {"instance": 1}}
+    spec = ServiceSpec.model_validate({**base, "bml": {"framework": "xgboost"}, "backflow": {"ratio": 0.25}})
+    assert spec.bml is not None and spec.bml.enabled and spec.bml.framework == "xgboost"
+    assert spec.backflow is not None and spec.backflow.max_body_bytes == 64 * 1024
+    # Changing the sampling is applied to running instances; BML mode rolls them.
+    same = ServiceSpec.model_validate({**base, "bml": {"framework": "xgboost"}, "backflow": {"ratio": 0.5}})
+    assert same.code_version() == spec.code_version()
+    with pytest.raises(ValueError, match="ratio"):
+        ServiceSpec.model_validate({**base, "backflow": {"ratio": 2}})
+    with pytest.raises(ValueError, match="framework"):
+        ServiceSpec.model_validate({**base, "bml": {"framework": "caffe"}})
