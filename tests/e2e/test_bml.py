@@ -160,12 +160,20 @@ def bml(server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             spec["backflow"] = {"ratio": 0.1, "max_body_bytes": 4096}
         return name, server.eascmd("create", str(write_json(root / f"{name}.json", spec)), check=False)
 
-    with ThreadPoolExecutor(len(SERVICES)) as pool:
+    def tabular() -> tuple[str, Any]:  # a built-in processor in BML mode: BML's tabular API
+        spec = {"name": "bml_table", "processor": "sklearn", "model_path": str(root / "sklearn" / "model.pkl"),
+                "model_config": {"feature_names": ["sepal_length", "sepal_width", "petal_length", "petal_width"]},
+                "bml": {"framework": "sklearn"}, "metadata": {"instance": 1, "cpu": 0.5}}
+        return "bml_table", server.eascmd("create", str(write_json(root / "bml_table.json", spec)), check=False)
+
+    with ThreadPoolExecutor(len(SERVICES) + 1) as pool:
+        table = pool.submit(tabular)
         created = dict(pool.map(create, SERVICES))
+        created.update([table.result()])
     for name, res in created.items():
         assert res.returncode == 0, f"{name}: {res.stdout}{res.stderr}\n{server.log_tail()}"
     with server.admin() as client:
-        tokens = {n: client.get(f"/api/v2/services/local/{n}").json()["AccessToken"] for n in SERVICES}
+        tokens = {n: client.get(f"/api/v2/services/local/{n}").json()["AccessToken"] for n in created}
     return {**built, "tokens": tokens, "root": root}
 
 
@@ -200,6 +208,17 @@ def test_sklearn_sample_answers_bml_envelopes(server, bml: dict[str, Any]) -> No
     wrong = _bml_post(server, "bml_sklearn", body, "not-the-token-at-all")
     assert wrong.status_code == 401 and wrong.json()["error_code"] == 110
     assert _bml_post(server, "bml_sklearn", body, None).json()["error_code"] == 100
+
+
+def test_tabular_api_answers_batch_results(server, bml: dict[str, Any]) -> None:
+    rows, clf = bml["rows"], bml["sklearn"]
+    names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    data = [dict(zip(names, r)) for r in rows.tolist()]
+    resp = _bml_post(server, "bml_table", {"include_req": True, "data": data}, bml["tokens"]["bml_table"])
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    assert isinstance(answer["log_id"], int)
+    assert answer["batch_results"] == [{**row, "prediction": int(p)} for row, p in zip(data, clf.predict(rows))]
 
 
 def test_xgboost_sample_regression_values(server, bml: dict[str, Any]) -> None:

@@ -62,3 +62,26 @@ def test_service_json_blocks() -> None:
         ServiceSpec.model_validate({**base, "backflow": {"ratio": 2}})
     with pytest.raises(ValueError, match="framework"):
         ServiceSpec.model_validate({**base, "bml": {"framework": "caffe"}})
+
+
+def test_tabular_api_batch_results(tmp_path) -> None:  # noqa: ANN001
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from processors import Request, create_processor
+
+    x = np.random.default_rng(2).normal(size=(40, 2))
+    model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    joblib.dump(model, tmp_path / "model.joblib")
+    processor = create_processor({"name": "t", "processor": "sklearn", "model_path": str(tmp_path / "model.joblib"),
+                                  "model_config": {"feature_names": ["sepal_length", "sepal_width"]},
+                                  "metadata": {"instance": 1}})
+    rows = [{"sepal_width": 0.1, "sepal_length": 1.5}, {"sepal_length": -2.0, "sepal_width": 0.3}]
+    answer = json.loads(processor.predict(Request(json.dumps({"include_req": True, "data": rows}).encode())).body)
+    expected = model.predict(np.array([[1.5, 0.1], [-2.0, 0.3]])).tolist()
+    assert answer == {"batch_results": [{**row, "prediction": p} for row, p in zip(rows, expected)]}
+    bare = json.loads(processor.predict(Request(json.dumps({"data": rows}).encode())).body)
+    assert bare == {"batch_results": [{"prediction": p} for p in expected]}
+    with pytest.raises(Exception, match="lacks sepal_width"):
+        processor.predict(Request(b'{"data": [{"sepal_length": 1}]}'))
