@@ -17,6 +17,7 @@ instances count it. Only the leader's runner works (one runner per store).
 
 from __future__ import annotations
 
+import base64
 import calendar
 import csv
 import json
@@ -31,6 +32,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
+from eas.control.routing import bml_mode
 from eas.control.store import NotFound, Store
 
 log = logging.getLogger("eas.jobs")
@@ -116,12 +118,17 @@ def next_time(schedule: dict[str, Any], after: float) -> float:
     return start + (int((after - start) // step) + 1) * step
 
 
-def items(spec: dict[str, Any]) -> Iterator[Item]:
-    """The requests a job's input holds, in order."""
+def items(spec: dict[str, Any], bml: bool = False) -> Iterator[Item]:
+    """The requests a job's input holds, in order. A folder's files go as their bytes,
+    or as BML's image request `{"image": "<base64>"}` to a service in BML mode."""
     path = Path(spec["Input"])
     if spec["Format"] == "folder":
         for i, file in enumerate(sorted(p for p in path.iterdir() if p.is_file())):
-            yield Item(file.name, i, file.read_bytes(), "application/octet-stream")
+            if bml:
+                body = json.dumps({"image": base64.b64encode(file.read_bytes()).decode()}).encode()
+                yield Item(file.name, i, body, "application/json")
+            else:
+                yield Item(file.name, i, file.read_bytes(), "application/octet-stream")
     elif spec["Format"] == "csv":
         with path.open(newline="", encoding="utf-8") as f:
             for i, row in enumerate(csv.DictReader(f)):
@@ -216,10 +223,11 @@ class JobRunner:
     def _run(self, job: dict[str, Any]) -> None:
         spec, name, run = job["spec"], job["name"], job["run"]
         try:
-            token = self.store.get(spec["Service"]).token
+            service = self.store.get(spec["Service"])
         except NotFound:
             self.store.update_job(name, state=FAILED, message=f"service '{spec['Service']}' does not exist")
             return
+        token, bml = service.token, bml_mode(service.spec)
         done = self.store.job_items(name, run)
         out = output_path(spec)
         if spec["Format"] == "folder":
@@ -236,7 +244,7 @@ class JobRunner:
                 except httpx.HTTPError as exc:
                     return item, 0, f"{type(exc).__name__}: {exc}".encode()
 
-            source = (i for i in items(spec) if i.key not in done)
+            source = (i for i in items(spec, bml) if i.key not in done)
             retry: list[Item] = []
             waited_since: float | None = None
             while True:

@@ -309,6 +309,33 @@ def test_scheduled_job_fires_at_its_start(server, bml: dict[str, Any], tmp_path:
     server.eascmd("job", "delete", "every-minute", "-y")
 
 
+def test_csv_and_image_folder_jobs(server, bml: dict[str, Any], tmp_path: Path) -> None:
+    rows, clf = bml["rows"], bml["sklearn"]
+    table = tmp_path / "rows.csv"
+    table.write_text("sepal_length,sepal_width,petal_length,petal_width\n"
+                     + "".join(",".join(str(v) for v in r) + "\n" for r in rows.tolist()))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(bml["paddle_image"])
+    (images / "b.txt").write_bytes(b"not an image")  # a per-item failure, listed
+    for name, service, source in (("table", "bml_table", table), ("photos", "bml_paddle", images)):
+        spec = {"Name": name, "Service": service, "Input": str(source)}
+        server.eascmd("job", "create", str(write_json(tmp_path / f"{name}.json", spec)))
+    table_job = _wait("the CSV job", lambda: (d := _desc(server, "table"))["State"] == "Succeeded" and d)
+    assert (table_job["Done"], table_job["Failed"]) == (5, 0)
+    out = [json.loads(x) for x in (tmp_path / "rows.csv.out.jsonl").read_text().splitlines()]
+    assert [x["output"]["batch_results"][0]["prediction"] for x in out] == clf.predict(rows).tolist()
+    photos = _wait("the folder job", lambda: (d := _desc(server, "photos"))["State"] == "Succeeded" and d)
+    assert (photos["Done"], photos["Failed"]) == (2, 1) and photos["Failures"][0]["Item"] == "b.txt"
+    answer = json.loads((tmp_path / "images_output" / "a.png.json").read_text())
+    top = [r["name"] for r in answer["output"]["results"]]  # DEFAULT_TOP_NUM: all 5 labels
+    assert len(top) == 5 and top[:3] == [r["name"] for r in bml["paddle"]]
+    failed = json.loads((tmp_path / "images_output" / "b.txt.json").read_text())
+    assert failed["status"] == 400 and "error_code" in failed["output"]
+    shown = server.eascmd("job", "desc", "photos").stdout
+    assert "b.txt" in shown and "2/2" in shown
+
+
 def _served(server, name: str) -> int:
     """Requests this server's gateway answered 200 for `name` since it started."""
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
