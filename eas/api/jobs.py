@@ -8,8 +8,10 @@ from typing import Any, Callable
 from starlette.routing import Route
 
 from eas.api.base import ApiContext, ApiError, ApiRequest, endpoint
+from eas.api.services import ServicesApi
 from eas.control import jobs as jb
 from eas.control import store as st
+from eas import spec as specs
 
 
 class JobsApi:
@@ -25,10 +27,23 @@ class JobsApi:
             spec = jb.check_spec(raw)
         except jb.JobError as exc:
             raise ApiError(400, "InvalidParameter", str(exc)) from None
-        try:
-            self.ctx.store.get(spec["Service"])
-        except st.NotFound:
-            raise ApiError(404, "ServiceNotFound", f"service '{spec['Service']}' does not exist") from None
+        if spec["OwnsService"]:
+            # The job's own service: deployed now (so a failing model fails the create), run
+            # by the job, stopped between scheduled runs and deleted when the job is done.
+            config = raw["ServiceConfig"]
+            spec["Service"] = specs.service_name(config) or spec["Service"]
+            try:
+                self.ctx.store.job(spec["Name"])
+            except st.NotFound:
+                pass
+            else:
+                raise ApiError(409, "JobAlreadyExists", f"job '{spec['Name']}' already exists")
+            ServicesApi(self.ctx).create_service(specs.with_name(config, spec["Service"]))
+        else:
+            try:
+                self.ctx.store.get(spec["Service"])
+            except st.NotFound:
+                raise ApiError(404, "ServiceNotFound", f"service '{spec['Service']}' does not exist") from None
         schedule = spec["Schedule"]
         state, next_run = (jb.SCHEDULED, jb.next_time(schedule, schedule["Start"] - 1)) if schedule \
             else (jb.PENDING, None)
@@ -63,7 +78,16 @@ class JobsApi:
 
     def delete(self, request: ApiRequest) -> dict[str, Any]:
         name = self._job(request)
+        job = self.ctx.store.job(name)
         self.ctx.store.delete_job(name)
+        if job["spec"].get("OwnsService"):
+            service = job["spec"]["Service"]
+            try:
+                if self.ctx.store.get(service).desired != st.DELETED:
+                    self.ctx.store.set_desired(service, st.DELETED, f"batch job '{name}' deleted")
+                    self.ctx.controller.retry(service)
+            except st.NotFound:
+                pass
         return {"Name": name, "Message": f"job '{name}' deleted"}
 
     def routes(self) -> list[Route]:

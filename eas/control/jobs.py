@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 import httpx
 
 from eas.control.routing import bml_mode
-from eas.control.store import NotFound, Store
+from eas.control.store import Desired, NotFound, Status, Store
 
 log = logging.getLogger("eas.jobs")
 
@@ -67,14 +67,23 @@ def check_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The job spec, checked and completed: Name, Service, Input, Format, Concurrency, Schedule."""
     if not isinstance(spec, dict):
         raise JobError("a job is a JSON object")
-    unknown = set(spec) - {"Name", "Service", "Input", "Format", "Concurrency", "Schedule", "Timeout"}
+    unknown = set(spec) - {"Name", "Service", "ServiceConfig", "Input", "Format", "Concurrency", "Schedule",
+                           "Timeout"}
     if unknown:
         raise JobError(f"unknown job fields: {', '.join(sorted(unknown))}")
     name = spec.get("Name")
     if not isinstance(name, str) or not name or len(name) > 63 or not all(c.isalnum() or c in "_-" for c in name):
         raise JobError("Name: 1-63 letters, digits, '_' or '-'")
-    if not isinstance(spec.get("Service"), str) or not spec["Service"]:
-        raise JobError("Service: the deployed service the job calls")
+    config = spec.get("ServiceConfig")
+    if config is not None:
+        if "Service" in spec:
+            raise JobError("give Service (a deployed service) or ServiceConfig (a service JSON the job deploys), "
+                           "not both")
+        if not isinstance(config, dict):
+            raise JobError("ServiceConfig: a service JSON object")
+    elif not isinstance(spec.get("Service"), str) or not spec["Service"]:
+        raise JobError("Service: the deployed service the job calls (or ServiceConfig: a service JSON the job "
+                       "deploys while it runs and removes when done)")
     source = spec.get("Input")
     if not isinstance(source, str) or not source:
         raise JobError("Input: a local JSON-lines or CSV file, or a folder")
@@ -95,8 +104,14 @@ def check_spec(spec: dict[str, Any]) -> dict[str, Any]:
         if isinstance(start, bool) or not isinstance(start, (int, float)):
             raise JobError("Schedule.Start: epoch seconds")
         schedule = {"Every": schedule["Every"], "Start": float(start)}
-    return {"Name": name, "Service": spec["Service"], "Input": str(path.resolve()), "Format": fmt,
+    return {"Name": name, "Service": spec.get("Service") or owned_service_name(name), "Input": str(path.resolve()),
+            "Format": fmt, "OwnsService": config is not None,
             "Concurrency": concurrency, "Schedule": schedule, "Timeout": float(spec.get("Timeout", 60))}
+
+
+def owned_service_name(job: str) -> str:
+    """The service a job with a ServiceConfig deploys, unless the JSON names one."""
+    return "job_" + "".join(c if c.isalnum() else "_" for c in job.lower())[:58]
 
 
 def next_time(schedule: dict[str, Any], after: float) -> float:
@@ -167,8 +182,11 @@ def output_path(spec: dict[str, Any]) -> Path:
 class JobRunner:
     """Runs due jobs one at a time on its own thread; resumable from the store."""
 
-    def __init__(self, store: Store, endpoint: str, leading: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, store: Store, endpoint: str, leading: Callable[[], bool] = lambda: True,
+                 reconcile: Callable[[str], None] = lambda name: None) -> None:
         self.store, self.endpoint, self.leading = store, endpoint.rstrip("/"), leading
+        self.reconcile = reconcile
+        """Tells the controller a service's desired state changed (a job's own service)."""
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -207,12 +225,32 @@ class JobRunner:
                 self.store.update_job(job["name"], state=RUNNING, run=job["run"] + 1, message="")
                 job = self.store.job(job["name"])
                 state = RUNNING
+                self._own_service(job, Desired.RUNNING)
             elif state == PENDING:
                 self.store.update_job(job["name"], state=RUNNING, run=max(1, job["run"]), message="")
                 job = self.store.job(job["name"])
                 state = RUNNING
+                self._own_service(job, Desired.RUNNING)
             if state == RUNNING:
                 self._run(job)
+
+    def _own_service(self, job: dict[str, Any], desired: Desired) -> None:
+        """A job's own service (ServiceConfig) runs only while the job does: started for a
+        run, stopped between scheduled runs, deleted when the job is done."""
+        if not job["spec"].get("OwnsService"):
+            return
+        name = job["spec"]["Service"]
+        try:
+            rec = self.store.get(name)
+        except NotFound:
+            return
+        if rec.desired in (desired, Desired.DELETED):
+            return
+        status = {Desired.RUNNING: Status.CREATING, Desired.STOPPED: Status.STOPPING,
+                  Desired.DELETED: Status.DELETING}[desired]
+        self.store.set_desired(name, desired, f"batch job '{job['name']}': {desired.lower()}")
+        self.store.set_status(name, status, "")
+        self.reconcile(name)
 
     def _still_running(self, name: str) -> bool:
         try:
@@ -298,8 +336,10 @@ class JobRunner:
         schedule = spec.get("Schedule")
         if schedule:
             self.store.update_job(name, state=SCHEDULED, message=message, next_run=next_time(schedule, time.time()))
+            self._own_service(job, Desired.STOPPED)
         else:
             self.store.update_job(name, state=SUCCEEDED, message=message)
+            self._own_service(job, Desired.DELETED)
         log.info("job %s: %s", name, message)
 
 

@@ -336,6 +336,24 @@ def test_csv_and_image_folder_jobs(server, bml: dict[str, Any], tmp_path: Path) 
     assert "b.txt" in shown and "2/2" in shown
 
 
+def test_job_with_its_own_service_removes_it_when_done(server, bml: dict[str, Any], tmp_path: Path) -> None:
+    rows, clf = bml["rows"], bml["sklearn"]
+    items = tmp_path / "own.jsonl"
+    items.write_text("".join(json.dumps({"instances": [{"features": r}]}) + "\n" for r in rows.tolist()))
+    service = {"processor_type": "python", "processor_path": str(FIXTURES), "processor_entry": "sklearn_wrapper.py",
+               "model_path": str(bml["root"] / "sklearn"), "bml": {"framework": "sklearn"},
+               "metadata": {"instance": 1, "cpu": 0.5}}
+    spec = {"Name": "own", "ServiceConfig": service, "Input": str(items)}
+    server.eascmd("job", "create", str(write_json(tmp_path / "own.json", spec)))
+    done = _wait("the job", lambda: (d := _desc(server, "own"))["State"] == "Succeeded" and d, timeout=180)
+    assert done["Service"] == "job_own" and (done["Done"], done["Failed"]) == (5, 0)
+    out = [json.loads(x) for x in (tmp_path / "own.jsonl.out.jsonl").read_text().splitlines()]
+    assert [x["output"]["result"]["labels"][0]["categories"][0] for x in out] == clf.predict(rows).tolist()
+    with server.admin() as client:  # the job's service is gone with the job's end
+        _wait("the job's service deleted",
+              lambda: client.get("/api/v2/services/local/job_own").status_code == 404, timeout=120)
+
+
 def _served(server, name: str) -> int:
     """Requests this server's gateway answered 200 for `name` since it started."""
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
