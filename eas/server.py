@@ -209,7 +209,8 @@ def compose(store: Store, backend: Backend, data_dir: Path, endpoint: str, *, re
     admin = build_admin_app(api, console) if admin_apart else None
     return Platform(store, controller, gateway, api, app, PredictFastPath(app, EasHttp(gateway).predict), console,
                     admin, BackflowWriter(store, gateway.capture),
-                    JobRunner(store, endpoint, leading=lambda: controller.leading, reconcile=controller.retry))
+                    JobRunner(store, endpoint, leading=lambda: controller.leading, reconcile=controller.retry,
+                              work_dir=data_dir / "jobs"))
 
 
 def _healthz(api: ApiContext):  # noqa: ANN202

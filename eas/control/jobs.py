@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
+from eas.sources import objectstore
 from eas.control.routing import bml_mode
 from eas.control.store import Desired, NotFound, Status, Store
 
@@ -87,10 +88,18 @@ def check_spec(spec: dict[str, Any]) -> dict[str, Any]:
     source = spec.get("Input")
     if not isinstance(source, str) or not source:
         raise JobError("Input: a local JSON-lines or CSV file, or a folder")
-    path = Path(source)
-    if not path.exists():
-        raise JobError(f"Input {source} does not exist")
-    fmt = spec.get("Format") or ("folder" if path.is_dir() else "csv" if path.suffix.lower() == ".csv" else "jsonl")
+    if is_remote(source):
+        try:
+            url = objectstore.parse(source)
+        except objectstore.ObjectStoreError as exc:
+            raise JobError(f"Input: {exc}") from None
+        is_dir, suffix = url.is_prefix, Path(url.key).suffix.lower()
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise JobError(f"Input {source} does not exist")
+        source, is_dir, suffix = str(path.resolve()), path.is_dir(), path.suffix.lower()
+    fmt = spec.get("Format") or ("folder" if is_dir else "csv" if suffix == ".csv" else "jsonl")
     if fmt not in FORMATS:
         raise JobError(f"Format: one of {', '.join(FORMATS)}")
     concurrency = spec.get("Concurrency", 4)
@@ -104,7 +113,7 @@ def check_spec(spec: dict[str, Any]) -> dict[str, Any]:
         if isinstance(start, bool) or not isinstance(start, (int, float)):
             raise JobError("Schedule.Start: epoch seconds")
         schedule = {"Every": schedule["Every"], "Start": float(start)}
-    return {"Name": name, "Service": spec.get("Service") or owned_service_name(name), "Input": str(path.resolve()),
+    return {"Name": name, "Service": spec.get("Service") or owned_service_name(name), "Input": source,
             "Format": fmt, "OwnsService": config is not None,
             "Concurrency": concurrency, "Schedule": schedule, "Timeout": float(spec.get("Timeout", 60))}
 
@@ -172,6 +181,19 @@ def count(spec: dict[str, Any]) -> int:
     return sum(1 for _ in items(spec))
 
 
+def is_remote(source: str) -> bool:
+    """An object-storage input (oss://, s3://): copied to the server's disk for each run."""
+    return source.split("://", 1)[0].lower() in objectstore.SCHEMES and "://" in source
+
+
+def remote_output(spec: dict[str, Any]) -> str:
+    """Where a remote input's outputs go: next to it, as for a local one."""
+    source = spec["Input"]
+    if spec["Format"] == "folder":
+        return source.rstrip("/") + "_output/"
+    return source + ".out.jsonl"
+
+
 def output_path(spec: dict[str, Any]) -> Path:
     path = Path(spec["Input"])
     if spec["Format"] == "folder":
@@ -183,8 +205,10 @@ class JobRunner:
     """Runs due jobs one at a time on its own thread; resumable from the store."""
 
     def __init__(self, store: Store, endpoint: str, leading: Callable[[], bool] = lambda: True,
-                 reconcile: Callable[[str], None] = lambda name: None) -> None:
+                 reconcile: Callable[[str], None] = lambda name: None, work_dir: Path | None = None) -> None:
         self.store, self.endpoint, self.leading = store, endpoint.rstrip("/"), leading
+        self.work_dir = work_dir or Path.cwd() / "jobs"
+        """Where object-storage inputs are copied and their outputs made before upload."""
         self.reconcile = reconcile
         """Tells the controller a service's desired state changed (a job's own service)."""
         self._stop = threading.Event()
@@ -222,12 +246,12 @@ class JobRunner:
                 return
             state = job["state"]
             if state == SCHEDULED and job["next_run"] is not None and job["next_run"] <= now:
-                self.store.update_job(job["name"], state=RUNNING, run=job["run"] + 1, message="")
+                self.store.update_job(job["name"], state=RUNNING, run=job["run"] + 1, message="", total=None)
                 job = self.store.job(job["name"])
                 state = RUNNING
                 self._own_service(job, Desired.RUNNING)
             elif state == PENDING:
-                self.store.update_job(job["name"], state=RUNNING, run=max(1, job["run"]), message="")
+                self.store.update_job(job["name"], state=RUNNING, run=max(1, job["run"]), message="", total=None)
                 job = self.store.job(job["name"])
                 state = RUNNING
                 self._own_service(job, Desired.RUNNING)
@@ -266,6 +290,15 @@ class JobRunner:
             self.store.update_job(name, state=FAILED, message=f"service '{spec['Service']}' does not exist")
             return
         token, bml = service.token, bml_mode(service.spec)
+        if is_remote(spec["Input"]):
+            try:
+                spec = {**spec, "Input": str(self._copy_input(job))}
+            except (objectstore.ObjectStoreError, OSError) as exc:
+                self.store.update_job(name, state=FAILED, message=f"reading {spec['Input']}: {exc}")
+                self._own_service(job, Desired.STOPPED if spec.get("Schedule") else Desired.DELETED)
+                return
+        if job["total"] is None:
+            self.store.update_job(name, total=count(spec))
         done = self.store.job_items(name, run)
         out = output_path(spec)
         if spec["Format"] == "folder":
@@ -310,6 +343,39 @@ class JobRunner:
                                                     for i, s, b in results])
         self._finish(job, out, part)
 
+    def _copy_input(self, job: dict[str, Any]) -> Path:
+        """An object-storage input on this server's disk, once per run (a resumed run
+        reuses its copy)."""
+        url = objectstore.parse(job["spec"]["Input"])
+        base = self.work_dir / job["name"] / f"run{job['run']}"
+        local = base / (Path(url.key.rstrip("/")).name or url.bucket)
+        if (base / ".complete").exists():
+            return local
+        base.mkdir(parents=True, exist_ok=True)
+        objects = objectstore.stat(url)
+        if job["spec"]["Format"] == "folder":
+            local.mkdir(exist_ok=True)
+            prefix = url.key if url.is_prefix else url.key + "/"
+            for obj in objects:
+                name = obj.key[len(prefix):]
+                if name and "/" not in name:  # the folder's own files, as for a local folder
+                    objectstore.download(url, obj.key, local / name)
+        else:
+            objectstore.download(url, objects[0].key, local)
+        (base / ".complete").touch()
+        return local
+
+    def _upload(self, spec: dict[str, Any], out: Path) -> str:
+        """A remote input's outputs next to it in the object store; returns where."""
+        dest = remote_output(spec)
+        target = objectstore.parse(dest)
+        if spec["Format"] == "folder":
+            for file in sorted(out.iterdir()):
+                objectstore.upload(file, objectstore.ObjectUrl(target.scheme, target.bucket, target.key + file.name))
+        else:
+            objectstore.upload(out, target)
+        return dest
+
     def _write(self, spec: dict[str, Any], out: Path, part: Path, results: list[tuple[Item, int, bytes]]) -> None:
         if spec["Format"] == "folder":
             for item, status, body in results:
@@ -332,7 +398,14 @@ class JobRunner:
             part.unlink()
         finished = self.store.job_items(name, run)
         failed = sum(1 for ok, _ in finished.values() if not ok)
-        message = f"run {run}: {len(finished)} items, {failed} failed; output {out}"
+        where = str(out)
+        if is_remote(spec["Input"]):
+            try:
+                where = self._upload(spec, out)
+            except (objectstore.ObjectStoreError, OSError) as exc:
+                self.store.update_job(name, state=FAILED, message=f"run {run}: uploading the outputs failed: {exc}")
+                return
+        message = f"run {run}: {len(finished)} items, {failed} failed; output {where}"
         schedule = spec.get("Schedule")
         if schedule:
             self.store.update_job(name, state=SCHEDULED, message=message, next_run=next_time(schedule, time.time()))
@@ -357,11 +430,14 @@ def describe(store: Store, name: str) -> dict[str, Any]:
     job = store.job(name)
     finished = store.job_items(name, job["run"]) if job["run"] else {}
     failures = [{"Item": k, "Error": e} for k, (ok, e) in finished.items() if not ok]
-    try:
-        total = count(job["spec"])
-    except OSError:
-        total = None
+    total = job["total"]
+    if total is None and not is_remote(job["spec"]["Input"]):
+        try:
+            total = count(job["spec"])
+        except OSError:
+            total = None
     return {"Name": name, "Service": job["spec"]["Service"], "State": job["state"], "Message": job["message"],
             "Run": job["run"], "Total": total, "Done": len(finished), "Failed": len(failures),
-            "Failures": failures[:50], "NextRun": job["next_run"], "Output": str(output_path(job["spec"])),
+            "Failures": failures[:50], "NextRun": job["next_run"],
+            "Output": remote_output(job["spec"]) if is_remote(job["spec"]["Input"]) else str(output_path(job["spec"])),
             "Spec": job["spec"], "CreateTime": job["created_at"], "UpdateTime": job["updated_at"]}

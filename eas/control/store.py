@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     state       TEXT NOT NULL,
     message     TEXT NOT NULL DEFAULT '',
     run         INTEGER NOT NULL DEFAULT 0,
+    total       INTEGER,
     next_run    DOUBLE PRECISION,
     created_at  DOUBLE PRECISION NOT NULL,
     updated_at  DOUBLE PRECISION NOT NULL
@@ -542,7 +543,7 @@ class Store:
         return [{**dict(r), "spec": json.loads(r["spec"])} for r in rows]
 
     def update_job(self, name: str, **fields: Any) -> None:
-        allowed = {"state", "message", "run", "next_run"}
+        allowed = {"state", "message", "run", "next_run", "total"}
         if not fields or not set(fields) <= allowed:
             raise ValueError(f"update_job takes {sorted(allowed)}")
         sets = ", ".join(f"{k} = ?" for k in fields)

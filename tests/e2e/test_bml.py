@@ -24,7 +24,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.harness import write_json
+from tests.e2e.harness import EasServer, write_json
+from tests.support.s3 import S3Server
 
 pytestmark = pytest.mark.e2e
 
@@ -136,6 +137,22 @@ def _mnist_net() -> Any:
             self.fc2 = nn.Linear(50, 10)
 
     return Net()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3-compatible store (moto's server) for object-storage job inputs."""
+    store = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, s3: S3Server):
+    """This module's eas-server, with the object store's settings in its environment."""
+    srv = EasServer(tmp_path_factory.mktemp("eas-data"), env=s3.env).start()
+    yield srv
+    srv.stop()
 
 
 SERVICES = {
@@ -352,6 +369,30 @@ def test_job_with_its_own_service_removes_it_when_done(server, bml: dict[str, An
     with server.admin() as client:  # the job's service is gone with the job's end
         _wait("the job's service deleted",
               lambda: client.get("/api/v2/services/local/job_own").status_code == 404, timeout=120)
+
+
+def test_job_over_object_storage_writes_outputs_next_to_it(server, bml: dict[str, Any], s3: S3Server) -> None:
+    rows, reg = bml["rows"], bml["xgboost"]
+    client = s3.client()
+    client.create_bucket(Bucket="bml-data")
+    body = "".join(json.dumps({"instances": [{"features": r}]}) + "\n" for r in rows.tolist())
+    client.put_object(Bucket="bml-data", Key="batch/items.jsonl", Body=body.encode())
+    client.put_object(Bucket="bml-data", Key="photos/a.png", Body=bml["paddle_image"])
+    with server.admin() as admin:
+        for name, service, source in (("remote", "bml_xgb", "oss://bml-data/batch/items.jsonl"),
+                                      ("remote_photos", "bml_paddle", "oss://bml-data/photos/")):
+            made = admin.post("/api/v2/ext/jobs", json={"Name": name, "Service": service, "Input": source})
+            assert made.status_code == 200, made.text
+        for name in ("remote", "remote_photos"):
+            done = _wait(name, lambda: (d := admin.get(f"/api/v2/ext/jobs/{name}").json())["State"]
+                         in ("Succeeded", "Failed") and d)
+            assert done["State"] == "Succeeded" and done["Failed"] == 0, done
+    assert done["Output"] == "oss://bml-data/photos_output/"
+    out = client.get_object(Bucket="bml-data", Key="batch/items.jsonl.out.jsonl")["Body"].read().decode()
+    got = [json.loads(x)["output"]["result"]["labels"][0]["categories"][0] for x in out.splitlines()]
+    np.testing.assert_allclose(got, reg.predict(rows), rtol=1e-6)
+    photo = json.loads(client.get_object(Bucket="bml-data", Key="photos_output/a.png.json")["Body"].read())
+    assert photo["status"] == 200 and photo["output"]["results"]
 
 
 def _served(server, name: str) -> int:
