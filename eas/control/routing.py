@@ -63,6 +63,13 @@ def bml_mode(spec: Mapping[str, object]) -> bool:
     return isinstance(block, dict) and block.get("enabled", True) is not False
 
 
+def bml_face(spec: Mapping[str, object]) -> str:
+    """How the gateway shapes a service's answers for BML (route_table.Entry.bml)."""
+    if not bml_mode(spec):
+        return ""
+    return "code" if spec.get("processor_type") == "python" else "framework"
+
+
 def closed_route(rec: ServiceRecord) -> Route:
     """A service being stopped or deleted: no instance, no waiting."""
     keepalive = rec.spec.get("metadata", {}).get("rpc", {}).get("keepalive", 5000)
@@ -88,7 +95,7 @@ def entries(records: Iterable[ServiceRecord], traffic: Iterable[TrafficRecord],
     known = {r.name for r in records}
     tokens = {r.name: r.token for r in records}
     live = {r.name: r for r in records if r.desired != DELETED}
-    out = {name: Entry(name, r.token, ((name, 100),), bml=bml_mode(r.spec)) for name, r in live.items()}
+    out = {name: Entry(name, r.token, ((name, 100),), bml=bml_face(r.spec)) for name, r in live.items()}
     orphans = []
     for t in traffic:
         backends = tuple((svc, w) for svc, w in t.backends if svc in live)
@@ -107,5 +114,5 @@ def entries(records: Iterable[ServiceRecord], traffic: Iterable[TrafficRecord],
                     f"'{t.name}' was released into '{target}': call /api/predict/{target}"))
             continue
         mirror = t.mirror if t.mirror and t.mirror[0] in live else None
-        out[t.name] = Entry(t.name, token, backends, mirror, bml=t.name in live and bml_mode(live[t.name].spec))
+        out[t.name] = Entry(t.name, token, backends, mirror, bml=bml_face(live[t.name].spec) if t.name in live else "")
     return out, orphans

@@ -151,7 +151,7 @@ class Gateway:
         answer = await self._serve(call, guard)
         entry = self.routes.entry(call.service)
         if entry is not None and entry.bml:
-            answer = bml.to_bml(answer, call.request_id)
+            answer = bml.to_bml(answer, call.request_id, nest=entry.bml == "framework")
         if answer.stream is None:
             self._backflow(call, answer)
         if answer.stream is not None:

@@ -72,9 +72,13 @@ def error_json(request_id: str, error_code: int, error_msg: str) -> bytes:
                       ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def to_bml(answer: Answer, request_id: str) -> Answer:
+def to_bml(answer: Answer, request_id: str, nest: bool = False) -> Answer:
     """An EAS answer as BML's: the log id added to a JSON object, an error rewritten.
 
+    `nest`: the answer of a built-in processor, whose body BML puts under `result`
+    (`{"log_id", "result": {"predictions": ...}}`), except the tabular API's
+    `batch_results`, which BML answers beside the log id. User code's answers are
+    already shaped by BML's rule (processors/bml.py) and only get the log id.
     A streamed answer passes as it is (BML has no streamed API); so does a success
     whose body is not JSON (bytes a PyModel returned on purpose).
     """
@@ -95,6 +99,10 @@ def to_bml(answer: Answer, request_id: str) -> Answer:
         headers["Content-Type"] = "application/json"
         return Answer(answer.status, error_json(request_id, code, message), headers)
     body = answer.body.lstrip()
+    if nest and not body.startswith(b'{"batch_results"'):
+        if not answer.headers.get("Content-Type", "").startswith("application/json"):
+            return answer
+        return Answer(answer.status, b'{"log_id":%d,"result":%s}' % (ident, body), headers)
     if body.startswith(b"{"):
         rest = body[1:].lstrip()
         glue = b"" if rest.startswith(b"}") else b","

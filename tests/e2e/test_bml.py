@@ -236,6 +236,10 @@ def test_tabular_api_answers_batch_results(server, bml: dict[str, Any]) -> None:
     answer = resp.json()
     assert isinstance(answer["log_id"], int)
     assert answer["batch_results"] == [{**row, "prediction": int(p)} for row, p in zip(data, clf.predict(rows))]
+    # The built-in processor's own API in BML mode: its answer under "result", as BML's framework APIs.
+    framework = _bml_post(server, "bml_table", {"instances": rows.tolist()}, bml["tokens"]["bml_table"]).json()
+    assert set(framework) == {"log_id", "result"}
+    assert framework["result"] == {"predictions": clf.predict(rows).tolist()}
 
 
 def test_xgboost_sample_regression_values(server, bml: dict[str, Any]) -> None:

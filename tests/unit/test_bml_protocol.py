@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +88,48 @@ def test_tabular_api_batch_results(tmp_path) -> None:  # noqa: ANN001
     assert bare == {"batch_results": [{"prediction": p} for p in expected]}
     with pytest.raises(Exception, match="lacks sepal_width"):
         processor.predict(Request(b'{"data": [{"sepal_length": 1}]}'))
+
+
+PADDLE_LOD = '''
+import json, sys
+from pathlib import Path
+import numpy as np
+from processors import Request, create_processor
+from tests.support.models import build_paddle
+built = build_paddle(Path(sys.argv[1]))
+processor = create_processor({"processor": "paddle"}, model_dir=str(built.model_path))
+rows = np.random.default_rng(5).normal(size=(3, 3)).astype(np.float32)
+tensor = {"name": "x", "type": "FLOAT", "shape": [3, 3], "float_data": rows.ravel().tolist(), "lod_vector": [{"lod": [0, 1, 3]}]}
+plain = {k: v for k, v in tensor.items() if k != "lod_vector"}
+a = processor.predict(Request(json.dumps({"instances": [{"tensors": [tensor]}]}).encode()))
+b = processor.predict(Request(json.dumps({"instances": [{"tensors": [plain]}]}).encode()))
+bad = {**tensor, "lod_vector": [{"lod": [0, 3, 1]}]}
+try:
+    processor.predict(Request(json.dumps({"instances": [{"tensors": [bad]}]}).encode())); err = None
+except Exception as exc: err = str(exc)
+print(json.dumps({"status": a.status, "lod_answer": json.loads(a.body), "plain": json.loads(b.body), "err": err}))
+'''
+
+
+def test_paddle_bml_tensors_carry_lod_vector_both_ways(tmp_path: Path) -> None:
+    """Paddle in its own process (as the other Paddle unit tests): the input's LoD is set,
+    the output's comes back as `lod_vector`, a malformed one is a clear 400."""
+    done = subprocess.run([sys.executable, "-c", PADDLE_LOD, str(tmp_path)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (tensor,) = result["lod_answer"]["predictions"][0]["tensors"]
+    assert result["status"] == 200 and tensor["lod_vector"] == [{"lod": [0, 1, 3]}]
+    assert "lod_vector" not in result["plain"]["predictions"][0]["tensors"][0]
+    assert tensor["float_data"] == result["plain"]["predictions"][0]["tensors"][0]["float_data"]
+    assert "each lod is a non-decreasing list of offsets" in result["err"]
+
+
+def test_built_in_processor_answers_go_under_result() -> None:
+    json_headers = {"Content-Type": "application/json"}
+    nested = bml.to_bml(Answer(200, b'{"predictions":[[0.1,0.9]]}', json_headers), "r", nest=True)
+    assert json.loads(nested.body) == {"log_id": bml.log_id("r"), "result": {"predictions": [[0.1, 0.9]]}}
+    table = bml.to_bml(Answer(200, b'{"batch_results":[{"prediction":1}]}', json_headers), "r", nest=True)
+    assert json.loads(table.body) == {"log_id": bml.log_id("r"), "batch_results": [{"prediction": 1}]}
+    error = bml.to_bml(error_answer(400, "input 'x' expects float32", "r"), "r", nest=True)
+    assert json.loads(error.body)["error_code"] == bml.INVALID_ARGUMENT
