@@ -175,6 +175,8 @@ def bml(server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                                 "metadata": {"instance": 1, "cpu": 0.5}}
         if name == "bml_sklearn":
             spec["backflow"] = {"ratio": 0.1, "max_body_bytes": 4096}
+        if name == "bml_torch":  # BML's QPS limit error (18) is checked on this one
+            spec["metadata"]["rpc"] = {"rate_limit": 2}
         return name, server.eascmd("create", str(write_json(root / f"{name}.json", spec)), check=False)
 
     def tabular() -> tuple[str, Any]:  # a built-in processor in BML mode: BML's tabular API
@@ -255,6 +257,11 @@ def test_pytorch_sample_model_fn_input_fn_output_fn(server, bml: dict[str, Any])
     resp = _bml_post(server, "bml_torch", bml["pytorch_request"], bml["tokens"]["bml_torch"])
     assert resp.status_code == 200, resp.text
     np.testing.assert_allclose(np.asarray(resp.json()["result"]), bml["pytorch"], rtol=1e-5, atol=1e-6)
+    # Over rpc.rate_limit (2/s, one second of burst): BML's "Open api qps request limit reached".
+    answers = [_bml_post(server, "bml_torch", bml["pytorch_request"], bml["tokens"]["bml_torch"]) for _ in range(6)]
+    limited = [a for a in answers if a.status_code == 429]
+    assert limited and all(a.json()["error_code"] == 18 and "log_id" in a.json() for a in limited)
+    assert limited[0].headers["Retry-After"]
 
 
 def test_paddleclas_wrapper_without_predict_runs_the_platform_model(server, bml: dict[str, Any]) -> None:
