@@ -32,6 +32,8 @@ from starlette.routing import BaseRoute, Route
 
 from eas import __version__
 from eas.api.accesskeys import AccessKeysApi
+from eas.api.backflow import BackflowApi
+from eas.api.jobs import JobsApi
 from eas.api.base import ApiContext
 from eas.api.services import ServicesApi
 from eas.api.traffic import TrafficApi
@@ -40,6 +42,8 @@ from eas.console import Console
 from eas.control.backend import Backend
 from eas.control.controller import Controller
 from eas.control.leader import LeaderLease, server_identity
+from eas.control.backflow import BackflowWriter
+from eas.control.jobs import JobRunner
 from eas.control.store import Store, redact
 from eas.gateway.core import Gateway
 from eas.gateway.grpc_server import GrpcGateway
@@ -174,6 +178,10 @@ class Platform:
     """The web console at /console (its metrics sampler starts with the controller)."""
     admin: Starlette | None = None
     """The management API and the console on a listener of their own (`--admin-port`)."""
+    backflow: BackflowWriter | None = None
+    """Writes the gateway's data backflow copies into the store (started by `main`)."""
+    jobs: JobRunner | None = None
+    """Runs batch prediction jobs through this server's gateway (started by `main`)."""
 
 
 def compose(store: Store, backend: Backend, data_dir: Path, endpoint: str, *, region: str = "local",
@@ -200,7 +208,9 @@ def compose(store: Store, backend: Backend, data_dir: Path, endpoint: str, *, re
     app = build_app(api, gateway, grpc_gateway, console, admin_apart)
     admin = build_admin_app(api, console) if admin_apart else None
     return Platform(store, controller, gateway, api, app, PredictFastPath(app, EasHttp(gateway).predict), console,
-                    admin)
+                    admin, BackflowWriter(store, gateway.capture),
+                    JobRunner(store, endpoint, leading=lambda: controller.leading, reconcile=controller.retry,
+                              work_dir=data_dir / "jobs"))
 
 
 def _healthz(api: ApiContext):  # noqa: ANN202
@@ -214,7 +224,8 @@ def _healthz(api: ApiContext):  # noqa: ANN202
 
 def management_routes(api: ApiContext, console: Console | None) -> list[BaseRoute]:
     """The management API, and the web console beside the API it drives (docs/console.md)."""
-    api_routes = [*ServicesApi(api).routes(), *TrafficApi(api).routes(), *AccessKeysApi(api).routes()]
+    api_routes = [*ServicesApi(api).routes(), *TrafficApi(api).routes(), *AccessKeysApi(api).routes(),
+                  *BackflowApi(api).routes(), *JobsApi(api).routes()]
     return [*api_routes, *(console.routes(api_routes) if console is not None else [])]
 
 
@@ -305,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
     platform.controller.start()
     if platform.console is not None:
         platform.console.start()
+    for worker in (platform.backflow, platform.jobs):
+        if worker is not None:
+            worker.start()
     config.write(data_dir / "eascmd.conf", config.ClientConfig(admin_endpoint, access_id, access_key, args.region))
     log.info("eas-server %s listening on %s, management API on %s (eascmd config: %s)", __version__, endpoint,
              admin_endpoint, data_dir / "eascmd.conf")
@@ -318,6 +332,9 @@ def main(argv: list[str] | None = None) -> None:
         serve(servers)
     finally:
         log.info("shutting down")
+        for worker in (platform.jobs, platform.backflow):
+            if worker is not None:
+                worker.stop()
         if platform.console is not None:
             platform.console.stop()
         platform.controller.stop()

@@ -1,7 +1,8 @@
 """Row-oriented models (sklearn, xgboost, lightgbm): JSON feature rows in, predictions out.
 
 They share one request shape (`{"instances": [[f1, f2, ...], ...]}`, BML
-`{"features": [...]}` rows) and one batched path, so only loading the model and the
+`{"features": [...]}` rows) and one batched path, plus BML's tabular API
+(`{"include_req": bool, "data": [{feature: value}, ...]}` -> `{"batch_results": [...]}`), so only loading the model and the
 call itself differ per framework: subclasses set `self.model`/`n_features` and
 implement `_infer`.
 """
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._files import model_config_dict
 from ._jsonio import instances_of, to_jsonable
 from .base import (
     ModelContext,
@@ -97,7 +99,57 @@ class TabularProcessor(Processor):
     def _answer(self, outputs: dict[str, np.ndarray], start: int, stop: int) -> Response:
         return json_response({key: to_jsonable(value[start:stop]) for key, value in outputs.items()})
 
+    # ------------------------------------------------------------------ BML's tabular API
+
+    def feature_names(self) -> list[str] | None:
+        """Column order for named features: `model_config.feature_names`, else what the
+        model learned (`feature_names_in_`); None: the first row's key order."""
+        names = model_config_dict(self.ctx.model_config).get("feature_names")
+        if names is None:
+            names = getattr(self.model, "feature_names_in_", None)
+        return [str(n) for n in names] if names is not None else None
+
+    def _table(self, request: Request) -> tuple[list[dict[str, Any]], bool] | None:
+        """BML's tabular request, or None for any other shape."""
+        if b'"data"' not in request.body:
+            return None
+        try:
+            body = parse_json_body(request.body)
+        except ProcessorError:
+            return None
+        if not isinstance(body, dict) or "data" not in body or "instances" in body:
+            return None
+        rows = body["data"]
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ProcessorError('"data" must be a list of {feature: value} objects')
+        return rows, bool(body.get("include_req", False))
+
+    def _table_answer(self, rows: list[dict[str, Any]], include_req: bool) -> Response:
+        names = self.feature_names() or (list(rows[0]) if rows else [])
+        for i, row in enumerate(rows):
+            missing = [n for n in names if n not in row]
+            if missing:
+                raise ProcessorError(f"data[{i}] lacks {', '.join(missing[:5])} (features: {', '.join(names)})")
+        self.decode_limits.budget().take("data", [len(rows), len(names)], 8)
+        matrix = [[row[n] for n in names] for row in rows]
+        try:
+            features = np.asarray(matrix, dtype=np.float64).reshape(len(rows), len(names))
+        except (TypeError, ValueError):
+            features = np.empty((len(rows), len(names)), dtype=object)
+            features[:] = matrix
+        outputs = self._infer(features) if rows else {}
+        results = []
+        for i, row in enumerate(rows):
+            result: dict[str, Any] = dict(row) if include_req else {}
+            for key, value in outputs.items():
+                result["prediction" if key == "predictions" else key] = to_jsonable(value[i])
+            results.append(result)
+        return json_response({"batch_results": results})
+
     def predict(self, request: Request) -> Response:
+        table = self._table(request)
+        if table is not None:
+            return self._table_answer(*table)
         features = self._features(request)
         if not len(features):
             return json_response({"predictions": []})
@@ -108,6 +160,9 @@ class TabularProcessor(Processor):
         responses: list[Response] = []
         parsed: list[tuple[int, np.ndarray]] = []
         for i, request in enumerate(requests):
+            if b'"data"' in request.body:  # maybe BML's tabular API: answered on its own
+                responses.append(predict_or_error(self, request))
+                continue
             try:
                 features = self._features(request)
             except ProcessorError as exc:

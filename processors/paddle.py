@@ -165,19 +165,31 @@ class PaddleProcessor(Processor):
             self._pool.put(predictor)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name; for BML tensors with `lod_vector` (`Feeds.lod`), the LoD is set
+        on the inputs and the outputs' LoD comes back in `Feeds.lod` of the answer."""
+        lods = getattr(feeds, "lod", None) or {}
         with self._predictor() as predictor:
             try:
                 for name, value in feeds.items():
                     handle = predictor.get_input_handle(name)
                     handle.reshape(list(value.shape))
                     handle.copy_from_cpu(np.ascontiguousarray(value))
+                    if name in lods:
+                        handle.set_lod(lods[name])
                 predictor.run()
             except (ValueError, RuntimeError, TypeError) as exc:
                 lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
                 reason = next((ln for ln in lines if "Error" in ln), lines[0] if lines else type(exc).__name__)
                 received = "; ".join(f"{n}: {v.dtype} {list(v.shape)}" for n, v in feeds.items())
                 raise ProcessorError(f"paddle rejected the input ({received}): {reason}") from None
-            return {n: predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()}
+            out = Feeds()
+            for n in predictor.get_output_names():
+                handle = predictor.get_output_handle(n)
+                out[n] = handle.copy_to_cpu()
+                lod = handle.lod()
+                if lod and any(level for level in lod):
+                    out.lod[n] = [list(level) for level in lod]
+            return out
 
     # ------------------------------------------------------------ BML tensors
 
@@ -228,8 +240,12 @@ class PaddleProcessor(Processor):
             if kind is None:  # e.g. float16: widen to the nearest BML type
                 kind = "FLOAT" if value.dtype.kind == "f" else "INT64"
                 value = value.astype(BML_TYPES[kind][0])
-            tensors.append({"name": name, "type": kind, "shape": list(value.shape),
-                            BML_TYPES[kind][1]: value.ravel().tolist()})
+            tensor: dict[str, Any] = {"name": name, "type": kind, "shape": list(value.shape),
+                                      BML_TYPES[kind][1]: value.ravel().tolist()}
+            lod = (getattr(results, "lod", None) or {}).get(name)
+            if lod:
+                tensor["lod_vector"] = [{"lod": level} for level in lod]
+            tensors.append(tensor)
         return {"tensors": tensors}
 
     def _decode_bml(self, instances: list[Any], budget: Budget) -> list[dict[str, np.ndarray]]:
@@ -239,7 +255,9 @@ class PaddleProcessor(Processor):
             if not isinstance(instance, dict) or not isinstance(instance.get("tensors"), list):
                 raise ProcessorError(f'instance {i} must be {{"tensors": [...]}} like the others')
             raw = dict(self._bml_tensor(i, t, budget) for t in instance["tensors"])
-            runs.append(collect_feeds(self.inputs, raw, lambda spec, a, budget: a))
+            feeds = Feeds(collect_feeds(self.inputs, raw, lambda spec, a, budget: a))
+            feeds.lod = {t["name"]: _lod(i, t) for t in instance["tensors"] if t.get("lod_vector")}
+            runs.append(feeds)
         return runs
 
     # ------------------------------------------------------------ requests
@@ -278,7 +296,8 @@ class PaddleProcessor(Processor):
         if len(runs) != 1:  # several BML instances are several runs: this request runs alone, in `answer`
             return Part({}, None, lambda _: {}, lambda _: self._encode(form, outputs, [self._run(f) for f in runs]))
         feeds = runs[0]
-        batchable = all(first_dim_free(self.inputs[n].shape if n in self.inputs else None) for n in feeds)
+        batchable = not getattr(feeds, "lod", None) and \
+            all(first_dim_free(self.inputs[n].shape if n in self.inputs else None) for n in feeds)
         return Part(feeds, batch_key(feeds=feeds) if batchable else None, self._run,
                     lambda rows: self._encode(form, outputs, [rows]))
 
@@ -286,6 +305,31 @@ class PaddleProcessor(Processor):
         """The feeds the program declares (PIR `data` ops) and its fetch names."""
         return _signature.signature("serving_default", _signature.of_specs(self.inputs.values()),
                                     _signature.of_specs(self.outputs.values()))
+
+
+class Feeds(dict):  # type: ignore[type-arg]
+    """Tensors by name, with the LoD (BML `lod_vector`) of those that have one."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.lod: dict[str, list[list[int]]] = {}
+
+
+def _lod(i: int, tensor: dict[str, Any]) -> list[list[int]]:
+    """A BML tensor's `lod_vector` (`[{"lod": [0, 2, 5]}, ...]`, one per level) as Paddle's LoD."""
+    levels = tensor["lod_vector"]
+    where = f"instance {i}: tensor {tensor.get('name')!r}"
+    if not isinstance(levels, list) or not all(isinstance(lv, dict) and isinstance(lv.get("lod"), list)
+                                               for lv in levels):
+        raise ProcessorError(f'{where}: lod_vector must be a list of {{"lod": [offsets]}} objects')
+    out = []
+    for level in levels:
+        offsets = level["lod"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in offsets) \
+                or any(b < a for a, b in zip(offsets, offsets[1:])):
+            raise ProcessorError(f"{where}: each lod is a non-decreasing list of offsets, got {offsets!r:.80}")
+        out.append(offsets)
+    return out
 
 
 def _default_dtype(spec: TensorSpec, array: np.ndarray) -> np.ndarray:

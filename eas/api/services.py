@@ -74,6 +74,10 @@ class ServicesApi:
                            f"('{original.name}') or no name at all")
         return self._create(specs.with_name(data, partner_name(original.name)), original)
 
+    def create_service(self, data: dict[str, Any]) -> dict[str, Any]:
+        """CreateService from a parsed service JSON (a batch job's own service, eas/api/jobs.py)."""
+        return self._create(data, None)
+
     def _create(self, data: dict[str, Any], original: st.ServiceRecord | None) -> dict[str, Any]:
         spec = specs.parse(data)
         _check_processor(spec)

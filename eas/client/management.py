@@ -11,7 +11,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
@@ -188,6 +188,44 @@ class ManagementClient:
 
     def revoke_access_key(self, access_key_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/api/v2/ext/accesskeys/{quote(access_key_id, safe='')}")
+
+    # -- data backflow and batch prediction jobs (ours: /api/v2/ext/...) -------------
+
+    def backflow(self, name: str, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        """A page of a service's captured request/answer records (oldest first, ids > after)."""
+        return self._call("GET", f"/api/v2/ext/services/{quote(name, safe='')}/backflow",
+                          params={"After": str(after), "Limit": str(limit)})
+
+    def backflow_record(self, name: str, record_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/api/v2/ext/services/{quote(name, safe='')}/backflow/{int(record_id)}")
+
+    def iter_backflow(self, name: str, page: int = 500) -> Iterator[dict[str, Any]]:
+        """Every captured record of a service, oldest first, page by page."""
+        after = 0
+        while True:
+            records = self.backflow(name, after, page).get("Records") or []
+            yield from records
+            if len(records) < page:
+                return
+            after = records[-1]["id"]
+
+    def clear_backflow(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/api/v2/ext/services/{quote(name, safe='')}/backflow")
+
+    def create_job(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/api/v2/ext/jobs", body=spec)
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v2/ext/jobs").get("Jobs") or [])
+
+    def describe_job(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/api/v2/ext/jobs/{quote(name, safe='')}")
+
+    def stop_job(self, name: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/v2/ext/jobs/{quote(name, safe='')}/stop")
+
+    def delete_job(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/api/v2/ext/jobs/{quote(name, safe='')}")
 
     def delete_service(self, name: str) -> dict[str, Any]:
         return self._call("DELETE", self._service_path(name), action="DeleteService")

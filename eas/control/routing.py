@@ -43,7 +43,8 @@ def service_route(rec: ServiceRecord, spec: ServiceSpec, app: AppState | None, r
         hold = max(hold, WAKE_FROM_ZERO_S)
     return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit, hold,
                  wake_on_demand=asleep, max_held=max_held, internal_key=internal_key,
-                 retry_in_flight=retries_in_flight(spec))
+                 retry_in_flight=retries_in_flight(spec),
+                 backflow=(spec.backflow.ratio, spec.backflow.max_body_bytes) if spec.backflow else None)
 
 
 def retries_in_flight(spec: ServiceSpec) -> bool:
@@ -54,6 +55,19 @@ def retries_in_flight(spec: ServiceSpec) -> bool:
     if chosen is not None:
         return chosen
     return spec.processor_type != "python" and not spec.containers
+
+
+def bml_mode(spec: Mapping[str, object]) -> bool:
+    """Whether a stored service JSON puts the service in BML mode (eas/spec/bml.py)."""
+    block = spec.get("bml")
+    return isinstance(block, dict) and block.get("enabled", True) is not False
+
+
+def bml_face(spec: Mapping[str, object]) -> str:
+    """How the gateway shapes a service's answers for BML (route_table.Entry.bml)."""
+    if not bml_mode(spec):
+        return ""
+    return "code" if spec.get("processor_type") == "python" else "framework"
 
 
 def closed_route(rec: ServiceRecord) -> Route:
@@ -81,7 +95,7 @@ def entries(records: Iterable[ServiceRecord], traffic: Iterable[TrafficRecord],
     known = {r.name for r in records}
     tokens = {r.name: r.token for r in records}
     live = {r.name: r for r in records if r.desired != DELETED}
-    out = {name: Entry(name, r.token, ((name, 100),)) for name, r in live.items()}
+    out = {name: Entry(name, r.token, ((name, 100),), bml=bml_face(r.spec)) for name, r in live.items()}
     orphans = []
     for t in traffic:
         backends = tuple((svc, w) for svc, w in t.backends if svc in live)
@@ -100,5 +114,5 @@ def entries(records: Iterable[ServiceRecord], traffic: Iterable[TrafficRecord],
                     f"'{t.name}' was released into '{target}': call /api/predict/{target}"))
             continue
         mirror = t.mirror if t.mirror and t.mirror[0] in live else None
-        out[t.name] = Entry(t.name, token, backends, mirror)
+        out[t.name] = Entry(t.name, token, backends, mirror, bml=bml_face(live[t.name].spec) if t.name in live else "")
     return out, orphans

@@ -78,6 +78,32 @@ CREATE TABLE IF NOT EXISTS demand (
     service     TEXT PRIMARY KEY,
     at          DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS backflow (
+    id          {autoid},
+    service     TEXT NOT NULL,
+    at          DOUBLE PRECISION NOT NULL,
+    record      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS backflow_by_service ON backflow (service, id);
+CREATE TABLE IF NOT EXISTS jobs (
+    name        TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    message     TEXT NOT NULL DEFAULT '',
+    run         INTEGER NOT NULL DEFAULT 0,
+    total       INTEGER,
+    next_run    DOUBLE PRECISION,
+    created_at  DOUBLE PRECISION NOT NULL,
+    updated_at  DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_items (
+    job         TEXT NOT NULL,
+    run         INTEGER NOT NULL,
+    item        TEXT NOT NULL,
+    ok          INTEGER NOT NULL,
+    error       TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job, run, item)
+);
 CREATE TABLE IF NOT EXISTS access_keys (
     id          TEXT PRIMARY KEY,
     secret      TEXT NOT NULL,
@@ -327,6 +353,7 @@ class Store:
             db.execute("DELETE FROM services WHERE name = ?", (name,))
             db.execute("DELETE FROM versions WHERE service = ?", (name,))
             db.execute("DELETE FROM demand WHERE service = ?", (name,))
+            db.execute("DELETE FROM backflow WHERE service = ?", (name,))
             if db.execute("SELECT 1 FROM traffic WHERE name = ?", (name,)).fetchone() is None:
                 db.execute("DELETE FROM events WHERE service = ?", (name,))
             else:  # the endpoint lives on: its history stays with it
@@ -461,6 +488,88 @@ class Store:
         with self._tx(fence) as db:
             rows = db.execute("DELETE FROM demand RETURNING service").fetchall()
         return sorted(r["service"] for r in rows)
+
+    # -- backflow: captured requests and answers (eas/control/backflow.py) ---------
+
+    def add_backflow(self, records: list[tuple[str, float, str]], keep: dict[str, int]) -> None:
+        """Write captured (service, at, record JSON) rows; keep the newest `keep[service]`."""
+        if not records:
+            return
+        with self._tx() as db:
+            for service, at, record in records:
+                db.execute("INSERT INTO backflow (service, at, record) SELECT ?, ?, ?"
+                           " WHERE EXISTS (SELECT 1 FROM services WHERE name = ?)", (service, at, record, service))
+            for service in {r[0] for r in records}:
+                db.execute("DELETE FROM backflow WHERE service = ? AND id <= (SELECT id FROM backflow"
+                           " WHERE service = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                           (service, service, keep.get(service, 100_000)))
+
+    def backflow(self, service: str, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Captured records of a service with id > `after`, oldest first: (id, at, record)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, at, record FROM backflow WHERE service = ? AND id > ?"
+                                    " ORDER BY id LIMIT ?", (service, after, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def backflow_count(self, service: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) AS n FROM backflow WHERE service = ?", (service,)).fetchone()
+        return int(row["n"])
+
+    def clear_backflow(self, service: str) -> int:
+        with self._tx() as db:
+            return db.execute("DELETE FROM backflow WHERE service = ?", (service,)).rowcount
+
+    # -- batch prediction jobs (eas/control/jobs.py) -------------------------------
+
+    def create_job(self, name: str, spec: dict[str, Any], state: str, next_run: float | None) -> None:
+        now = time.time()
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE name = ?", (name,)).fetchone():
+                raise AlreadyExists(f"job '{name}' already exists")
+            db.execute("INSERT INTO jobs (name, spec, state, message, run, next_run, created_at, updated_at)"
+                       " VALUES (?, ?, ?, '', 0, ?, ?, ?)", (name, json.dumps(spec), state, next_run, now, now))
+
+    def job(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"job '{name}' does not exist")
+        return {**dict(row), "spec": json.loads(row["spec"])}
+
+    def jobs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at").fetchall()
+        return [{**dict(r), "spec": json.loads(r["spec"])} for r in rows]
+
+    def update_job(self, name: str, **fields: Any) -> None:
+        allowed = {"state", "message", "run", "next_run", "total"}
+        if not fields or not set(fields) <= allowed:
+            raise ValueError(f"update_job takes {sorted(allowed)}")
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE jobs SET {sets}, updated_at = ? WHERE name = ?",
+                       (*fields.values(), time.time(), name))
+
+    def delete_job(self, name: str) -> None:
+        with self._tx() as db:
+            if not db.execute("DELETE FROM jobs WHERE name = ?", (name,)).rowcount:
+                raise NotFound(f"job '{name}' does not exist")
+            db.execute("DELETE FROM job_items WHERE job = ?", (name,))
+
+    def finish_items(self, job: str, run: int, items: list[tuple[str, bool, str]]) -> None:
+        """Record items of a run as done: (item, ok, error)."""
+        with self._tx() as db:
+            for item, ok, error in items:
+                db.execute("INSERT INTO job_items (job, run, item, ok, error) VALUES (?, ?, ?, ?, ?)"
+                           " ON CONFLICT (job, run, item) DO UPDATE SET ok = excluded.ok, error = excluded.error",
+                           (job, run, item, int(ok), error[:1000]))
+
+    def job_items(self, job: str, run: int) -> dict[str, tuple[bool, str]]:
+        with self._lock:
+            rows = self._db.execute("SELECT item, ok, error FROM job_items WHERE job = ? AND run = ?",
+                                    (job, run)).fetchall()
+        return {r["item"]: (bool(r["ok"]), r["error"]) for r in rows}
 
     # -- settings -----------------------------------------------------------------
 

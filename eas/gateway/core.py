@@ -48,9 +48,11 @@ from typing import Awaitable, Callable, Iterator, Mapping
 from urllib.parse import unquote
 
 from eas.gateway import websocket
+from eas.gateway.backflow import Capture
 from eas.gateway.metrics import GatewayMetrics
 from eas.gateway.route_table import Endpoint, Entry, Route, RouteTable
 from eas.gateway.upstream import UpstreamFailed, UpstreamPool, UpstreamRefused, UpstreamTimeout
+from eas.protocols import bml
 from eas.protocols.auth import AuthError, body_md5, check_body_md5, check_service_head
 from eas.protocols.http import CLOSE, ClientGone
 from eas.protocols.wire import (
@@ -116,6 +118,8 @@ class Call:
     streaming: bool = False
     """The transport can send an answer on as it arrives (EAS predict over HTTP): a
     streamed instance answer then comes back as a stream, not read whole first."""
+    access_token: str | None = None
+    """BML's `?access_token=` query parameter: the token, for endpoints in BML mode."""
 
 
 class Gateway:
@@ -132,6 +136,8 @@ class Gateway:
         self._mirror_slots = asyncio.Semaphore(MIRROR_CONCURRENCY)
         self._mirror_tasks: set[asyncio.Task[None]] = set()
         self.mirror_skipped = 0
+        self.capture = Capture()
+        """Data backflow copies waiting for the control plane (eas/gateway/backflow.py)."""
 
     async def close(self) -> None:
         self.upstream.close()
@@ -143,6 +149,11 @@ class Gateway:
         (a streamed answer: when its stream ends)."""
         started = time.perf_counter()
         answer = await self._serve(call, guard)
+        entry = self.routes.entry(call.service)
+        if entry is not None and entry.bml:
+            answer = bml.to_bml(answer, call.request_id, nest=entry.bml == "framework")
+        if answer.stream is None:
+            self._backflow(call, answer)
         if answer.stream is not None:
             return Answer(answer.status, b"", answer.headers, _MeteredStream(self, call, answer, started))
         seconds = time.perf_counter() - started
@@ -156,6 +167,18 @@ class Gateway:
                 "instance": answer.headers.get(INSTANCE_HEADER), "client": call.client,
             }, separators=(",", ":")))
         return answer
+
+    def _backflow(self, call: Call, answer: Answer) -> None:
+        """A copy of the request and its answer when the service captures a share of them."""
+        route = self.routes.get(call.service)
+        if route is None or route.backflow is None or call.reader is not None:
+            return
+        ratio, max_bytes = route.backflow
+        try:
+            self.capture.offer(call.service, call.request_id, ratio, max_bytes, call.body, call.content_type,
+                               answer.status, answer.body, answer.headers.get("Content-Type"))
+        except Exception:  # a copy never fails the request it copies
+            log.exception("data backflow: copying request %s failed", call.request_id)
 
     def _streamed(self, call: Call, answer: Answer, status: int, seconds: float, first_byte_s: float | None,
                   sent: int) -> None:
@@ -178,8 +201,11 @@ class Gateway:
             return self._unknown(call)  # type: ignore[return-value]
         # The credentials before the body: a caller without the token is refused before
         # a byte of its body is read (a signature covers the Content-MD5 header, not the body).
+        headers = call.headers
+        if entry.bml and call.access_token and not headers.get("authorization"):
+            headers = {**{k.lower(): v for k, v in headers.items()}, "authorization": call.access_token}
         try:
-            expected_md5 = check_service_head(entry.token, call.headers, call.path, method=call.method)
+            expected_md5 = check_service_head(entry.token, headers, call.path, method=call.method)
         except AuthError as exc:
             return await self._unauthorized(call, str(exc))
         if call.reader is not None:

@@ -45,7 +45,7 @@ class EasHttp:
             service=http.path_params["service"], headers=http.headers, path=signed_path(http),
             reader=functools.partial(read_body, http), sub_path=http.path_params.get("sub_path", ""),
             content_type=http.headers.get("content-type"), client=http.client.host if http.client else None,
-            streaming=True, method=http.method,
+            streaming=True, method=http.method, access_token=http.query_params.get("access_token"),
         )
         response = to_response(await self.gateway.handle(call, functools.partial(until_disconnect, http)))
         return close_unread(http, response) if call.reader is not None else response

@@ -57,6 +57,8 @@ class Route:
     retry_in_flight: bool = False
     """A request whose instance died while running it may be sent once more to another
     instance (`rpc.retry_in_flight`: the service's predictions are pure)."""
+    backflow: tuple[float, int] | None = None
+    """Data backflow: (share of requests captured, bytes kept of each body); None: off."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class Entry:
     mirror: tuple[str, int] | None = None
     closed: str = ""
     """Non-empty for a released partner's own endpoint: why it no longer answers."""
+    bml: str = ""
+    """The endpoint answers Baidu BML's API (eas/protocols/bml.py): "code" for user code
+    (its answers are already BML-shaped), "framework" for a built-in processor (its answer
+    goes under "result"); "" for EAS's API."""
 
     def pick(self, draw: float, pin: str | None = None) -> str | None:
         """The backend for one request: the pinned one if it is a backend, else by weight.

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 
 from eas.spec.base import Strict as _Strict
 from eas.spec.base import kept
+from eas.spec.bml import BackflowSpec, BmlSpec
 from eas.spec.cloud import CloudSpec, NetworkingSpec, RuntimeSpec, UnitSpec
 from eas.spec.elastic import AutoscalerSpec, CronScalerSpec, SleepSpec
 from eas.spec.kept import kept_fields
@@ -133,6 +134,8 @@ class ServiceSpec(_Strict):
     containers: list[dict[str, Any]] | None = None
     storage: list[StorageSpec] | None = None
     labels: dict[str, str] | None = None
+    bml: BmlSpec | None = Field(None, description="answer Baidu BML's API (eas/spec/bml.py)")
+    backflow: BackflowSpec | None = Field(None, description="capture a share of requests and answers")
     cloud: CloudSpec | None = kept()
     networking: NetworkingSpec | None = kept()
     features: dict[str, Any] | None = kept()
@@ -239,7 +242,7 @@ class ServiceSpec(_Strict):
         data = self.to_dict()
         # Names, labels and the group change what the service is called and how it is
         # found, not what runs; fields kept without effect change nothing at all.
-        for path in ("token", "generate_token", "autoscaler", "cron_scaler", "sleep", "labels", "metadata.instance",
+        for path in ("token", "generate_token", "autoscaler", "backflow", "cron_scaler", "sleep", "labels", "metadata.instance",
                      "metadata.name", "metadata.workspace_id", "metadata.region", "metadata.group",
                      *kept_fields(self, every=True)):
             _drop(data, path)

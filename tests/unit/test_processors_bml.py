@@ -15,7 +15,7 @@ from processors.python import PythonProcessor
 
 def loaded(tmp_path: Path, code: str, **ctx: object) -> PythonProcessor:
     root = tmp_path / "code"
-    root.mkdir(exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "app.py").write_text(textwrap.dedent(code))
     (tmp_path / "model").mkdir(exist_ok=True)
     processor = PythonProcessor(ModelContext(model_dir=str(tmp_path / "model"), processor_path=str(root), **ctx))
@@ -66,8 +66,8 @@ def test_preprocess_must_return_three_values(tmp_path: Path) -> None:
     assert info.value.status == 500
 
 
-def test_wrapper_without_predict_is_a_load_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="PredictWrapper but lacks predict\\(\\)"):
+def test_wrapper_without_predict_nor_paddle_model_is_a_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="has no predict\\(\\): .* holds no Paddle inference model"):
         loaded(tmp_path, '''
             class PredictWrapper:
                 def __init__(self, model_path): pass
@@ -146,3 +146,57 @@ def test_encode_result() -> None:
         encode_result({"x": object()}, "postprocess")
     assert info.value.status == 500
     assert str(CustomException(7, "m")) == "[7] m"
+
+
+def test_bml_constructor_styles_and_args_files(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "preprocess_args.json").write_text('{"scale": 10}')
+    (tmp_path / "model" / "postprocess_args.json").write_text('{"suffix": "!"}')
+    processor = loaded(tmp_path, '''
+        class PredictWrapper:
+            def __init__(self, model_path, use_gpu, logger):
+                self.seen = (model_path, use_gpu, logger.name)
+            def preprocess(self, request_body, **preprocess_args):
+                return request_body["x"] * preprocess_args["scale"], {}, {}
+            def predict(self, data, infer_args):
+                return data + 1
+            def postprocess(self, result, request_context, **postprocess_args):
+                return f"{result}{postprocess_args['suffix']}"
+    ''', options={"bml": {}})
+    assert processor.instance.seen == (str(tmp_path / "model"), False, "bml.PredictWrapper")
+    assert processor.predict(Request(b'{"x": 4}')).body == b'{"result":"41!"}'  # BML's rule: other -> result
+
+
+def test_instances_run_one_batched_predict(tmp_path: Path) -> None:
+    processor = loaded(tmp_path, '''
+        import numpy as np
+        calls = []
+        class PredictWrapper:
+            def __init__(self, model_path): pass
+            def preprocess(self, request_body):
+                return np.array(request_body["features"]), {}, {}
+            def predict(self, data, infer_args):
+                calls.append(data.shape)
+                return data.sum(axis=1)
+            def postprocess(self, infer_result, request_context):
+                return {"categories": infer_result.tolist(), "calls": list(calls)}
+    ''', options={"bml": {"framework": "tensorflow"}})
+    body = b'{"instances": [{"features": [1, 2]}, {"features": [3, 4]}]}'
+    answer = processor.predict(Request(body))
+    assert answer.body == b'{"result":{"predictions":[{"categories":[3],"calls":[[2,2]]},' \
+                          b'{"categories":[7],"calls":[[2,2]]}]}}'
+
+
+def test_bml_rule_for_pymodel_and_model_fn(tmp_path: Path) -> None:
+    processor = loaded(tmp_path, '''
+        class PyModel:
+            def __init__(self, model_path): pass
+            def predict(self, request_body): return [1, 2]
+    ''', options={"bml": {}})
+    assert processor.predict(Request(b"{}")).body == b'{"results":[1,2]}'
+    functions = loaded(tmp_path / "f", '''
+        import json
+        def model_fn(model_dir): return lambda data: data
+        def output_fn(result): return json.dumps([result["x"]])
+    ''', options={"bml": {}})
+    assert functions.predict(Request(b'{"x": 5}')).body == b'{"result":[5]}'

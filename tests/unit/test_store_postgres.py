@@ -74,6 +74,31 @@ def test_services_versions_events_settings_on_both_dialects(target: str) -> None
     again.close()
 
 
+def test_backflow_and_jobs_on_both_dialects(target: str) -> None:
+    s = st.Store(target)
+    s.create_service("a", {"name": "a"}, "tok-aaaaaaaa")
+    s.add_backflow([("a", 1.5, '{"n": 1}'), ("a", 2.5, '{"n": 2}'), ("a", 3.5, '{"n": 3}'), ("gone", 1.0, "{}")],
+                   {"a": 2, "gone": 5})
+    rows = s.backflow("a")
+    assert [r["record"] for r in rows] == ['{"n": 2}', '{"n": 3}'] and s.backflow_count("a") == 2
+    assert s.backflow("a", after=rows[0]["id"]) == rows[1:] and s.backflow("gone") == []
+    s.create_job("j", {"Name": "j", "Service": "a"}, "Scheduled", 10.0)
+    with pytest.raises(st.AlreadyExists):
+        s.create_job("j", {}, "Pending", None)
+    s.update_job("j", state="Running", run=1, total=3, next_run=None)
+    s.finish_items("j", 1, [("0", True, ""), ("1", False, "400: bad")])
+    s.finish_items("j", 1, [("1", True, "")])  # a resumed item recorded again: the last word wins
+    job = s.job("j")
+    assert (job["state"], job["run"], job["total"], job["next_run"], job["spec"]["Service"]) == \
+        ("Running", 1, 3, None, "a")
+    assert s.job_items("j", 1) == {"0": (True, ""), "1": (True, "")} and [j["name"] for j in s.jobs()] == ["j"]
+    s.delete_job("j")
+    with pytest.raises(st.NotFound):
+        s.job("j")
+    assert s.job_items("j", 1) == {} and s.clear_backflow("a") == 2
+    s.close()
+
+
 def test_two_servers_create_the_same_name_once(target: str) -> None:
     """Concurrent creates through two connections: exactly one wins, the other is told."""
     stores = [st.Store(target), st.Store(target)]
