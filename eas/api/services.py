@@ -628,6 +628,8 @@ def _check_sources(spec: specs.ServiceSpec) -> None:
 
 
 def _check_processor(spec: specs.ServiceSpec) -> None:
+    if spec.serving_container is not None:  # the image serves: no processor to resolve
+        return
     try:
         registry.resolve(spec.processor, spec.processor_type)
     except ValueError as exc:

@@ -105,6 +105,8 @@ class Call:
     method: str = "POST"
     sub_path: str = ""
     """What follows the service name in an EAS predict path."""
+    query: str = ""
+    """The query string as sent (EAS predict paths pass it on to the instance)."""
     instance_path: str | None = None
     """Path on the instance (`{name}` becomes the chosen service); None: EAS predict."""
     content_type: str | None = None
@@ -116,6 +118,13 @@ class Call:
     streaming: bool = False
     """The transport can send an answer on as it arrives (EAS predict over HTTP): a
     streamed instance answer then comes back as a stream, not read whole first."""
+
+
+#: Client headers never passed on to a container service: credentials (checked here) and
+#: what describes one hop (the gateway sets its own).
+NOT_PASSED = frozenset({"authorization", "host", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
+                        "upgrade", "content-length", "content-type", "proxy-authorization", "expect",
+                        INTERNAL_KEY_HEADER.lower(), REQUEST_ID_HEADER.lower()})
 
 
 class Gateway:
@@ -286,7 +295,8 @@ class Gateway:
             if isinstance(ready, Answer):
                 return ready
             route = ready
-        sent = {**call.forward_headers, REQUEST_ID_HEADER: request_id,
+        own = {k: v for k, v in call.headers.items() if k.lower() not in NOT_PASSED} if route.pass_headers else {}
+        sent = {**own, **call.forward_headers, REQUEST_ID_HEADER: request_id,
                 INTERNAL_KEY_HEADER: route.internal_key or self.internal_key}
         if call.content_type:
             sent["Content-Type"] = call.content_type
@@ -301,7 +311,7 @@ class Gateway:
         while True:
             try:
                 up = await self.upstream.request(call.method, endpoint.host, endpoint.port, path, sent, call.body,
-                                                 timeout, stream=call.streaming, gap_s=budget)
+                                                 timeout, stream=call.streaming, gap_s=budget, query=call.query)
                 return Answer(up.status, up.body, passed_headers(up.headers, request_id), up.stream)
             except UpstreamTimeout:
                 return error_answer(504, f"no answer from instance {endpoint.instance} within {timeout:.1f} s",

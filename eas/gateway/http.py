@@ -23,6 +23,9 @@ from eas.protocols.wire import Answer
 from eas.protocols.http import close_unread, read_body, signed_path, to_response, until_disconnect
 
 
+METHODS = ["POST", "GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+
+
 class EasHttp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -30,8 +33,10 @@ class EasHttp:
     def routes(self) -> list[Route]:
         return [
             # GET: the model's signature (what EAS's TensorFlow processor answers), token checked like POST.
-            Route("/api/predict/{service}", self.predict, methods=["POST", "GET"]),
-            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
+            # Any method and sub-path: a container service's web app has its own (instances
+            # of processors answer 405 to what is not a predict call).
+            Route("/api/predict/{service}", self.predict, methods=METHODS),
+            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=METHODS),
             WebSocketRoute("/api/predict/{service}", self.websocket),
             WebSocketRoute("/api/predict/{service}/{sub_path:path}", self.websocket),
             # DIRECT-mode discovery, at the paths the Python and Go SDKs ask.
@@ -45,7 +50,7 @@ class EasHttp:
             service=http.path_params["service"], headers=http.headers, path=signed_path(http),
             reader=functools.partial(read_body, http), sub_path=http.path_params.get("sub_path", ""),
             content_type=http.headers.get("content-type"), client=http.client.host if http.client else None,
-            streaming=True, method=http.method,
+            streaming=True, method=http.method, query=http.scope.get("query_string", b"").decode("latin-1"),
         )
         response = to_response(await self.gateway.handle(call, functools.partial(until_disconnect, http)))
         return close_unread(http, response) if call.reader is not None else response

@@ -57,6 +57,9 @@ class Route:
     retry_in_flight: bool = False
     """A request whose instance died while running it may be sent once more to another
     instance (`rpc.retry_in_flight`: the service's predictions are pure)."""
+    pass_headers: bool = False
+    """A container serves: the client's headers (cookies, Accept, its own) go on to it,
+    all but its credentials and the hop-by-hop ones."""
 
 
 @dataclass(frozen=True)

@@ -36,17 +36,23 @@ from eas.protocols.http import (
 )
 from eas.protocols.oip import HEADER_LENGTH, model_metadata
 from eas.protocols.oip_rest import health_routes, v2_error, v2_response
-from eas.protocols.wire import INSTANCE_KEEPALIVE_S, REQUEST_ID_HEADER, Answer
+from eas.protocols.wire import INSTANCE_KEEPALIVE_S, INTERNAL_KEY_HEADER, REQUEST_ID_HEADER, Answer
 from processors.base import ProcessorError
+
+
+#: Methods only a container service answers (a web app's own API); processors answer 405.
+OTHER_METHODS = ("PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
+#: Headers between the server and its instances, never shown to a container.
+PRIVATE_HEADERS = frozenset({INTERNAL_KEY_HEADER.lower(), "authorization"})
 
 
 class InstanceHttp:
     def __init__(self, core: InstanceApp) -> None:
         self.core = core
         self.app = Starlette(routes=[
-            Route("/api/predict/{service}", self.predict, methods=["POST"]),
+            Route("/api/predict/{service}", self.predict, methods=["POST", *OTHER_METHODS]),
             Route("/api/predict/{service}", self.signature, methods=["GET"]),
-            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
+            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST", "GET", *OTHER_METHODS]),
             Route("/v2/models/{service}/infer", self.infer, methods=["POST"]),
             Route("/v2/models/{service}/ready", self.ready, methods=["GET"]),
             Route("/v2/models/{service}", self.metadata, methods=["GET"]),
@@ -71,9 +77,15 @@ class InstanceHttp:
             answer = self.core.reject(413, f"request body over {self.core.max_body_bytes} bytes", request_id)
             answer.headers.update(CLOSE)
             return answer, False
+        if kind == "predict" and http.method != "POST" and not self.core.runtime.forwards_everything:
+            return self.core.reject(405, f"{http.method} is not served here: a predict call is a POST",
+                                    request_id), True
+        if self.core.runtime.forwards_everything:  # a container serves: the request goes on as sent
+            kind = "predict"
+            passed = {k: v for k, v in http.headers.items() if k.lower() not in PRIVATE_HEADERS}
         call = Call(http.path_params["service"], kind, body, http.headers, path,  # type: ignore[arg-type]
                     request_id, http.headers.get("content-type"), http.path_params.get("sub_path", ""),
-                    passed or {})
+                    passed or {}, http.method, http.scope.get("query_string", b"").decode("latin-1"))
         return await self.core.handle(call, functools.partial(until_disconnect, http)), True
 
     async def predict(self, http: Request) -> Response:

@@ -1,0 +1,172 @@
+"""Custom images: a service JSON in EAS's current form (`metadata.name`, `containers`,
+`cloud`) runs real containers under podman, behind the real gateway.
+
+The image is built in the test, offline: a static Go web app (tests/e2e/fixtures/webapp)
+in a `FROM scratch` image (`podman build` needs no registry for it). Nothing is mocked.
+Needs podman and Go on the machine (`make container-deps` sets podman up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from eas.instance import container
+from tests.e2e.harness import EasServer, Load, write_json
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("podman") is None or shutil.which("go") is None,
+                       reason="needs podman (make container-deps) and go"),
+]
+
+APP = Path(__file__).parent / "fixtures" / "webapp"
+IMAGE = "localhost/eas-e2e-webapp"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two tags of the web app (VERSION v1 and v2), built here from source."""
+    build = tmp_path_factory.mktemp("webapp")
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOCACHE": str(build / "gocache")}
+    subprocess.run(["go", "build", "-o", str(build / "webapp"), "."], cwd=APP, env=env, check=True, timeout=300)
+    tags = {}
+    for version in ("v1", "v2"):
+        tag = f"{IMAGE}:{version}"
+        # A literal ENV per tag: podman 4.3's layer cache ignores build-arg values.
+        (build / "Containerfile").write_text(f"FROM scratch\nENV VERSION={version}\nCOPY webapp /webapp\n"
+                                             'ENTRYPOINT ["/webapp"]\n')
+        subprocess.run(["podman", "build", "-q", "-t", tag, str(build)], check=True, timeout=300, capture_output=True)
+        tags[version] = tag
+    return tags
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory):
+    server = EasServer(tmp_path_factory.mktemp("eas-data")).start()
+    yield server
+    server.stop()
+    container.reap(owner(server))  # whatever a failed test left behind
+
+
+def owner(server: EasServer) -> str:
+    return container.owner_of(str(server.data_dir.resolve() / "cache"))
+
+
+def containers(server: EasServer, service: str | None = None) -> list[dict[str, str]]:
+    rows = container.managed(owner(server))
+    return [r for r in rows if service is None or r["service"] == service]
+
+
+def wait_until(what: str, check: Any, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"not true within {timeout} s: {what}")
+
+
+def webapp(name: str, image: str, **env: str) -> dict[str, Any]:
+    """The service JSON as EAS's console writes it for a custom image."""
+    return {
+        "metadata": {"name": name, "instance": 1, "cpu": 1, "memory": 256},
+        "containers": [{
+            "image": image, "command": ["/webapp"], "port": 8000,
+            "env": [{"name": "READY_AFTER", "value": "2"}, *({"name": k, "value": v} for k, v in env.items())],
+            "health_check": {"http_get": {"path": "/ready"}, "period_seconds": 1},
+        }],
+        "cloud": {"computing": {"instance_type": "ecs.c6.large"}},
+    }
+
+
+def get(server: EasServer, name: str, sub: str, token: str | None, **kw: Any) -> httpx.Response:
+    headers = {"Authorization": token} if token else {}
+    return httpx.request(kw.pop("method", "GET"), f"{server.url}/api/predict/{name}{sub}", headers={**headers, **kw.pop(
+        "headers", {})}, timeout=30, **kw)
+
+
+def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp_path: Path) -> None:
+    srv.eascmd("create", str(write_json(tmp_path / "web.json", webapp("web", images["v1"]))))
+    info = srv.wait_status("web", "Running", timeout=180)
+    token = info["AccessToken"]
+
+    # Running only once the health check passed: the app refused its first 2 probes.
+    first = get(srv, "web", "/", token)
+    assert first.status_code == 200, first.text
+    assert first.json()["probes"] >= 3
+    assert get(srv, "web", "/", None).status_code == 401
+    assert get(srv, "web", "/", "wrong-token-123").status_code == 401
+
+    # Any method, sub-path, query and the client's own headers reach the app; the token does not.
+    page = get(srv, "web", "/static/app.js", token, params={"v": "3", "q": "a b"}, headers={"X-Custom": "yes"}).json()
+    assert (page["method"], page["path"], page["query"], page["x_custom"]) == ("GET", "/static/app.js", "v=3&q=a+b",
+                                                                             "yes")
+    assert page["authorization"] == "" and page["version"] == "v1"
+    posted = get(srv, "web", "/api/items", token, method="POST", content=b'{"a":1}').json()
+    assert (posted["method"], posted["path"], posted["body"]) == ("POST", "/api/items", '{"a":1}')
+    assert get(srv, "web", "/api/items/7", token, method="DELETE").json()["method"] == "DELETE"
+    assert srv.predict("web", b"hello", token).json()["body"] == "hello"  # EAS predict form: POST to the service
+
+    # One container per instance, labelled with its service and instance.
+    rows = containers(srv, "web")
+    assert len(rows) == 1 and rows[0]["state"] == "running"
+
+    # Scale 1 -> 2: both containers serve.
+    srv.eascmd("modify", "web", "-Dmetadata.instance=2")
+    wait_until("2 running containers", lambda: len([r for r in containers(srv, "web") if r["state"] == "running"]) == 2)
+    wait_until("answers from both containers",
+               lambda: len({get(srv, "web", "/", token).json()["host"] for _ in range(20)}) == 2)
+    assert srv.desc("web")["RunningInstance"] == 2
+
+    # Rolling update to a new image tag under load: no request fails.
+    patch = write_json(tmp_path / "v2.json", {"containers": webapp("web", images["v2"])["containers"]})
+    with Load(f"{srv.url}/api/predict/web", b"load", token, concurrency=4) as load:
+        wait_until("some answers", lambda: load.mark() > 20)
+        srv.eascmd("modify", "web", "-s", str(patch))
+        wait_until("v2 answering", lambda: get(srv, "web", "/", token).json()["version"] == "v2", timeout=240)
+        wait_until("only v2 containers", lambda: len(containers(srv, "web")) == 2
+                   and all(get(srv, "web", "/", token).json()["version"] == "v2" for _ in range(10)), timeout=240)
+        srv.wait_status("web", "Running")
+    failed = [(status, body[:200]) for status, _, body in load.results if status != 200]
+    assert load.results and not failed, f"{len(failed)} of {len(load.results)} failed: {failed[:5]}"
+
+    # kill -9 of eas-server and restart: serving again, no orphan container.
+    srv.kill9()
+    srv.start()
+    srv.wait_status("web", "Running", timeout=180)
+    wait_until("serving after restart", lambda: get(srv, "web", "/", token).status_code == 200)
+    wait_until("exactly the 2 new containers", lambda: len(containers(srv, "web")) == 2, timeout=60)
+    assert get(srv, "web", "/", token).json()["version"] == "v2"
+
+    # Delete: no container left.
+    srv.eascmd("delete", "web", "-y")
+    wait_until("no containers after delete", lambda: not containers(srv, "web"), timeout=120)
+
+
+def test_container_exiting_at_start_is_failed_with_its_last_log_lines(srv: EasServer, images: dict[str, str],
+                                                                       tmp_path: Path) -> None:
+    srv.eascmd("create", str(write_json(tmp_path / "crash.json", webapp("crasher", images["v1"], CRASH="1"))))
+    info = srv.wait_status("crasher", "Failed", timeout=180)
+    assert "exit code 3" in info["Message"], info["Message"]
+    assert "fatal: no config file at /etc/webapp.conf" in info["Message"]
+    assert "Traceback" not in info["Message"]
+    srv.eascmd("delete", "crasher", "-y")
+    wait_until("no containers after delete", lambda: not containers(srv, "crasher"), timeout=120)
+
+
+def test_bad_container_spec_names_the_field(srv: EasServer, tmp_path: Path) -> None:
+    bad = webapp("badspec", "localhost/x:v1")
+    bad["containers"][0]["health_check"] = {"http_get": {"path": "ready"}}
+    res = srv.eascmd("create", str(write_json(tmp_path / "bad.json", bad)), check=False)
+    assert res.returncode != 0
+    assert "containers.0.health_check.http_get.path" in res.stdout + res.stderr
