@@ -284,9 +284,11 @@ class ContainerGroup:
             if serving is not None and serving.port:
                 self.endpoint = self.containers[0].published(serving.port)
         except ContainerError as exc:
+            gone = self.exited()  # one that exited at once has no published port: say why it exited
+            reason = gone.exit_reason() if gone is not None else str(exc)
             self.close()
             remove([name])  # a run that failed may still have created it
-            raise ModelLoadError(str(exc)) from None
+            raise ModelLoadError(reason) from None
         except BaseException:
             self.close()
             raise

@@ -155,7 +155,9 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
 
 def test_container_exiting_at_start_is_failed_with_its_last_log_lines(srv: EasServer, images: dict[str, str],
                                                                        tmp_path: Path) -> None:
-    srv.eascmd("create", str(write_json(tmp_path / "crash.json", webapp("crasher", images["v1"], CRASH="1"))))
+    created = srv.eascmd("create", str(write_json(tmp_path / "crash.json", webapp("crasher", images["v1"], CRASH="1"))),
+                         check=False)
+    assert created.returncode != 0 and "exit code 3" in created.stderr, created.stderr
     info = srv.wait_status("crasher", "Failed", timeout=180)
     assert "exit code 3" in info["Message"], info["Message"]
     assert "fatal: no config file at /etc/webapp.conf" in info["Message"]
