@@ -75,7 +75,7 @@ class Metadata(_Strict):
     resource: str | None = None
     warm_up_count: int = Field(5, ge=1, le=100, description="times each warm-up request is replayed")
     enable_grpc: bool = Field(False, description="gRPC is always served here (eas-server --grpc-port)")
-    enable_webservice: bool = Field(False, description="any method and sub-path reach a container service anyway")
+    enable_webservice: bool = kept(False, description="a container service gets every method and sub-path anyway")
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     rolling_strategy: RollingStrategy = Field(default_factory=RollingStrategy)
     name: str | None = Field(None, description="the new-style place of the service name")
