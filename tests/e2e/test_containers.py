@@ -49,6 +49,56 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return tags
 
 
+#: What a Python image needs from this machine's own Python (a Debian python3.11): the
+#: interpreter, a shell, their shared libraries and the standard library.
+HOST_PYTHON = Path("/usr/bin/python3.11")
+STDLIB_SKIP = shutil.ignore_patterns("test", "tests", "__pycache__", "idlelib", "tkinter", "ensurepip", "lib2to3",
+                                     "pydoc_data", "turtledemo", "dist-packages", "site-packages")
+
+
+@pytest.fixture(scope="module")
+def python_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Python image built offline from a root file system made here out of the host's
+    python3.11 (no registry, no base image): `FROM scratch` + that tree."""
+    if not HOST_PYTHON.exists() or not Path("/usr/lib/python3.11").is_dir():
+        pytest.skip("needs the system python3.11 (Debian's python3.11 package) to build a Python image")
+    build = tmp_path_factory.mktemp("pyimage")
+    root = build / "rootfs"
+    binaries = {HOST_PYTHON: root / "usr/bin/python3", Path("/bin/dash"): root / "bin/sh"}
+    for source, target in binaries.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+        for line in subprocess.run(["ldd", str(source)], capture_output=True, text=True, check=True).stdout.splitlines():
+            lib = line.split("=>")[-1].split("(")[0].strip()
+            if lib.startswith("/"):
+                (root / lib.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(lib, root / lib.lstrip("/"))
+    shutil.copytree("/usr/lib/python3.11", root / "usr/lib/python3.11", ignore=STDLIB_SKIP, symlinks=True)
+    (build / "Containerfile").write_text('FROM scratch\nCOPY rootfs/ /\nENV PATH=/usr/bin:/bin\n')
+    tag = "localhost/eas-e2e-python:3.11"
+    subprocess.run(["podman", "build", "-q", "-t", tag, str(build)], check=True, timeout=600, capture_output=True)
+    return tag
+
+
+PY_APP = """
+import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class App(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"lang": "python", "path": self.path, "greeting": os.environ["GREETING"],
+                           "note": open("/app/note.txt").read()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+print("python app up", flush=True)
+ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), App).serve_forever()
+"""
+
+
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory):
     server = EasServer(tmp_path_factory.mktemp("eas-data")).start()
@@ -172,3 +222,26 @@ def test_bad_container_spec_names_the_field(srv: EasServer, tmp_path: Path) -> N
     res = srv.eascmd("create", str(write_json(tmp_path / "bad.json", bad)), check=False)
     assert res.returncode != 0
     assert "containers.0.health_check.http_get.path" in res.stdout + res.stderr
+
+
+def test_python_image_with_a_script_and_a_storage_mount(srv: EasServer, python_image: str, tmp_path: Path) -> None:
+    """`script` runs in the image's shell; the app's code comes from a storage mount."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "server.py").write_text(PY_APP)
+    (app / "note.txt").write_text("from the mount")
+    spec = {
+        "metadata": {"name": "pyweb", "instance": 1, "cpu": 1, "memory": 256},
+        "containers": [{"image": python_image, "script": "exec python3 /app/server.py", "port": 9000,
+                        "env": [{"name": "PORT", "value": 9000}, {"name": "GREETING", "value": "hello"}],
+                        "health_check": {"tcp_socket": {"port": 9000}, "period_seconds": 1}}],
+        "storage": [{"mount_path": "/app", "nfs": {"path": str(app), "readOnly": True}}],
+    }
+    srv.eascmd("create", str(write_json(tmp_path / "py.json", spec)))
+    token = srv.wait_status("pyweb", "Running", timeout=180)["AccessToken"]
+    answer = get(srv, "pyweb", "/hello?x=1", token)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"lang": "python", "path": "/hello?x=1", "greeting": "hello", "note": "from the mount"}
+    assert get(srv, "pyweb", "/hello", None).status_code == 401
+    srv.eascmd("delete", "pyweb", "-y")
+    wait_until("no containers after delete", lambda: not containers(srv, "pyweb"), timeout=120)
