@@ -668,7 +668,8 @@ def _instance(service: str, replica: Replica, port: int) -> dict[str, Any]:
         "Isolated": False,
         "CurrentAmount": 0.0,
         "OriginalAmount": 0.0,
-        "Ext": {"Pid": replica.pid, "ReplicaState": replica.state},
+        "Ext": {"Pid": replica.pid, "ReplicaState": replica.state,
+                **({"ContainerState": replica.container} if replica.container is not None else {})},
     }
 
 

@@ -121,6 +121,7 @@ class RayBackend:
         self._stale: set[tuple[str, str]] = set()
         self._container_owner = container_owner
         self._stale_containers: set[str] = set()
+        self._container_states: dict[str, str] = {}
         self._containers_seen = 0.0
 
     def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str],
@@ -206,6 +207,9 @@ class RayBackend:
             )
         self._forget_dead_endpoints(endpoints, out)
         self._reap_containers(out)
+        for app in out.values():
+            for replica in app.replicas:
+                replica.container = self._container_states.get(replica.replica_id)
         return out
 
     def _reap_containers(self, apps: dict[str, AppState]) -> None:
@@ -223,18 +227,12 @@ class RayBackend:
         except container.ContainerError:
             return
         listed = {r.replica_id for app in apps.values() for r in app.replicas}
+        # The serving container's (name suffix -0) state, by instance.
+        self._container_states = container.describe(rows)
         orphans = {row["id"] for row in rows if row["instance"] not in listed}
         container.remove(sorted(orphans & self._stale_containers))
         self._stale_containers = orphans - self._stale_containers
 
-    def containers(self) -> dict[str, str]:
-        """Container state by replica id on this node (what `eascmd w` shows)."""
-        if self._container_owner is None or container.missing_runtime():
-            return {}
-        try:
-            return container.describe(container.managed(self._container_owner))
-        except container.ContainerError:
-            return {}
 
     def _forget_dead_endpoints(self, endpoints: dict[tuple[str, str], tuple[str, int]],
                                apps: dict[str, AppState]) -> None:

@@ -433,6 +433,11 @@ class ContainerProcessor(Processor):
             self.group = None
 
 
-def describe(rows: list[dict[str, str]]) -> dict[str, Any]:
-    """Container states by instance (what `eascmd w` shows)."""
-    return {row["instance"]: row["state"] for row in rows}
+def describe(rows: list[dict[str, str]]) -> dict[str, str]:
+    """Container state by instance (what `eascmd w` shows): its worst, so an exited
+    sidecar shows as well as an exited serving container."""
+    states: dict[str, str] = {}
+    for row in rows:
+        if states.get(row["instance"], "running") == "running":
+            states[row["instance"]] = row["state"]
+    return states

@@ -36,7 +36,7 @@ IMAGE = "localhost/eas-e2e-webapp"
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Two tags of the web app (VERSION v1 and v2), built here from source."""
     build = tmp_path_factory.mktemp("webapp")
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOCACHE": str(build / "gocache")}
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
     subprocess.run(["go", "build", "-o", str(build / "webapp"), "."], cwd=APP, env=env, check=True, timeout=300)
     tags = {}
     for version in ("v1", "v2"):
@@ -177,6 +177,18 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
     wait_until("answers from both containers",
                lambda: len({get(srv, "web", "/", token).json()["host"] for _ in range(20)}) == 2)
     assert srv.desc("web")["RunningInstance"] == 2
+    wait_until("eascmd w shows both containers running", lambda: [
+        i["Ext"].get("ContainerState") for i in json.loads(srv.eascmd("w", "web", "--json").stdout)] == ["running"] * 2)
+    assert "CONTAINER" in srv.eascmd("w", "web").stdout
+
+    # A container that dies takes its instance with it: a new instance, a new container.
+    victim = containers(srv, "web")[0]
+    subprocess.run(["podman", "kill", victim["id"]], check=True, capture_output=True, timeout=60)
+    wait_until("the dead container replaced", lambda: (lambda rows: len(rows) == 2 and victim["id"] not in
+                                                       {r["id"] for r in rows} and all(r["state"] == "running"
+                                                                                     for r in rows))(containers(srv, "web")),
+               timeout=180)
+    srv.wait_status("web", "Running")
 
     # Rolling update to a new image tag under load: no request fails.
     patch = write_json(tmp_path / "v2.json", {"containers": webapp("web", images["v2"])["containers"]})
