@@ -9,6 +9,7 @@ import pytest
 
 from eas import spec as specs
 from eas.instance import container
+from tests.support.platform import Harness, api_fixture  # noqa: F401 - the `api` fixture
 
 
 def service(**first: Any) -> dict[str, Any]:
@@ -90,3 +91,14 @@ def test_no_runtime_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_owner_differs_per_data_directory() -> None:
     assert container.owner_of("/a/cache") != container.owner_of("/b/cache")
     assert container.owner_of("/a/cache") == container.owner_of("/a/./cache")
+
+
+def test_no_runtime_on_the_node_fails_the_service_at_once(api: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller checks for the runtime before it deploys (the in-memory backend of
+    tests/support/backend.py stands in for Ray; no podman is found on an empty PATH)."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    api.create(service())
+    api.reconcile_until(lambda: api.status("web") == "Failed", "web to fail")
+    message = api.describe("web")["Message"]
+    assert "'podman' is not installed" in message and "apt-get install -y podman runc" in message
+    assert not api.cluster.calls, "nothing was deployed"
