@@ -25,7 +25,8 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
 
 import httpx
 
@@ -417,12 +418,21 @@ class ContainerProcessor(Processor):
         if request.content_type:
             headers["content-type"] = request.content_type
         try:
-            answer = self.http.request(request.method, url, content=request.body, headers=headers)
+            answer = self.http.send(self.http.build_request(request.method, url, content=request.body,
+                                                            headers=headers), stream=True)
         except httpx.HTTPError as exc:
             return Response(error_body(502, f"the container did not answer: {type(exc).__name__}: {exc}",
                                        request.request_id), 502)
-        return Response(answer.content, answer.status_code,
-                        answer.headers.get("content-type") or "application/octet-stream")
+        content_type = answer.headers.get("content-type") or "application/octet-stream"
+        if "content-length" in answer.headers and not content_type.startswith("text/event-stream"):
+            try:
+                return Response(answer.read(), answer.status_code, content_type)
+            except httpx.HTTPError as exc:
+                return Response(error_body(502, f"the container's answer broke off: {exc}", request.request_id), 502)
+            finally:
+                answer.close()
+        # Chunked or server-sent events (an LLM server's tokens): passed on piece by piece.
+        return StreamedAnswer(b"", answer.status_code, content_type, chunks=_pieces(answer))
 
     def close(self) -> None:
         if self.http is not None:
@@ -431,6 +441,25 @@ class ContainerProcessor(Processor):
         if self.group is not None:
             self.group.close()
             self.group = None
+
+
+@dataclass
+class StreamedAnswer(Response):
+    """A container's answer passed on as it comes (the runtime reads `chunks` on a worker
+    thread; eas/instance/core.py sends each piece on within the keepalive)."""
+
+    chunks: Iterator[bytes] | None = None
+
+
+def _pieces(answer: httpx.Response) -> Iterator[bytes]:
+    """The body's pieces as they arrive; closed (the connection released) at the end or
+    when the client goes away (the generator is closed)."""
+    try:
+        for piece in answer.iter_raw():
+            if piece:
+                yield piece
+    finally:
+        answer.close()
 
 
 def describe(rows: list[dict[str, str]]) -> dict[str, str]:

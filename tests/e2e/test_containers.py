@@ -166,6 +166,9 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
     assert (posted["method"], posted["path"], posted["body"]) == ("POST", "/api/items", '{"a":1}')
     assert get(srv, "web", "/api/items/7", token, method="DELETE").json()["method"] == "DELETE"
     assert srv.predict("web", b"hello", token).json()["body"] == "hello"  # EAS predict form: POST to the service
+    with httpx.stream("GET", f"{srv.url}/api/predict/web/stream", headers={"Authorization": token}, timeout=30) as sse:
+        assert sse.headers["content-type"].startswith("text/event-stream")
+        assert "".join(sse.iter_text()) == "data: token1\n\ndata: token2\n\ndata: token3\n\n"
 
     # One container per instance, labelled with its service and instance.
     rows = containers(srv, "web")
