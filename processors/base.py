@@ -67,6 +67,8 @@ class Response:
     body: bytes
     status: int = 200
     content_type: str = "application/json"
+    headers: Mapping[str, str] | None = None
+    """More answer headers (a container service's Location, Set-Cookie, Cache-Control, ...)."""
 
 
 class ProcessorError(Exception):

@@ -127,6 +127,12 @@ NOT_PASSED = frozenset({"authorization", "host", "connection", "keep-alive", "tr
                         INTERNAL_KEY_HEADER.lower(), REQUEST_ID_HEADER.lower()})
 
 
+#: Answer headers of a container service the gateway never passes back: framing, and
+#: what only the gateway and its instances exchange.
+NOT_RETURNED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "trailer", "upgrade",
+                          "date", "server", INTERNAL_KEY_HEADER.lower()})
+
+
 class Gateway:
     def __init__(self, routes: RouteTable, internal_key: str, max_body_bytes: int = MAX_BODY_BYTES,
                  metrics: GatewayMetrics | None = None, auth_failures: AuthFailures | None = None) -> None:
@@ -312,7 +318,12 @@ class Gateway:
             try:
                 up = await self.upstream.request(call.method, endpoint.host, endpoint.port, path, sent, call.body,
                                                  timeout, stream=call.streaming, gap_s=budget, query=call.query)
-                return Answer(up.status, up.body, passed_headers(up.headers, request_id), up.stream)
+                shown = passed_headers(up.headers, request_id)
+                if route.pass_headers:  # a container's own answer headers (Location, Set-Cookie, ...)
+                    own = {k.lower() for k in shown}
+                    shown = {**{k: v for k, v in up.headers.items() if k not in NOT_RETURNED and k not in own},
+                             **shown}
+                return Answer(up.status, up.body, shown, up.stream)
             except UpstreamTimeout:
                 return error_answer(504, f"no answer from instance {endpoint.instance} within {timeout:.1f} s",
                                     request_id)

@@ -30,6 +30,7 @@ from typing import Iterator, Mapping, Sequence
 
 import httpx
 
+from eas.protocols.wire import INSTANCE_HEADER, INTERNAL_KEY_HEADER, PROCESSOR_TIME_HEADER, REQUEST_ID_HEADER
 from eas.spec import ServiceSpec
 from eas.spec.container import ContainerSpec, HealthCheck
 from processors.base import ModelContext, ModelLoadError, Processor, ProcessorError, Request, Response, error_body
@@ -53,6 +54,12 @@ CLI_TIMEOUT_S = 120.0
 #: Headers that describe one hop, never passed on to a container.
 HOP_HEADERS = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                          "proxy-authorization", "content-length", "authorization"})
+
+
+#: A container's answer headers the instance sets itself (length, framing, type).
+ANSWER_HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-type",
+                                "date", "server", "trailer", "upgrade", REQUEST_ID_HEADER.lower(),
+                                INSTANCE_HEADER.lower(), PROCESSOR_TIME_HEADER.lower(), INTERNAL_KEY_HEADER.lower()})
 
 
 class ContainerError(Exception):
@@ -424,15 +431,16 @@ class ContainerProcessor(Processor):
             return Response(error_body(502, f"the container did not answer: {type(exc).__name__}: {exc}",
                                        request.request_id), 502)
         content_type = answer.headers.get("content-type") or "application/octet-stream"
+        passed = {k: v for k, v in answer.headers.items() if k.lower() not in ANSWER_HOP_HEADERS}
         if "content-length" in answer.headers and not content_type.startswith("text/event-stream"):
             try:
-                return Response(answer.read(), answer.status_code, content_type)
+                return Response(answer.read(), answer.status_code, content_type, passed)
             except httpx.HTTPError as exc:
                 return Response(error_body(502, f"the container's answer broke off: {exc}", request.request_id), 502)
             finally:
                 answer.close()
         # Chunked or server-sent events (an LLM server's tokens): passed on piece by piece.
-        return StreamedAnswer(b"", answer.status_code, content_type, chunks=_pieces(answer))
+        return StreamedAnswer(b"", answer.status_code, content_type, passed, chunks=_pieces(answer))
 
     def close(self) -> None:
         if self.http is not None:

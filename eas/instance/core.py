@@ -181,8 +181,9 @@ class InstanceApp:
             self.in_flight -= 1
         spent = time.perf_counter() - started
         self.processor_seconds += spent
-        headers = {"Content-Type": response.content_type, REQUEST_ID_HEADER: call.request_id,
-                   INSTANCE_HEADER: self.instance, PROCESSOR_TIME_HEADER: f"{spent * 1000:.3f}"}
+        headers = {**(response.headers or {}), "Content-Type": response.content_type,
+                   REQUEST_ID_HEADER: call.request_id, INSTANCE_HEADER: self.instance,
+                   PROCESSOR_TIME_HEADER: f"{spent * 1000:.3f}"}
         chunks = getattr(response, "chunks", None)
         if chunks is not None:  # streamed: its first chunk came within the keepalive
             self.in_flight += 1  # it holds its place in the queue until it ends

@@ -166,9 +166,19 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
     assert (posted["method"], posted["path"], posted["body"]) == ("POST", "/api/items", '{"a":1}')
     assert get(srv, "web", "/api/items/7", token, method="DELETE").json()["method"] == "DELETE"
     assert srv.predict("web", b"hello", token).json()["body"] == "hello"  # EAS predict form: POST to the service
+    login = get(srv, "web", "/login", token)  # not followed: the client sees the app's redirect and cookie
+    assert login.status_code == 302 and login.headers["location"] == "/home", login.headers
+    assert login.cookies["session"] == "abc123"
     with httpx.stream("GET", f"{srv.url}/api/predict/web/stream", headers={"Authorization": token}, timeout=30) as sse:
         assert sse.headers["content-type"].startswith("text/event-stream")
         assert "".join(sse.iter_text()) == "data: token1\n\ndata: token2\n\ndata: token3\n\n"
+
+    # DIRECT mode: the SDKs call the instance itself (token checked there), which forwards.
+    upstreams = httpx.get(f"{srv.url}/api/v1/servicediscovery/upstreams/web", timeout=10).json()
+    item = upstreams["endpoints"]["items"][0]
+    direct = f"http://{item['ip']}:{item['port']}/api/predict/web/direct"
+    assert httpx.post(direct, content=b"x", timeout=10).status_code == 401
+    assert httpx.post(direct, content=b"x", headers={"Authorization": token}, timeout=10).json()["path"] == "/direct"
 
     # One container per instance, labelled with its service and instance.
     rows = containers(srv, "web")
