@@ -301,6 +301,46 @@ class ContainerGroup:
             self.close()
             raise
 
+    def wait_healthy(self) -> None:
+        """Wait until every container with a check passes it (the serving one: its health
+        check, else a TCP connect to its port; a sidecar on the node's network: likewise on
+        its own port), so no request and no processor meets one still starting. Raises
+        ModelLoadError with the reason: a container exited, or the start timeout passed."""
+        limit = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_S)
+        deadline = time.monotonic() + limit
+        for i, each in enumerate(self.containers):
+            endpoint, port = self.probe_target(i)
+            check = each.spec.health_check
+            if endpoint is None and not (check and check.exec):
+                continue  # nothing to check from here but that it runs (below)
+            if check and check.initial_delay_seconds:
+                time.sleep(min(check.initial_delay_seconds, limit))
+            passed, needed = 0, check.success_threshold if check else 1
+            while passed < needed:
+                gone = self.exited()
+                if gone is not None:
+                    raise ModelLoadError(gone.exit_reason())
+                passed = passed + 1 if probe(check, each, endpoint, port) else 0
+                if passed >= needed:
+                    break
+                if time.monotonic() >= deadline:
+                    lines = " | ".join(last_logs(each.id)) or "(no output)"
+                    raise ModelLoadError(f"container {each.name} did not pass its health check within {limit:.0f} s "
+                                         f"({START_TIMEOUT_ENV}); last log lines: {lines}")
+                time.sleep(check.period_seconds if check else 0.5)
+        gone = self.exited()
+        if gone is not None:
+            raise ModelLoadError(gone.exit_reason())
+
+    def probe_target(self, i: int) -> tuple[tuple[str, int] | None, int | None]:
+        """Where container i is checked from this node: (host, port) and its own port."""
+        spec = self.containers[i].spec
+        if i == 0 and self.endpoint is not None:
+            return self.endpoint, spec.port
+        if self.service.serving_container is None and spec.port:  # a sidecar on the node's network
+            return ("127.0.0.1", spec.port), spec.port
+        return None, None
+
     def exited(self) -> Container | None:
         """A container that is no longer running, if any."""
         return next((c for c in self.containers if c.state()[0] != "running"), None)
@@ -327,8 +367,8 @@ def probe(check: HealthCheck | None, container: Container, endpoint: tuple[str, 
     wanted = (check.http_get.port if check and check.http_get else check.tcp_socket.port if check and check.tcp_socket
               else None)
     if wanted is not None and wanted != port:
-        try:
-            host, published = container.published(wanted)
+        try:  # published on the node, or (a sidecar on the node's network) the node's own port
+            host, published = container.published(wanted) if published != port else (host, wanted)
         except ContainerError:
             return False
     if check and check.http_get:
@@ -361,39 +401,13 @@ class ContainerProcessor(Processor):
         """Start the containers and wait for the health check (or their exit: the reason)."""
         self.group = ContainerGroup(self.service, self.instance, self.owner, self.host_ip, self.ctx.mounts)
         try:
-            self._wait_healthy()
+            self.group.wait_healthy()
         except BaseException:
             self.close()
             raise
         workers = self.service.metadata.concurrency
         self.http = httpx.Client(timeout=None, limits=httpx.Limits(max_connections=workers,
                                                                    max_keepalive_connections=workers))
-
-    def _wait_healthy(self) -> None:
-        assert self.group is not None
-        serving = self.service.serving_container
-        check = serving.health_check if serving else None
-        limit = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_S)
-        deadline = time.monotonic() + limit
-        if check and check.initial_delay_seconds:
-            time.sleep(min(check.initial_delay_seconds, limit))
-        passed = 0
-        needed = check.success_threshold if check else 1
-        period = check.period_seconds if check else 1
-        while True:
-            gone = self.group.exited()
-            if gone is not None:
-                raise ModelLoadError(gone.exit_reason())
-            if serving is None:
-                return  # sidecars beside a processor: running is enough
-            passed = passed + 1 if probe(check, self.group.containers[0], self.group.endpoint, serving.port) else 0
-            if passed >= needed:
-                return
-            if time.monotonic() >= deadline:
-                lines = " | ".join(last_logs(self.group.containers[0].id)) or "(no output)"
-                raise ModelLoadError(f"container {self.group.containers[0].name} did not pass its health check "
-                                     f"within {limit:.0f} s ({START_TIMEOUT_ENV}); last log lines: {lines}")
-            time.sleep(min(period, 1.0) if passed == 0 and check is None else period)
 
     def check(self) -> None:
         """Raise when the instance must be replaced: a container exited, or the health

@@ -62,6 +62,7 @@ class ServiceRuntime:
                 # Beside a processor: the sidecars run first, so the processor finds them up.
                 self.sidecars = container.ContainerGroup(self.spec, host.instance, host.owner, host.ip,
                                                          self.mounts.paths)
+                self.sidecars.wait_healthy()
             self.processor = load_processor(self.spec, cache_dir, self.mounts, device, host)
             self.load_seconds = time.perf_counter() - started
             """Mounts + fetch + load time of this instance: its cold start, as metrics report it."""

@@ -270,3 +270,52 @@ def test_python_image_with_a_script_and_a_storage_mount(srv: EasServer, python_i
     assert get(srv, "pyweb", "/hello", None).status_code == 401
     srv.eascmd("delete", "pyweb", "-y")
     wait_until("no containers after delete", lambda: not containers(srv, "pyweb"), timeout=120)
+
+
+SIDECAR_CODE = '''
+import urllib.request
+
+
+class Front:
+    def initialize(self):
+        pass
+
+    def process(self, data):
+        with urllib.request.urlopen("http://127.0.0.1:%d/from-processor", data=data, timeout=5) as answer:
+            return answer.read(), 200
+'''
+
+
+def test_processor_with_a_sidecar_container(images: dict[str, str], tmp_path: Path) -> None:
+    """EAS's processor + containers form, in one instance (the runtime as a replica runs
+    it, without Ray): the sidecar starts first and passes its check, the user code calls
+    it on localhost, and closing the instance removes it."""
+    from eas.instance.runtime import ContainerHost, ServiceRuntime
+    from processors.base import Request
+    import asyncio
+
+    port = free_port()
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "app.py").write_text(SIDECAR_CODE % port)
+    spec = {"metadata": {"name": "front", "instance": 1}, "processor_type": "python", "processor_path": str(code),
+            "containers": [{"image": images["v1"], "command": ["/webapp"], "port": port,
+                            "env": [{"name": "PORT", "value": port}]}]}
+    host = ContainerHost("sidecar1", "test-sidecar-owner")
+    runtime = ServiceRuntime(spec, str(tmp_path / "cache"), host=host)
+    try:  # the sidecar was up before the processor loaded (a TCP check on its port)
+        answer = asyncio.run(runtime.run("predict", Request(b"ping")))
+        assert answer.status == 200, answer.body
+        assert json.loads(answer.body)["path"] == "/from-processor" and json.loads(answer.body)["body"] == "ping"
+        runtime.check()
+    finally:
+        runtime.close()
+    assert not container.managed("test-sidecar-owner")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
