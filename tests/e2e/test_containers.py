@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -201,6 +202,16 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
                                                        {r["id"] for r in rows} and all(r["state"] == "running"
                                                                                      for r in rows))(containers(srv, "web")),
                timeout=180)
+    srv.wait_status("web", "Running")
+
+    # kill -9 of a replica: it cannot remove its container; the server does (an orphan by label).
+    instances = json.loads(srv.eascmd("w", "web", "--json").stdout)
+    doomed = next(i for i in instances if i["Ext"]["Pid"])
+    doomed_id = doomed["InstanceName"].removeprefix("web-")
+    os.kill(doomed["Ext"]["Pid"], signal.SIGKILL)
+    wait_until("the killed replica's container removed, a new one running", lambda: (lambda rows: len(rows) == 2
+               and doomed_id not in {r["instance"] for r in rows} and all(r["state"] == "running" for r in rows))(
+                   containers(srv, "web")), timeout=180)
     srv.wait_status("web", "Running")
 
     # Rolling update to a new image tag under load: no request fails.
