@@ -25,15 +25,28 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
 
 import httpx
 
-from eas.protocols.wire import INSTANCE_HEADER, INTERNAL_KEY_HEADER, PROCESSOR_TIME_HEADER, REQUEST_ID_HEADER
+from eas.protocols.wire import (
+    INSTANCE_HEADER,
+    INTERNAL_KEY_HEADER,
+    PROCESSOR_TIME_HEADER,
+    REQUEST_ID_HEADER,
+)
 from eas.spec import ServiceSpec
 from eas.spec.container import ContainerSpec, HealthCheck
-from processors.base import ModelContext, ModelLoadError, Processor, ProcessorError, Request, Response, error_body
+from processors.base import (
+    ModelContext,
+    ModelLoadError,
+    Processor,
+    ProcessorError,
+    Request,
+    Response,
+    error_body,
+)
 
 log = logging.getLogger("eas.container")
 
@@ -91,12 +104,11 @@ def owner_of(cache_dir: str) -> str:
     return hashlib.sha256(os.path.abspath(cache_dir).encode()).hexdigest()[:16]
 
 
-def cli(args: Sequence[str], timeout: float = CLI_TIMEOUT_S, env: Mapping[str, str] | None = None) -> str:
+def cli(args: Sequence[str], timeout: float = CLI_TIMEOUT_S) -> str:
     """Run the runtime CLI; its stdout, or ContainerError with its stderr."""
     name = runtime_cli()
     try:
-        done = subprocess.run([name, *args], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **env} if env else None)
+        done = subprocess.run([name, *args], capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:
         raise ContainerError(missing_runtime(name) or f"{name} not found") from None
     except subprocess.TimeoutExpired:
@@ -108,9 +120,9 @@ def cli(args: Sequence[str], timeout: float = CLI_TIMEOUT_S, env: Mapping[str, s
 
 def managed(owner: str) -> list[dict[str, str]]:
     """This owner's containers on this node: id, service, instance, state."""
+    labels = f'{{{{index .Labels "{LABEL_SERVICE}"}}}}\t{{{{index .Labels "{LABEL_INSTANCE}"}}}}'
     out = cli(["ps", "-a", "--filter", f"label={LABEL_OWNER}={owner}", "--format",
-               "{{.ID}}\t{{index .Labels \"%s\"}}\t{{index .Labels \"%s\"}}\t{{.State}}"
-               % (LABEL_SERVICE, LABEL_INSTANCE)], timeout=30)
+               "{{.ID}}\t" + labels + "\t{{.State}}"], timeout=30)
     rows = []
     for line in out.splitlines():
         parts = line.split("\t")
@@ -128,11 +140,14 @@ def _state_word(text: str) -> str:
 
 
 def remove(ids: Sequence[str]) -> None:
+    """Stop and remove containers by id or name; one already gone is no error."""
+    ids = [i for i in ids if i]
     if ids:
         try:
             cli(["rm", "-f", *ids], timeout=60)
         except ContainerError as exc:
-            log.warning("could not remove containers %s: %s", ", ".join(ids), exc)
+            if "no such container" not in str(exc).lower():
+                log.warning("could not remove containers %s: %s", ", ".join(ids), exc)
 
 
 def reap(owner: str, keep: set[str] | None = None) -> list[str]:
@@ -155,7 +170,7 @@ def reap(owner: str, keep: set[str] | None = None) -> list[str]:
 def last_logs(cid: str, lines: int = LOG_LINES) -> list[str]:
     try:
         done = subprocess.run([runtime_cli(), "logs", "--tail", str(lines), cid], capture_output=True, text=True,
-                              timeout=30)
+                              timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return []
     return [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()][-lines:]

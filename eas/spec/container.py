@@ -76,7 +76,7 @@ class HealthCheck(Strict):
     success_threshold: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _one(self) -> "HealthCheck":
+    def _one(self) -> HealthCheck:
         given = [k for k in ("http_get", "tcp_socket", "exec") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of http_get, tcp_socket, exec, not {' and '.join(given)}")
@@ -86,8 +86,8 @@ class HealthCheck(Strict):
 class Prepare(Strict):
     """Python packages installed in the container before it starts (`pip install`)."""
 
-    pythonRequirements: list[str] | None = None  # noqa: N815 - EAS field name
-    pythonRequirementsPath: str | None = None  # noqa: N815
+    pythonRequirements: list[str] | None = None
+    pythonRequirementsPath: str | None = None
 
 
 class ContainerResources(Strict):
@@ -114,7 +114,7 @@ class ContainerSpec(Strict):
         return v
 
     @model_validator(mode="after")
-    def _start(self) -> "ContainerSpec":
+    def _start(self) -> ContainerSpec:
         if self.script is not None and self.command is not None:
             raise ValueError("give 'script' (a shell line) or 'command', not both")
         names = [e.name for e in self.env]

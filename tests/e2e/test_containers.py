@@ -127,6 +127,11 @@ def wait_until(what: str, check: Any, timeout: float = 120) -> Any:
     raise AssertionError(f"not true within {timeout} s: {what}")
 
 
+def replaced(rows: list[dict[str, str]], key: str, gone: str) -> bool:
+    """Two containers running again, none of them the one whose `key` is `gone`."""
+    return len(rows) == 2 and gone not in {r[key] for r in rows} and all(r["state"] == "running" for r in rows)
+
+
 def webapp(name: str, image: str, **env: str) -> dict[str, Any]:
     """The service JSON as EAS's console writes it for a custom image."""
     return {
@@ -198,10 +203,7 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
     # A container that dies takes its instance with it: a new instance, a new container.
     victim = containers(srv, "web")[0]
     subprocess.run(["podman", "kill", victim["id"]], check=True, capture_output=True, timeout=60)
-    wait_until("the dead container replaced", lambda: (lambda rows: len(rows) == 2 and victim["id"] not in
-                                                       {r["id"] for r in rows} and all(r["state"] == "running"
-                                                                                     for r in rows))(containers(srv, "web")),
-               timeout=180)
+    wait_until("the dead container replaced", lambda: replaced(containers(srv, "web"), "id", victim["id"]), timeout=180)
     srv.wait_status("web", "Running")
 
     # kill -9 of a replica: it cannot remove its container; the server does (an orphan by label).
@@ -209,9 +211,8 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
     doomed = next(i for i in instances if i["Ext"]["Pid"])
     doomed_id = doomed["InstanceName"].removeprefix("web-")
     os.kill(doomed["Ext"]["Pid"], signal.SIGKILL)
-    wait_until("the killed replica's container removed, a new one running", lambda: (lambda rows: len(rows) == 2
-               and doomed_id not in {r["instance"] for r in rows} and all(r["state"] == "running" for r in rows))(
-                   containers(srv, "web")), timeout=180)
+    wait_until("the killed replica's container removed, a new one running",
+               lambda: replaced(containers(srv, "web"), "instance", doomed_id), timeout=180)
     srv.wait_status("web", "Running")
 
     # Rolling update to a new image tag under load: no request fails.
@@ -301,9 +302,10 @@ def test_processor_with_a_sidecar_container(images: dict[str, str], tmp_path: Pa
     """EAS's processor + containers form, in one instance (the runtime as a replica runs
     it, without Ray): the sidecar starts first and passes its check, the user code calls
     it on localhost, and closing the instance removes it."""
+    import asyncio
+
     from eas.instance.runtime import ContainerHost, ServiceRuntime
     from processors.base import Request
-    import asyncio
 
     port = free_port()
     code = tmp_path / "code"
