@@ -189,6 +189,10 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
     # One container per instance, labelled with its service and instance.
     rows = containers(srv, "web")
     assert len(rows) == 1 and rows[0]["state"] == "running"
+    # ... with the service's CPU and memory as its limits (metadata.cpu 1, memory 256 MB).
+    limits = subprocess.run(["podman", "inspect", "--format", "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}",
+                             rows[0]["id"]], capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    assert limits == [str(10**9), str(256 * 1024 * 1024)], limits
 
     # Scale 1 -> 2: both containers serve.
     srv.eascmd("modify", "web", "-Dmetadata.instance=2")
