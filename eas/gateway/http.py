@@ -18,9 +18,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from eas.gateway.core import Call, Gateway
-from eas.gateway.websocket import Closed
-from eas.protocols.wire import Answer
 from eas.protocols.http import close_unread, read_body, signed_path, to_response, until_disconnect
+from eas.protocols.websocket import StarletteSide
 
 
 METHODS = ["POST", "GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
@@ -74,40 +73,3 @@ class EasHttp:
             return JSONResponse({"code": 404, "message": f"service '{name}' does not exist"}, 404)
         return JSONResponse({"endpoints": {"items": [{"ip": host, "port": port, "weight": 100}
                                                      for host, port in instances]}})
-
-
-class StarletteSide:
-    """The client's end of a relayed WebSocket session (eas/gateway/websocket.py `ClientSide`)."""
-
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-
-    async def accept(self, subprotocol: str | None) -> None:
-        await self.ws.accept(subprotocol=subprotocol)
-
-    async def refuse(self, answer: Answer) -> None:
-        """The HTTP answer to the upgrade (uvicorn's WebSocket denial extension); a server
-        without it can only close, which clients see as 403."""
-        try:
-            await self.ws.send_denial_response(to_response(answer))
-        except RuntimeError:
-            await self.ws.close(1008, answer.body[:120].decode("utf-8", "replace"))
-
-    async def receive(self) -> str | bytes | Closed:
-        message = await self.ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return Closed(message.get("code") or 1005, message.get("reason") or "")
-        text = message.get("text")
-        return text if text is not None else (message.get("bytes") or b"")
-
-    async def send(self, message: str | bytes) -> None:
-        if isinstance(message, str):
-            await self.ws.send_text(message)
-        else:
-            await self.ws.send_bytes(message)
-
-    async def close(self, code: int, reason: str) -> None:
-        try:  # a close frame's reason is at most 123 bytes of UTF-8
-            await self.ws.close(code, reason.encode()[:123].decode("utf-8", "ignore"))
-        except (RuntimeError, OSError):  # already closed, or the client is gone
-            pass

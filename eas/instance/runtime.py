@@ -185,6 +185,13 @@ class ServiceRuntime:
                 raise RuntimeError(gone.exit_reason())
 
     @property
+    def container_endpoint(self) -> tuple[str, int] | None:
+        """Where the serving container listens on this node (None: a processor serves)."""
+        if isinstance(self.processor, container.ContainerProcessor) and self.processor.group is not None:
+            return self.processor.group.endpoint
+        return None
+
+    @property
     def forwards_everything(self) -> bool:
         """A container serves: every method, sub-path and header goes to it as sent."""
         return isinstance(self.processor, container.ContainerProcessor)

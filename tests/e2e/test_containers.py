@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from eas.instance import container
 from tests.e2e.harness import EasServer, Load, write_json
@@ -172,6 +174,16 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
     assert (posted["method"], posted["path"], posted["body"]) == ("POST", "/api/items", '{"a":1}')
     assert get(srv, "web", "/api/items/7", token, method="DELETE").json()["method"] == "DELETE"
     assert srv.predict("web", b"hello", token).json()["body"] == "hello"  # EAS predict form: POST to the service
+    # WebSockets (web UIs hold them): the token checked at the upgrade, frames relayed both ways.
+    ws_url = f"ws://127.0.0.1:{srv.port}/api/predict/web/ws"
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(ws_url, open_timeout=10).close()
+    assert refused.value.response.status_code == 401
+    with ws_connect(ws_url, additional_headers={"Authorization": token}, open_timeout=30) as session:
+        session.send("hi")
+        assert session.recv(timeout=30) == "echo: hi"
+        session.send("again")
+        assert session.recv(timeout=30) == "echo: again"
     login = get(srv, "web", "/login", token)  # not followed: the client sees the app's redirect and cookie
     assert login.status_code == 302 and login.headers["location"] == "/home", login.headers
     assert login.cookies["session"] == "abc123"
