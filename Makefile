@@ -23,7 +23,7 @@ SDK_JAVA_STAMP := tests/sdk/java/target/.deps-resolved
 V2C_VENV := tests/e2e/v2client/.venv
 V2C_STAMP := $(V2C_VENV)/.installed
 
-.PHONY: demo test unit e2e sdk sdk-deps v2client-deps pg-deps browser-deps deploy-tools bench install clean protos
+.PHONY: demo test unit e2e sdk sdk-deps v2client-deps pg-deps browser-deps container-deps deploy-tools bench install clean protos
 
 $(DEMO_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -86,11 +86,16 @@ browser-deps:
 	  || { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } \
 	  || { echo "make browser-deps: install Chromium (apt-get install chromium chromium-driver)" >&2; exit 1; }
 
+# podman and its engine settings for container services (tests/e2e/test_containers.py
+# builds its images offline with it; docs/operations.md, "Containers").
+container-deps:
+	bash scripts/container-deps.sh
+
 # helm, kubeconform and the Kubernetes + KubeRay schemas, cached under .tools/ (tests/deploy).
 deploy-tools: $(STAMP)
 	PY=$(PY) bash scripts/deploy-tools.sh
 
-test: $(STAMP) sdk-deps v2client-deps pg-deps browser-deps deploy-tools
+test: $(STAMP) sdk-deps v2client-deps pg-deps browser-deps container-deps deploy-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/deploy
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 	$(PY) -m pytest -q -p no:cacheprovider tests/sdk
@@ -98,7 +103,7 @@ test: $(STAMP) sdk-deps v2client-deps pg-deps browser-deps deploy-tools
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
-e2e: $(STAMP) v2client-deps
+e2e: $(STAMP) v2client-deps container-deps
 	$(PY) -m pytest -q tests/e2e
 
 sdk: $(STAMP) sdk-deps

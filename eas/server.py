@@ -50,6 +50,7 @@ from eas.gateway.grpc_server import GrpcGateway
 from eas.gateway.http import EasHttp
 from eas.gateway.oip_http import OipHttp
 from eas.gateway.route_table import RouteTable
+from eas.instance import container
 from eas.protocols.http import ListenerLimits, PredictFastPath, uvicorn_config
 
 log = logging.getLogger("eas.server")
@@ -100,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, default=None,
                    help="logical CPUs of the embedded Ray (default 4 per core, so small "
                    "services can share a laptop; on a cluster Ray's own count is used)")
+    p.add_argument("--container-runtime", choices=container.RUNTIMES,
+                   default=os.environ.get(container.RUNTIME_ENV) or "podman",
+                   help="what runs container services' images (default podman; docker when configured)")
     p.add_argument("--region", default="local", help="region name shown by eascmd (default local)")
     p.add_argument("--allow-cpu-fallback", action="store_true",
                    help="run services that ask for a GPU on CPU when the cluster has none (an event says so) "
@@ -303,12 +307,19 @@ def main(argv: list[str] | None = None) -> None:
     limits = ListenerLimits(concurrency=args.limit_concurrency, keep_alive_s=args.keep_alive,
                             head_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
 
+    os.environ[container.RUNTIME_ENV] = args.container_runtime  # replicas inherit it (eas/backend/ray_serve.py)
+    owner = container.owner_of(str(data_dir / "cache"))
+    if not args.ray_address:
+        # A local Ray died with the previous server (kill -9 included), and its instances
+        # with it: any container of ours still here is an orphan.
+        container.reap(owner)
+
     from eas.backend import ray_serve  # Ray is imported only here, after the cheap checks
 
     num_cpus = args.num_cpus or (None if args.ray_address else 4 * (os.cpu_count() or 1))
     log.info("starting Ray (%s)", args.ray_address or f"local, {num_cpus} logical CPUs")
     ray_serve.start_ray(args.ray_address, num_cpus)
-    platform = compose(store, ray_serve.RayBackend(), data_dir, endpoint, region=args.region, access_id=access_id,
+    platform = compose(store, ray_serve.RayBackend(container_owner=owner), data_dir, endpoint, region=args.region, access_id=access_id,
                        access_key=access_key, leader=LeaderLease(store, server_identity(data_dir), args.lease_ttl),
                        grpc=(args.host, args.grpc_port) if args.grpc_port else None,
                        admin_apart=args.admin_port is not None, limits=limits)

@@ -150,6 +150,10 @@ def w_command(settings: Settings, name: str, json_output: bool) -> None:
         ]
         for i in instances
     ]  # fmt: skip
+    if any("ContainerState" in (i.get("Ext") or {}) for i in instances):  # a container service
+        headers.append("CONTAINER")
+        for row, i in zip(rows, instances):
+            row.append((i.get("Ext") or {}).get("ContainerState", ""))
     echo(table.render(rows, headers))
 
 

@@ -56,6 +56,10 @@ class Request:
     sub_path: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
+    method: str = "POST"
+    """The HTTP method (a container service's web app sees GET, PUT, ... as sent)."""
+    query: str = ""
+    """The query string as sent, without '?' (passed on to a container service)."""
 
 
 @dataclass
@@ -63,6 +67,8 @@ class Response:
     body: bytes
     status: int = 200
     content_type: str = "application/json"
+    headers: Mapping[str, str] | None = None
+    """More answer headers (a container service's Location, Set-Cookie, Cache-Control, ...)."""
 
 
 class ProcessorError(Exception):

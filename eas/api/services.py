@@ -632,6 +632,8 @@ def _check_sources(spec: specs.ServiceSpec) -> None:
 
 
 def _check_processor(spec: specs.ServiceSpec) -> None:
+    if spec.serving_container is not None:  # the image serves: no processor to resolve
+        return
     try:
         registry.resolve(spec.processor, spec.processor_type)
     except ValueError as exc:
@@ -670,7 +672,8 @@ def _instance(service: str, replica: Replica, port: int) -> dict[str, Any]:
         "Isolated": False,
         "CurrentAmount": 0.0,
         "OriginalAmount": 0.0,
-        "Ext": {"Pid": replica.pid, "ReplicaState": replica.state},
+        "Ext": {"Pid": replica.pid, "ReplicaState": replica.state,
+                **({"ContainerState": replica.container} if replica.container is not None else {})},
     }
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from eas.backend.replica import DRAIN_S, KV_NAMESPACE, KV_PREFIX, ServiceReplica, secrets_key
 from eas.control.backend import AppState, Replica
+from eas.instance import container
 from eas.protocols.wire import INTERNAL_KEY_HEADER
 from eas.sources import archive, fetch, mounts, objectstore
 from processors.requirements import runtime_env as code_runtime_env
@@ -107,7 +108,9 @@ def stop_ray() -> None:
 class RayBackend:
     """Runs services as Serve applications. Methods return quickly; Serve does the work."""
 
-    def __init__(self) -> None:
+    def __init__(self, container_owner: str | None = None) -> None:
+        """`container_owner`: the label of this server's containers (eas/instance/container.py),
+        so those whose instance is gone are removed as replicas are observed."""
         from ray import serve
         from ray.serve.context import _get_global_client
 
@@ -116,6 +119,10 @@ class RayBackend:
 
         self._deployment = serve.deployment(name=DEPLOYMENT)(ServiceReplica)
         self._stale: set[tuple[str, str]] = set()
+        self._container_owner = container_owner
+        self._stale_containers: set[str] = set()
+        self._container_states: dict[str, str] = {}
+        self._containers_seen = 0.0
 
     def deploy(self, name: str, spec: Any, cache_dir: str, secrets: dict[str, str],
                code_dir: str | None = None) -> None:
@@ -133,7 +140,7 @@ class RayBackend:
         actor_options = ray_resources(meta, gpu_card_gb() if meta.gpu_memory and not meta.gpu else 0.0)
         # Object-store and mount settings reach instances on every node (local workers inherit them anyway).
         env = {k: os.environ[k] for k in (*objectstore.ENV_VARS, *archive.ENV_VARS, *fetch.ENV_VARS,
-                                          *mounts.ENV_VARS) if os.environ.get(k)}
+                                          *mounts.ENV_VARS, *container.ENV_VARS) if os.environ.get(k)}
         runtime_env: dict[str, Any] = {"env_vars": env} if env else {}
         version = spec.code_version()
         pip_env = code_runtime_env(code_dir)
@@ -199,7 +206,33 @@ class RayBackend:
                 version=(dep.get("deployment_config") or {}).get("version"),
             )
         self._forget_dead_endpoints(endpoints, out)
+        self._reap_containers(out)
+        for app in out.values():
+            for replica in app.replicas:
+                replica.container = self._container_states.get(replica.replica_id)
         return out
+
+    def _reap_containers(self, apps: dict[str, AppState]) -> None:
+        """Remove containers whose replica is gone (killed with SIGKILL: it could not
+        remove them), on this node, every few seconds. Like endpoints, a container goes
+        only when two looks in a row found no replica of its id, so one whose replica is
+        being created (listed a moment later) is never removed."""
+        if self._container_owner is None or time.monotonic() - self._containers_seen < CONTAINER_REAP_S:
+            return
+        self._containers_seen = time.monotonic()
+        if container.missing_runtime():
+            return
+        try:
+            rows = container.managed(self._container_owner)
+        except container.ContainerError:
+            return
+        listed = {r.replica_id for app in apps.values() for r in app.replicas}
+        # The serving container's (name suffix -0) state, by instance.
+        self._container_states = container.describe(rows)
+        orphans = {row["id"] for row in rows if row["instance"] not in listed}
+        container.remove(sorted(orphans & self._stale_containers))
+        self._stale_containers = orphans - self._stale_containers
+
 
     def _forget_dead_endpoints(self, endpoints: dict[tuple[str, str], tuple[str, int]],
                                apps: dict[str, AppState]) -> None:
@@ -293,6 +326,8 @@ class RayBackend:
             return []
 
 
+#: Seconds between two looks for containers whose replica is gone.
+CONTAINER_REAP_S = 5.0
 #: How long a log read on another node may take.
 LOG_READ_TIMEOUT_S = 20
 #: Bytes read from the end of each log file (the tail a page of lines comes from).

@@ -14,7 +14,8 @@ from typing import Any
 
 from eas.instance.core import Credentials, InstanceApp
 from eas.instance.http import InstanceServer
-from eas.instance.runtime import ServiceRuntime
+from eas.instance import container
+from eas.instance.runtime import ContainerHost, ServiceRuntime
 
 #: Ray internal-KV namespace and key prefix where instances publish their HTTP endpoint.
 KV_NAMESPACE = "eas"
@@ -39,9 +40,12 @@ class ServiceReplica:
         from ray import serve
 
         # The runtime makes the storage mounts and the model local on this node (the model's
-        # digest checked before it loads), on the GPU Ray gave this replica if any.
-        self.runtime = ServiceRuntime(spec, cache_dir, device="cuda" if ray.get_gpu_ids() else "cpu")
+        # digest checked before it loads), on the GPU Ray gave this replica if any; a
+        # container service's containers start labelled with this replica's id, so the
+        # server can tell which are orphans (eas/instance/container.py `reap`).
         self.replica_id = serve.get_replica_context().replica_id.unique_id
+        host = ContainerHost(self.replica_id, container.owner_of(cache_dir), ray.util.get_node_ip_address())
+        self.runtime = ServiceRuntime(spec, cache_dir, device="cuda" if ray.get_gpu_ids() else "cpu", host=host)
         self.creds = Credentials()  # none yet: the instance answers 503 until reconfigure sets them
         app = InstanceApp(self.runtime, f"{self.runtime.spec.name}-{self.replica_id}", self.creds)
         app.on_drain = self._unpublish
@@ -84,6 +88,7 @@ class ServiceReplica:
     def check_health(self) -> None:
         if not self.server.alive:
             raise RuntimeError("instance HTTP server stopped")
+        self.runtime.check()  # a container that exited or keeps failing its check: Serve replaces us
 
     def __del__(self) -> None:
         """Unpublish, let routes refresh and requests in flight finish, then close.

@@ -28,6 +28,7 @@ import processors
 from eas import sources, spec as specs
 from eas.sources import mounts
 from eas.control import gpu, routing
+from eas.instance import container
 from eas.control.backend import AppState, Backend
 from eas.control.keys import service_key
 from eas.control.leader import LeaderLease
@@ -466,6 +467,10 @@ class Controller:
                 processors.check_framework(spec.processor, spec.processor_type, code_dir=code_dir)
                 # A GPU asked for where there is none fails now (or runs on CPU when allowed).
                 placed, note = gpu.place(spec, self.backend.gpus, self.allow_cpu_fallback)
+                # Images need a container runtime on this node: without one, fail now saying what to install.
+                missing = container.missing_runtime() if spec.containers else None
+                if missing:
+                    raise ValueError(missing)
                 if not self._acting(in_pass=False):  # deposed while fetching: the new leader deploys
                     return
                 if note:

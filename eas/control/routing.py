@@ -43,7 +43,7 @@ def service_route(rec: ServiceRecord, spec: ServiceSpec, app: AppState | None, r
         hold = max(hold, WAKE_FROM_ZERO_S)
     return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit, hold,
                  wake_on_demand=asleep, max_held=max_held, internal_key=internal_key,
-                 retry_in_flight=retries_in_flight(spec),
+                 retry_in_flight=retries_in_flight(spec), pass_headers=spec.serving_container is not None,
                  backflow=(spec.backflow.ratio, spec.backflow.max_body_bytes) if spec.backflow else None)
 
 

@@ -107,6 +107,8 @@ class Call:
     method: str = "POST"
     sub_path: str = ""
     """What follows the service name in an EAS predict path."""
+    query: str = ""
+    """The query string as sent (EAS predict paths pass it on to the instance)."""
     instance_path: str | None = None
     """Path on the instance (`{name}` becomes the chosen service); None: EAS predict."""
     content_type: str | None = None
@@ -120,6 +122,19 @@ class Call:
     streamed instance answer then comes back as a stream, not read whole first."""
     access_token: str | None = None
     """BML's `?access_token=` query parameter: the token, for endpoints in BML mode."""
+
+
+#: Client headers never passed on to a container service: credentials (checked here) and
+#: what describes one hop (the gateway sets its own).
+NOT_PASSED = frozenset({"authorization", "host", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
+                        "upgrade", "content-length", "content-type", "proxy-authorization", "expect",
+                        INTERNAL_KEY_HEADER.lower(), REQUEST_ID_HEADER.lower()})
+
+
+#: Answer headers of a container service the gateway never passes back: framing, and
+#: what only the gateway and its instances exchange.
+NOT_RETURNED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "trailer", "upgrade",
+                          "date", "server", INTERNAL_KEY_HEADER.lower()})
 
 
 class Gateway:
@@ -312,7 +327,8 @@ class Gateway:
             if isinstance(ready, Answer):
                 return ready
             route = ready
-        sent = {**call.forward_headers, REQUEST_ID_HEADER: request_id,
+        own = {k: v for k, v in call.headers.items() if k.lower() not in NOT_PASSED} if route.pass_headers else {}
+        sent = {**own, **call.forward_headers, REQUEST_ID_HEADER: request_id,
                 INTERNAL_KEY_HEADER: route.internal_key or self.internal_key}
         if call.content_type:
             sent["Content-Type"] = call.content_type
@@ -327,8 +343,13 @@ class Gateway:
         while True:
             try:
                 up = await self.upstream.request(call.method, endpoint.host, endpoint.port, path, sent, call.body,
-                                                 timeout, stream=call.streaming, gap_s=budget)
-                return Answer(up.status, up.body, passed_headers(up.headers, request_id), up.stream)
+                                                 timeout, stream=call.streaming, gap_s=budget, query=call.query)
+                shown = passed_headers(up.headers, request_id)
+                if route.pass_headers:  # a container's own answer headers (Location, Set-Cookie, ...)
+                    own = {k.lower() for k in shown}
+                    shown = {**{k: v for k, v in up.headers.items() if k not in NOT_RETURNED and k not in own},
+                             **shown}
+                return Answer(up.status, up.body, shown, up.stream)
             except UpstreamTimeout:
                 return error_answer(504, f"no answer from instance {endpoint.instance} within {timeout:.1f} s",
                                     request_id)

@@ -18,9 +18,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from eas.gateway.core import Call, Gateway
-from eas.gateway.websocket import Closed
-from eas.protocols.wire import Answer
 from eas.protocols.http import close_unread, read_body, signed_path, to_response, until_disconnect
+from eas.protocols.websocket import StarletteSide
+
+
+METHODS = ["POST", "GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
 class EasHttp:
@@ -30,8 +32,10 @@ class EasHttp:
     def routes(self) -> list[Route]:
         return [
             # GET: the model's signature (what EAS's TensorFlow processor answers), token checked like POST.
-            Route("/api/predict/{service}", self.predict, methods=["POST", "GET"]),
-            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
+            # Any method and sub-path: a container service's web app has its own (instances
+            # of processors answer 405 to what is not a predict call).
+            Route("/api/predict/{service}", self.predict, methods=METHODS),
+            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=METHODS),
             WebSocketRoute("/api/predict/{service}", self.websocket),
             WebSocketRoute("/api/predict/{service}/{sub_path:path}", self.websocket),
             # DIRECT-mode discovery, at the paths the Python and Go SDKs ask.
@@ -46,6 +50,7 @@ class EasHttp:
             reader=functools.partial(read_body, http), sub_path=http.path_params.get("sub_path", ""),
             content_type=http.headers.get("content-type"), client=http.client.host if http.client else None,
             streaming=True, method=http.method, access_token=http.query_params.get("access_token"),
+            query=http.scope.get("query_string", b"").decode("latin-1"),
         )
         response = to_response(await self.gateway.handle(call, functools.partial(until_disconnect, http)))
         return close_unread(http, response) if call.reader is not None else response
@@ -69,40 +74,3 @@ class EasHttp:
             return JSONResponse({"code": 404, "message": f"service '{name}' does not exist"}, 404)
         return JSONResponse({"endpoints": {"items": [{"ip": host, "port": port, "weight": 100}
                                                      for host, port in instances]}})
-
-
-class StarletteSide:
-    """The client's end of a relayed WebSocket session (eas/gateway/websocket.py `ClientSide`)."""
-
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-
-    async def accept(self, subprotocol: str | None) -> None:
-        await self.ws.accept(subprotocol=subprotocol)
-
-    async def refuse(self, answer: Answer) -> None:
-        """The HTTP answer to the upgrade (uvicorn's WebSocket denial extension); a server
-        without it can only close, which clients see as 403."""
-        try:
-            await self.ws.send_denial_response(to_response(answer))
-        except RuntimeError:
-            await self.ws.close(1008, answer.body[:120].decode("utf-8", "replace"))
-
-    async def receive(self) -> str | bytes | Closed:
-        message = await self.ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return Closed(message.get("code") or 1005, message.get("reason") or "")
-        text = message.get("text")
-        return text if text is not None else (message.get("bytes") or b"")
-
-    async def send(self, message: str | bytes) -> None:
-        if isinstance(message, str):
-            await self.ws.send_text(message)
-        else:
-            await self.ws.send_bytes(message)
-
-    async def close(self, code: int, reason: str) -> None:
-        try:  # a close frame's reason is at most 123 bytes of UTF-8
-            await self.ws.close(code, reason.encode()[:123].decode("utf-8", "ignore"))
-        except (RuntimeError, OSError):  # already closed, or the client is gone
-            pass

@@ -59,6 +59,9 @@ class Route:
     instance (`rpc.retry_in_flight`: the service's predictions are pure)."""
     backflow: tuple[float, int] | None = None
     """Data backflow: (share of requests captured, bytes kept of each body); None: off."""
+    pass_headers: bool = False
+    """A container serves: the client's headers (cookies, Accept, its own) go on to it,
+    all but its credentials and the hop-by-hop ones."""
 
 
 @dataclass(frozen=True)

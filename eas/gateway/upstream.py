@@ -323,14 +323,16 @@ class UpstreamPool:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
 
     async def request(self, method: str, host: str, port: int, path: str, headers: Mapping[str, str],
-                      body: bytes, timeout: float, *, stream: bool = False, gap_s: float = 0.0) -> UpstreamAnswer:
+                      body: bytes, timeout: float, *, stream: bool = False, gap_s: float = 0.0,
+                      query: str = "") -> UpstreamAnswer:
         """Send one request and return its answer: whole, or (`stream`, and the instance
         streams it) its head with an `UpstreamStream` whose waits are bounded by `gap_s`.
 
         Raises UpstreamRefused (never delivered), UpstreamTimeout or UpstreamFailed. A
         cancelled caller drops the connection: its answer may still be on the way.
         """
-        head = [f"{method} {quote(path, safe=_PATH_SAFE)} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        target = quote(path, safe=_PATH_SAFE) + (f"?{quote(query, safe=_PATH_SAFE + '?=&%')}" if query else "")
+        head = [f"{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 f"Content-Length: {len(body)}\r\n"]
         for name, value in headers.items():
             if "\n" in value or "\r" in value or "\n" in name or "\r" in name:

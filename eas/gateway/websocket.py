@@ -5,7 +5,8 @@ queue watch hold WebSockets at the service's predict path. The gateway admits th
 upgrade like any request (eas/gateway/core.py `Gateway.websocket`: the token is checked
 from the upgrade's headers, before anything is relayed), opens a WebSocket of its own to
 an instance (`connect`, with the route's internal key), accepts the client with the
-subprotocol the instance chose, then relays (`relay`): text and binary frames both
+subprotocol the instance chose, then relays (`relay`, eas/protocols/websocket.py, which
+container instances use for their next hop too): text and binary frames both
 ways, in order, each side's pings answered on its own hop; a close from either side
 is passed to the other with its code and reason (an instance that vanishes closes the
 client with 1011).
@@ -15,52 +16,25 @@ Bounded: a frame is at most `MAX_FRAME_BYTES` (the client side's limit is uvicor
 a side that does not read slows the other one down (each send waits for its
 connection to drain). A session has no time limit: web apps hold them open.
 
-An adapter of the transport (eas/gateway/http.py) implements `ClientSide`; everything
-here is free of Starlette.
+The transport's side is `StarletteSide` (eas/protocols/websocket.py); everything here
+is free of Starlette.
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Mapping, Sequence
 from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from eas.gateway.upstream import UpstreamRefused
-from eas.protocols.wire import Answer
+# The relay itself is shared with instances that pass WebSockets on to a container.
+from eas.protocols.websocket import (MAX_FRAME_BYTES, MAX_QUEUED_FRAMES, ClientSide, Closed, Ended,  # noqa: F401
+                                     relay, sendable)
 
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-"""Largest frame relayed either way (uvicorn's default `ws_max_size` on the client side)."""
-MAX_QUEUED_FRAMES = 16
-"""Frames from the instance buffered before reading from it pauses."""
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
-
-
-@dataclass(frozen=True)
-class Closed:
-    """One side closed the session (or went away: 1006)."""
-
-    code: int
-    reason: str = ""
-
-
-class ClientSide(Protocol):
-    """The client's end of a session, as the transport offers it."""
-
-    async def accept(self, subprotocol: str | None) -> None: ...
-
-    async def refuse(self, answer: Answer) -> None:
-        """Answer the upgrade with an HTTP error instead (401, 404, 503, ...)."""
-
-    async def receive(self) -> str | bytes | Closed: ...
-
-    async def send(self, message: str | bytes) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
 
 
 class UpgradeRefused(Exception):
@@ -89,69 +63,3 @@ async def connect(host: str, port: int, path: str, query: str, headers: Mapping[
         raise UpgradeRefused(502, f"the instance's WebSocket handshake failed: {exc}".encode()) from None
     except OSError as exc:  # refused, reset: nothing was relayed yet
         raise UpstreamRefused(f"cannot open a WebSocket to {host}:{port}: {exc or type(exc).__name__}") from None
-
-
-def sendable(code: int | None, fallback: int) -> int:
-    """A close code one may put in a close frame: 1005/1006/1015 only describe a close,
-    and codes outside the registered and application ranges are refused by peers."""
-    if code is None or code in (1004, 1005, 1006, 1015) or not (1000 <= code < 1016 or 3000 <= code < 5000):
-        return fallback
-    return code
-
-
-@dataclass(frozen=True)
-class Ended:
-    """How a relayed session ended."""
-
-    by: str
-    """"client" or "instance": who closed first (or went away)."""
-    code: int
-    reason: str
-
-
-async def relay(client: ClientSide, upstream: ClientConnection, on_frame: Callable[[str], None]) -> Ended:
-    """Relay frames both ways until one side closes, then close the other with the same
-    code and reason. `on_frame("in")` / `on_frame("out")` counts each frame relayed
-    from / to the client."""
-
-    async def inbound() -> Ended:
-        while True:
-            message = await client.receive()
-            if isinstance(message, Closed):
-                return Ended("client", message.code, message.reason)
-            try:
-                await upstream.send(message)
-            except ConnectionClosed:
-                return Ended("instance", upstream.close_code or 1006, upstream.close_reason or "")
-            on_frame("in")
-
-    async def outbound() -> Ended:
-        while True:
-            try:
-                message = await upstream.recv()
-            except ConnectionClosed:
-                return Ended("instance", upstream.close_code or 1006, upstream.close_reason or "")
-            try:
-                await client.send(message)
-            except Exception:  # the client went away (uvicorn raises once its socket is gone)
-                return Ended("client", 1006, "")
-            on_frame("out")
-
-    loop = asyncio.get_running_loop()
-    tasks = (loop.create_task(inbound()), loop.create_task(outbound()))
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    first = next(iter(done))
-    exc = first.exception()
-    ended = first.result() if exc is None else Ended("client", 1006, f"{type(exc).__name__}: {exc}")
-    if ended.by == "client":
-        await upstream.close(sendable(ended.code, 1000), ended.reason if ended.code != 1006 else "client went away")
-    else:
-        gone = ended.code == 1006
-        await client.close(sendable(ended.code, 1011 if gone else 1000),
-                           "the instance closed the connection" if gone else ended.reason)
-    return ended

@@ -73,6 +73,9 @@ class Call:
     sub_path: str = ""
     passed: dict[str, str] = field(default_factory=dict)
     """Headers the processor sees (lower-case names)."""
+    method: str = "POST"
+    query: str = ""
+    """The query string as sent (a container service gets it; processors ignore it)."""
 
 
 class InstanceApp:
@@ -140,7 +143,8 @@ class InstanceApp:
 
     async def handle(self, call: Call, guard: Guard | None = None) -> Answer:
         """Admit a call (404, 503, 401, 413, 450), run it within the keepalive (408), count it."""
-        checked = self._head_check(call.service, call.headers, call.path, "GET" if call.kind == "signature" else "POST")
+        checked = self._head_check(call.service, call.headers, call.path,
+                                   "GET" if call.kind == "signature" else call.method)
         if isinstance(checked, tuple):
             return self.reject(*checked, call.request_id)
         if len(call.body) > self.max_body_bytes:
@@ -162,7 +166,7 @@ class InstanceApp:
                 # processor; at most the body limit comes out (a bomb is a 413).
                 body = await decompress_async(self.decompressor, body, self.max_body_bytes)
             request = Request(body=body, content_type=call.content_type, sub_path=call.sub_path.lstrip("/"),
-                              headers=call.passed, request_id=call.request_id)
+                              headers=call.passed, request_id=call.request_id, method=call.method, query=call.query)
             work = asyncio.wait_for(self.runtime.run(call.kind, request), self.keepalive_s)
             response = await (guard(work) if guard is not None else work)
         except asyncio.TimeoutError:
@@ -177,8 +181,9 @@ class InstanceApp:
             self.in_flight -= 1
         spent = time.perf_counter() - started
         self.processor_seconds += spent
-        headers = {"Content-Type": response.content_type, REQUEST_ID_HEADER: call.request_id,
-                   INSTANCE_HEADER: self.instance, PROCESSOR_TIME_HEADER: f"{spent * 1000:.3f}"}
+        headers = {**(response.headers or {}), "Content-Type": response.content_type,
+                   REQUEST_ID_HEADER: call.request_id, INSTANCE_HEADER: self.instance,
+                   PROCESSOR_TIME_HEADER: f"{spent * 1000:.3f}"}
         chunks = getattr(response, "chunks", None)
         if chunks is not None:  # streamed: its first chunk came within the keepalive
             self.in_flight += 1  # it holds its place in the queue until it ends

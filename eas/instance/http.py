@@ -14,12 +14,16 @@ import functools
 import socket
 import threading
 import uuid
+from urllib.parse import quote
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from eas.instance.core import Call, InstanceApp
 from eas.protocols.http import (
@@ -36,17 +40,38 @@ from eas.protocols.http import (
 )
 from eas.protocols.oip import HEADER_LENGTH, model_metadata
 from eas.protocols.oip_rest import health_routes, v2_error, v2_response
-from eas.protocols.wire import INSTANCE_KEEPALIVE_S, REQUEST_ID_HEADER, Answer
+from eas.protocols.websocket import (
+    MAX_FRAME_BYTES,
+    MAX_QUEUED_FRAMES,
+    StarletteSide,
+    relay,
+)
+from eas.protocols.wire import (
+    INSTANCE_KEEPALIVE_S,
+    INTERNAL_KEY_HEADER,
+    REQUEST_ID_HEADER,
+    Answer,
+)
 from processors.base import ProcessorError
+
+#: Methods only a container service answers (a web app's own API); processors answer 405.
+OTHER_METHODS = ("PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
+#: Headers between the server and its instances, never shown to a container.
+PRIVATE_HEADERS = frozenset({INTERNAL_KEY_HEADER.lower(), "authorization"})
+#: Upgrade headers the WebSocket client to a container sets itself.
+WS_OWN_HEADERS = frozenset({"host", "connection", "upgrade", "sec-websocket-key", "sec-websocket-version",
+                            "sec-websocket-extensions", "sec-websocket-protocol", "content-length"})
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
 
 
 class InstanceHttp:
     def __init__(self, core: InstanceApp) -> None:
         self.core = core
         self.app = Starlette(routes=[
-            Route("/api/predict/{service}", self.predict, methods=["POST"]),
+            Route("/api/predict/{service}", self.predict, methods=["POST", *OTHER_METHODS]),
             Route("/api/predict/{service}", self.signature, methods=["GET"]),
-            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST"]),
+            Route("/api/predict/{service}/{sub_path:path}", self.predict, methods=["POST", "GET", *OTHER_METHODS]),
             Route("/v2/models/{service}/infer", self.infer, methods=["POST"]),
             Route("/v2/models/{service}/ready", self.ready, methods=["GET"]),
             Route("/v2/models/{service}", self.metadata, methods=["GET"]),
@@ -54,6 +79,8 @@ class InstanceHttp:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/stats", self.stats, methods=["GET"]),
             Route("/drain", self.drain, methods=["POST"]),
+            WebSocketRoute("/api/predict/{service}", self.websocket),
+            WebSocketRoute("/api/predict/{service}/{sub_path:path}", self.websocket),
         ])
 
     async def _answer(self, http: Request, kind: str, passed: dict[str, str] | None = None) -> tuple[Answer, bool]:
@@ -71,9 +98,15 @@ class InstanceHttp:
             answer = self.core.reject(413, f"request body over {self.core.max_body_bytes} bytes", request_id)
             answer.headers.update(CLOSE)
             return answer, False
+        if kind == "predict" and http.method != "POST" and not self.core.runtime.forwards_everything:
+            return self.core.reject(405, f"{http.method} is not served here: a predict call is a POST",
+                                    request_id), True
+        if self.core.runtime.forwards_everything:  # a container serves: the request goes on as sent
+            kind = "predict"
+            passed = {k: v for k, v in http.headers.items() if k.lower() not in PRIVATE_HEADERS}
         call = Call(http.path_params["service"], kind, body, http.headers, path,  # type: ignore[arg-type]
                     request_id, http.headers.get("content-type"), http.path_params.get("sub_path", ""),
-                    passed or {})
+                    passed or {}, http.method, http.scope.get("query_string", b"").decode("latin-1"))
         return await self.core.handle(call, functools.partial(until_disconnect, http)), True
 
     async def predict(self, http: Request) -> Response:
@@ -108,6 +141,45 @@ class InstanceHttp:
 
     async def ready(self, http: Request) -> Response:
         return self._refused(http) or JSONResponse({"name": self.core.service, "ready": True})
+
+    async def websocket(self, ws: WebSocket) -> None:
+        """A WebSocket to a container service: checked like any call (the gateway's key or
+        the token, from the upgrade's headers), then relayed to the container's port at
+        the same sub-path and query. Processors speak no WebSocket: 404."""
+        side = StarletteSide(ws)
+        request_id = ws.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        refused = self.core.refusal(ws.path_params["service"], ws.headers, signed_path(ws),  # type: ignore[arg-type]
+                                    method="GET")
+        target = self.core.runtime.container_endpoint
+        if refused is None and target is None:
+            refused = 404, "this service's instances speak no WebSocket (only container services do)"
+        if refused is not None:
+            await side.refuse(self.core.reject(*refused, request_id))
+            return
+        assert target is not None
+        query = ws.scope.get("query_string", b"").decode("latin-1")
+        url = f"ws://{target[0]}:{target[1]}/{quote(ws.path_params.get('sub_path', ''), safe=PATH_SAFE)}"
+        headers = {k: v for k, v in ws.headers.items() if k.lower() not in PRIVATE_HEADERS
+                   and k.lower() not in WS_OWN_HEADERS}
+        protocols = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        try:
+            upstream = await ws_connect(url + (f"?{query}" if query else ""), additional_headers=headers,
+                                        subprotocols=protocols or None, open_timeout=self.core.keepalive_s,  # type: ignore[arg-type]
+                                        max_size=MAX_FRAME_BYTES, max_queue=MAX_QUEUED_FRAMES, compression=None,
+                                        proxy=None, user_agent_header=None)
+        except InvalidStatus as exc:
+            await side.refuse(self.core.reject(exc.response.status_code, "the container refused the WebSocket",
+                                               request_id))
+            return
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            await side.refuse(self.core.reject(502, f"no WebSocket to the container: {exc}", request_id))
+            return
+        await side.accept(upstream.subprotocol)
+        self.core.in_flight += 1  # an open session holds a place, as a request does
+        try:
+            await relay(side, upstream, lambda direction: None)
+        finally:
+            self.core.in_flight -= 1
 
     async def healthz(self, http: Request) -> JSONResponse:
         return JSONResponse(self.core.health())

@@ -15,18 +15,21 @@ import concurrent.futures
 import functools
 import logging
 import time
+import uuid
 from collections import Counter
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from eas import sources
 from eas.instance import oip
+from eas.instance import container
 from eas.instance.batching import BatchFn, Batcher
 from eas.ratelog import BurstLog
 from eas.sources import mounts as storage
 from eas.spec import ServiceSpec
 from processors import create_processor, signature_of
-from processors.base import (ModelLoadError, Processor, ProcessorError, Request, Response, error_body, error_response,
+from processors.base import (ModelContext, ModelLoadError, Processor, ProcessorError, Request, Response, error_body, error_response,
                              json_response)
 
 log = logging.getLogger("eas.runtime")
@@ -45,19 +48,30 @@ class ServiceRuntime:
     inline path for cheap built-in models, the worker pool otherwise.
     """
 
-    def __init__(self, spec: dict[str, Any], cache_dir: str, device: str = "cpu") -> None:
-        """`device`: "cuda" when the host gave this instance a GPU (the processor places the model on it)."""
+    def __init__(self, spec: dict[str, Any], cache_dir: str, device: str = "cpu",
+                 host: ContainerHost | None = None) -> None:
+        """`device`: "cuda" when the host gave this instance a GPU (the processor places the model on it).
+        `host`: where this instance's containers run and under which labels (container services)."""
         self.spec = ServiceSpec.model_validate(spec)
         started = time.perf_counter()
         self.mounts = prepare_mounts(self.spec, cache_dir)
+        self.sidecars: container.ContainerGroup | None = None
+        host = host or ContainerHost(instance=uuid.uuid4().hex[:12], owner=container.owner_of(cache_dir))
         try:
-            self.processor = load_processor(self.spec, cache_dir, self.mounts, device)
+            if self.spec.containers and self.spec.serving_container is None:
+                # Beside a processor: the sidecars run first, so the processor finds them up.
+                self.sidecars = container.ContainerGroup(self.spec, host.instance, host.owner, host.ip,
+                                                         self.mounts.paths)
+                self.sidecars.wait_healthy()
+            self.processor = load_processor(self.spec, cache_dir, self.mounts, device, host)
             self.load_seconds = time.perf_counter() - started
             """Mounts + fetch + load time of this instance: its cold start, as metrics report it."""
             started = time.perf_counter()
             warm_up(self.processor, self.spec, cache_dir, self.mounts)
             self.warm_up_seconds = time.perf_counter() - started
         except BaseException:
+            if self.sidecars is not None:
+                self.sidecars.close()
             self.mounts.close()
             raise
         workers = self.spec.metadata.concurrency
@@ -154,7 +168,43 @@ class ServiceRuntime:
         for lane in self.lanes.values():
             lane.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.processor, "close", None)
+        if callable(close):  # a container service's containers are removed with it
+            close()
+        if self.sidecars is not None:
+            self.sidecars.close()
         self.mounts.close()
+
+    def check(self) -> None:
+        """Raise when this instance must be replaced (a container exited or fails its check)."""
+        if isinstance(self.processor, container.ContainerProcessor):
+            self.processor.check()
+        if self.sidecars is not None:
+            gone = self.sidecars.exited()
+            if gone is not None:
+                raise RuntimeError(gone.exit_reason())
+
+    @property
+    def container_endpoint(self) -> tuple[str, int] | None:
+        """Where the serving container listens on this node (None: a processor serves)."""
+        if isinstance(self.processor, container.ContainerProcessor) and self.processor.group is not None:
+            return self.processor.group.endpoint
+        return None
+
+    @property
+    def forwards_everything(self) -> bool:
+        """A container serves: every method, sub-path and header goes to it as sent."""
+        return isinstance(self.processor, container.ContainerProcessor)
+
+
+@dataclass(frozen=True)
+class ContainerHost:
+    """Where an instance's containers run: its id (their label), the server that owns
+    them (eas/instance/container.py `owner_of`), and the node address ports publish on."""
+
+    instance: str
+    owner: str
+    ip: str = "127.0.0.1"
 
 
 class _Lane:
@@ -264,7 +314,7 @@ def prepare_mounts(spec: ServiceSpec, cache_dir: str) -> storage.Mounts:
 
 
 def load_processor(spec: ServiceSpec, cache_dir: str, mounts: storage.Mounts | None = None,
-                   device: str = "cpu") -> Processor:
+                   device: str = "cpu", host: ContainerHost | None = None) -> Processor:
     """Fetch the model and code (paths under a mount_path read the mount), check the
     model's digest, build the processor and load it.
 
@@ -272,6 +322,12 @@ def load_processor(spec: ServiceSpec, cache_dir: str, mounts: storage.Mounts | N
     `eascmd desc` (the controller shows the last line of it).
     """
     mounts = mounts or storage.Mounts()
+    if spec.serving_container is not None:
+        host = host or ContainerHost(instance=uuid.uuid4().hex[:12], owner=container.owner_of(cache_dir))
+        ctx = ModelContext(workers=spec.metadata.concurrency, mounts=mounts.paths, device=device)
+        served = container.ContainerProcessor(ctx, spec, host.instance, host.owner, host.ip)
+        served.load()  # starts the containers and waits for the health check (ModelLoadError says why not)
+        return served
     try:
         processor = create_processor(
             spec.to_dict(),

@@ -23,6 +23,7 @@ from eas.spec.base import Strict as _Strict
 from eas.spec.base import kept
 from eas.spec.bml import BackflowSpec, BmlSpec
 from eas.spec.cloud import CloudSpec, NetworkingSpec, RuntimeSpec, UnitSpec
+from eas.spec.container import ContainerSpec, check_containers, check_docker_auth
 from eas.spec.elastic import AutoscalerSpec, CronScalerSpec, SleepSpec
 from eas.spec.kept import kept_fields
 from eas.spec.storage import StorageSpec, check_unique
@@ -75,7 +76,7 @@ class Metadata(_Strict):
     resource: str | None = None
     warm_up_count: int = Field(5, ge=1, le=100, description="times each warm-up request is replayed")
     enable_grpc: bool = Field(False, description="gRPC is always served here (eas-server --grpc-port)")
-    enable_webservice: bool = kept(False)
+    enable_webservice: bool = kept(False, description="a container service gets every method and sub-path anyway")
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     rolling_strategy: RollingStrategy = Field(default_factory=RollingStrategy)
     name: str | None = Field(None, description="the new-style place of the service name")
@@ -131,7 +132,7 @@ class ServiceSpec(_Strict):
     autoscaler: AutoscalerSpec | None = None
     cron_scaler: CronScalerSpec | None = None
     sleep: SleepSpec | None = None
-    containers: list[dict[str, Any]] | None = None
+    containers: list[ContainerSpec] | None = None
     storage: list[StorageSpec] | None = None
     labels: dict[str, str] | None = None
     bml: BmlSpec | None = Field(None, description="answer Baidu BML's API (eas/spec/bml.py)")
@@ -143,7 +144,7 @@ class ServiceSpec(_Strict):
     sinker: dict[str, Any] | None = kept()
     unit: UnitSpec | None = kept()
     runtime: RuntimeSpec | None = kept()
-    dockerAuth: str | None = kept()  # noqa: N815 - EAS field name
+    dockerAuth: str | None = Field(None, description="base64 of user:password for a private registry")  # noqa: N815
 
     @model_validator(mode="before")
     @classmethod
@@ -176,6 +177,11 @@ class ServiceSpec(_Strict):
             check_unique(v)
         return v
 
+    @field_validator("dockerAuth")
+    @classmethod
+    def _docker_auth(cls, v: str | None) -> str | None:
+        return check_docker_auth(v)
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
@@ -207,11 +213,8 @@ class ServiceSpec(_Strict):
 
     @model_validator(mode="after")
     def _processor(self) -> "ServiceSpec":
-        if self.containers:
-            raise ValueError(
-                "'containers' (custom images) is not supported: use 'processor' or "
-                "'processor_type': 'python' with 'processor_path'"
-            )
+        if self.containers is not None:
+            check_containers(self.containers, with_processor=bool(self.processor or self.processor_type))
         if self.processor_type in ("cpp", "java"):
             raise ValueError(
                 f"processor_type '{self.processor_type}' is not supported: use 'python' "
@@ -220,14 +223,21 @@ class ServiceSpec(_Strict):
         if self.processor_type == "python":
             if not self.processor_path:
                 raise ValueError("processor_type 'python' needs 'processor_path' (your code)")
-        elif not self.processor:
+        elif not self.processor and not self.containers:
             raise ValueError(
-                "set 'processor' (a built-in code such as sklearn or onnx) or "
-                "'processor_type': 'python' with 'processor_path'"
+                "set 'processor' (a built-in code such as sklearn or onnx), "
+                "'processor_type': 'python' with 'processor_path', or 'containers' (a custom image)"
             )
         return self
 
     # -- derived views -------------------------------------------------------------
+
+    @property
+    def serving_container(self) -> ContainerSpec | None:
+        """The container requests go to: the first one, when no processor serves."""
+        if self.containers and not (self.processor or self.processor_type):
+            return self.containers[0]
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """The service JSON with EAS defaults filled in (what `desc` shows)."""
@@ -258,7 +268,7 @@ class ServiceSpec(_Strict):
         """Fields whose change makes a new service version (model or processor)."""
         keys = (
             "model_path", "model_sha256", "model_entry", "model_config", "processor", "processor_path",
-            "processor_entry", "processor_mainclass", "processor_type", "warm_up_data_path",
+            "processor_entry", "processor_mainclass", "processor_type", "warm_up_data_path", "containers",
         )
         data = self.to_dict()
         return {k: data.get(k) for k in keys}

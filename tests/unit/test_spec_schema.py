@@ -59,7 +59,7 @@ def test_inert_fields_are_kept_shown_and_named() -> None:
                                                  "enable_webservice": True, "rpc": {"enable_sigterm": True}}})
     assert s.kept_fields() == [
         "cloud.computing.instances", "cloud.networking.security_group_id", "cloud.networking.vpc_id",
-        "cloud.networking.vswitch_id", "dockerAuth", "features", "metadata.enable_webservice",
+        "cloud.networking.vswitch_id", "features", "metadata.enable_webservice",
         "metadata.rpc.enable_sigterm", "metadata.type", "networking.disable_internet_endpoint",
         "runtime.enable_crash_block", "unit.size"]
     assert specs.kept_message(["cloud.computing.instance_type"]) == \
@@ -140,9 +140,9 @@ def test_labels_names_and_kept_fields_do_not_restart_instances() -> None:
     assert specs.parse(new_style(storage=[])).code_version() != base.code_version()
 
 
-def test_containers_are_still_refused_with_the_reason() -> None:
-    with pytest.raises(specs.SpecError, match="'containers' \\(custom images\\) is not supported"):
-        specs.parse({"name": "a", "metadata": {"instance": 1}, "containers": [{"image": "x", "port": 8000}]})
+def test_containers_are_a_service_without_a_processor() -> None:
+    s = specs.parse({"name": "a", "metadata": {"instance": 1}, "containers": [{"image": "x", "port": 8000}]})
+    assert s.serving_container is not None and s.serving_container.port == 8000
 
 
 def test_credentials_in_mounts_are_masked_in_desc_and_kept_on_modify() -> None:
