@@ -48,7 +48,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from ._jsonio import guess_content_type, is_json_request, to_jsonable
-from ._usercode import accepts, is_stream, load_failure, positional_count, streamed
+from ._usercode import is_stream, load_failure, streamed
 from .base import ModelContext, ProcessorError, Request, Response, decode_error
 
 
