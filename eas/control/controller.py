@@ -32,6 +32,7 @@ from eas.control.backend import AppState, Backend
 from eas.control.keys import service_key
 from eas.control.leader import LeaderLease
 from eas.control.autoscale import Scaler
+from eas.control.queues import Queues
 from eas.control.scaling import Scaling, Scraper
 from eas.control.store import DELETED, RUNNING, STOPPED, Fence, Fenced, ServiceRecord, Status, Store
 from eas.gateway.metrics import InstanceStats, ServiceCounts
@@ -109,6 +110,8 @@ class Controller:
         self.counts: dict[str, ServiceCounts] = {}
         """Instances per service as of the last pass (what /metrics reports; no store read)."""
         self.scaling = Scaling(routes)
+        self.queues = Queues(store)
+        """The queues of Async services (their backlog scales them: `queue[backlog]`)."""
         self.scraper = Scraper(routes, self.scaling, interval_s)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -197,6 +200,8 @@ class Controller:
         observed = self.backend.observe()
         self.last_observed = observed
         records = self.store.list()
+        if any(specs.is_async(r.spec) for r in records):
+            self.scaling.backlogs = self.queues.backlogs()
         for rec in records:
             if not self.leading:
                 try:

@@ -24,6 +24,7 @@ from eas.spec.base import kept
 from eas.spec.cloud import CloudSpec, NetworkingSpec, RuntimeSpec, UnitSpec
 from eas.spec.elastic import AutoscalerSpec, CronScalerSpec, SleepSpec
 from eas.spec.kept import kept_fields
+from eas.spec.queue import QueueSpec
 from eas.spec.storage import StorageSpec, check_unique
 
 #: A service or group name, matched whole: `\Z`, not `$` (which also matches before a
@@ -83,7 +84,8 @@ class Metadata(_Strict):
     group: str | None = Field(None, description="the service group this service joins")
     qos: Literal["", "BestEffort"] | None = Field(None, description="BestEffort: no CPU reserved")
     shm_size: int | None = Field(None, ge=1, description="GB of /dev/shm each instance needs")
-    type: str | None = kept()
+    type: str | None = Field(None, description='"Async": an asynchronous service with input and sink queues '
+                             "(the `queue` block); other EAS types are kept without effect")
     gpu_core_percentage: int | None = kept(None, ge=1, le=100)
     resource_burstable: bool | None = kept()
     rdma: int | None = kept(None, ge=0)
@@ -102,6 +104,11 @@ class Metadata(_Strict):
     def wants_gpu(self) -> bool:
         """Whether instances ask for a GPU: whole cards (`gpu`) or a share by memory (`gpu_memory`)."""
         return self.gpu > 0 or bool(self.gpu_memory)
+
+    @property
+    def is_async(self) -> bool:
+        """An asynchronous service: requests go through its queues (docs/async.md)."""
+        return (self.type or "").lower() == "async"
 
     @property
     def concurrency(self) -> int:
@@ -136,7 +143,7 @@ class ServiceSpec(_Strict):
     cloud: CloudSpec | None = kept()
     networking: NetworkingSpec | None = kept()
     features: dict[str, Any] | None = kept()
-    queue: dict[str, Any] | None = kept()
+    queue: QueueSpec | None = Field(None, description="the queues of an Async service (eas/spec/queue.py)")
     sinker: dict[str, Any] | None = kept()
     unit: UnitSpec | None = kept()
     runtime: RuntimeSpec | None = kept()
@@ -249,7 +256,14 @@ class ServiceSpec(_Strict):
     def kept_fields(self) -> list[str]:
         """The EAS fields set here that have no effect on this platform (dotted paths)."""
         unmeasured = self.autoscaler.unmeasured() if self.autoscaler else []
-        return kept_fields(self) + unmeasured
+        other_type = ["metadata.type"] if self.metadata.type and not self.metadata.is_async else []
+        unqueued = ["queue"] if self.queue is not None and not self.metadata.is_async else []
+        return kept_fields(self) + unmeasured + other_type + unqueued
+
+    @property
+    def queues(self) -> QueueSpec:
+        """The queue settings of an Async service (EAS's defaults when no `queue` block)."""
+        return self.queue or QueueSpec()
 
     def model_version_fields(self) -> dict[str, Any]:
         """Fields whose change makes a new service version (model or processor)."""

@@ -1,0 +1,295 @@
+"""The queue service at an Async service's predict paths, as the official SDKs call it.
+
+`QueueFront` sits in front of the gateway's ASGI application: a request (or WebSocket)
+to `/api/predict/{svc}` or `/api/predict/{svc}/sink` of an Async service is a queue
+operation; anything else passes through untouched. The token (or EAS signature) is
+checked exactly as on predict, before the body is read.
+
+| method | query | does |
+|---|---|---|
+| POST | tags as keys | put; answers the index, `X-Eas-Queueservice-Request-Id` |
+| GET | `_index_ _length_ _timeout_ _auto_delete_ requestId` tags | entries as a `DataFrameListProto` (long poll up to `_timeout_`) |
+| GET | `_attrs_` | attributes (JSON, or `AttributesProto` when Accept is protobuf) |
+| GET | `_search_ _index_` | where an entry stands (`IsPending`, `WaitCount`) |
+| DELETE | `_indexes_` / `_index_ _trunc_` | delete entries / everything before an index |
+| PUT | `_indexes_` [`_negative_`] | commit (done with them) / hand back for redelivery |
+| WebSocket | `_watch_ _index_ _window_ _index_only_ _auto_commit_` tags | one `DataFrameProto` per frame |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any, Mapping
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from eas.control.queues import QueueEntry, QueueFull, sink_of
+from eas.gateway.core import Call, Gateway
+from eas.protocols import queue_wire as wire
+from eas.protocols.auth import AuthError, body_md5, check_body_md5, check_service_head
+from eas.protocols.http import ClientGone, read_body, signed_path, to_response
+from eas.protocols.wire import Answer, error_answer
+from eas.queue.service import POLL_S, QueueService
+
+log = logging.getLogger("eas.queue")
+PREFIX = "/api/predict/"
+#: A watcher with nothing to send looks again after this long (changes through another server).
+WATCH_POLL_S = POLL_S
+
+
+class QueueFront:
+    """ASGI: the queue operations of Async services, everything else to `app`."""
+
+    def __init__(self, app: Any, service: QueueService, gateway: Gateway) -> None:
+        self.app = app
+        self.service = service
+        self.gateway = gateway
+
+    def _target(self, scope: dict[str, Any]) -> tuple[str, str] | None:
+        """(service, queue) when the path is one of an Async service's queues."""
+        path: str = scope.get("path", "")
+        if not path.startswith(PREFIX):
+            return None
+        name, _, sub = path[len(PREFIX):].partition("/")
+        if not self.service.is_async(name):
+            return None
+        return name, sink_of(name) if sub.strip("/") == "sink" else name
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        target = self._target(scope) if scope["type"] in ("http", "websocket") else None
+        if target is None:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self._watch(WebSocket(scope, receive, send), *target)
+            return
+        request = Request(scope, receive)
+        request_id = uuid.uuid4().hex
+        try:
+            answer = await self._http(request, *target, request_id)
+        except wire.QueueRequestError as exc:
+            answer = error_answer(400, str(exc), request_id)
+        except QueueFull as exc:
+            answer = error_answer(429, str(exc), request_id)
+        except ClientGone:
+            answer = error_answer(499, "client closed the connection", request_id)
+        await to_response(answer)(scope, receive, send)
+
+    # -- admission -------------------------------------------------------------------
+
+    async def _admit(self, name: str, headers: Mapping[str, str], path: str, method: str, client: str | None,
+                     request_id: str) -> Answer | str | None:
+        """None when the caller holds the token; else the refusal. A signed request
+        returns the Content-MD5 its body must have."""
+        entry = self.gateway.routes.entry(name)
+        if entry is None:
+            return error_answer(404, f"service '{name}' does not exist", request_id)
+        try:
+            return check_service_head(entry.token, headers, path, method=method)
+        except AuthError as exc:  # the gateway's 401, with its slow-down of repeated failures
+            return await self.gateway.unauthorized(Call(name, headers, path, method=method, client=client), str(exc))
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    async def _http(self, request: Request, name: str, queue: str, request_id: str) -> Answer:
+        query = dict(parse_qsl(request.url.query, keep_blank_values=True))
+        method = request.method
+        admitted = await self._admit(name, request.headers, signed_path(request), method,
+                                     request.client.host if request.client else None, request_id)
+        if isinstance(admitted, Answer):
+            return admitted
+        if method == "POST" and not wire.flag(query, "_eos_"):
+            return await self._put(request, name, queue, query, request_id, admitted)
+        if admitted is not None:  # a signed request without a body: the MD5 of nothing
+            try:
+                check_body_md5(admitted, await body_md5(b""))
+            except AuthError as exc:
+                return error_answer(401, str(exc), request_id)
+        if method == "POST":  # _eos_: the end of a stream of puts; nothing to close here
+            return _text("OK")
+        if method == "GET":
+            if wire.flag(query, "_attrs_"):
+                return await self._attributes(request, name, queue)
+            if wire.flag(query, "_search_"):
+                found = await self.service.run(self.service.queues.position, queue,
+                                               wire.integer(query, "_index_", 0, 1))
+                return _json(found) if found is not None else \
+                    error_answer(404, f"index {query.get('_index_')} is not in queue '{queue}'", request_id)
+            if wire.flag(query, "_watch_"):
+                return error_answer(400, "a watch needs a WebSocket (the SDKs' default)", request_id)
+            return await self._get(queue, query)
+        if method == "DELETE":
+            if wire.flag(query, "_trunc_"):
+                below = wire.integer(query, "_index_", 0, 0)
+                await self.service.run(self.service.queues.truncate, queue, below)
+                return _text("OK")
+            await self.service.run(self.service.queues.delete, queue, wire.indexes(query))
+            return _text("OK")
+        if method == "PUT":
+            chosen = wire.indexes(query)
+            if wire.flag(query, "_negative_"):  # not done: deliver them again
+                await self.service.run(self.service.queues.release, self._holder_of(request), queue, chosen)
+                self.service.changed(queue)
+            else:
+                await self.service.run(self.service.queues.delete, queue, chosen)
+            return _text("OK")
+        return error_answer(405, f"{method} is not a queue operation", request_id)
+
+    def _holder_of(self, request: Request) -> str:
+        """Entries a client hands back are held by some watcher of this queue; any taker matches."""
+        return self.service.taker("")
+
+    async def _put(self, request: Request, name: str, queue: str, query: dict[str, str], request_id: str,
+                   expected_md5: str | None) -> Answer:
+        spec = self.service.specs[name]
+        side = spec.queues.sink if queue != name else spec.queues.source
+        limit = min(self.gateway.max_body_bytes,
+                    side.max_payload_size_kb * 1024 if side.max_payload_size_kb else self.gateway.max_body_bytes)
+        body = await read_body(request, limit)
+        if body is None:
+            return error_answer(413, f"request body over {limit} bytes", request_id, {"Connection": "close"})
+        if expected_md5 is not None:
+            try:
+                check_body_md5(expected_md5, await body_md5(body))
+            except AuthError as exc:
+                return error_answer(401, str(exc), request_id)
+        priority = wire.integer(request.headers, wire.PRIORITY_HEADER.lower(), 0, 0, 1_000_000) \
+            if wire.PRIORITY_HEADER.lower() in request.headers else 0
+        entry = await self.service.run(self.service.queues.put, queue, body, wire.tags_of(query), priority=priority,
+                                       max_length=side.max_length, evict=side.auto_evict)
+        self.service.changed(queue)
+        if queue == name:
+            self.service.on_put(name)
+        return Answer(200, str(entry.index).encode(), {wire.REQUEST_ID_HEADER: entry.request_id,
+                                                       "Content-Type": "text/plain"})
+
+    async def _get(self, queue: str, query: dict[str, str]) -> Answer:
+        index = wire.integer(query, "_index_", 0, 0)
+        length = wire.integer(query, "_length_", 1, 1, wire.MAX_LENGTH)
+        wait_s = wire.duration_s(query.get("_timeout_"))
+        delete = wire.flag(query, "_auto_delete_", True)
+        request_id = query.get(wire.REQUEST_ID_TAG) or None
+        tags = {k: v for k, v in wire.tags_of(query).items() if k != wire.REQUEST_ID_TAG}
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            entries = await self.service.run(self.service.queues.get, queue, index=index, length=length,
+                                             request_id=request_id, tags=tags, delete=delete)
+            left = deadline - asyncio.get_running_loop().time()
+            if entries or left <= 0:
+                break
+            await self.service.wait_change(queue, min(left, POLL_S))
+        return Answer(200, wire.encode_list([(e.index, e.data, e.tags, e.message) for e in entries]),
+                      {"Content-Type": wire.PROTOBUF})
+
+    async def _attributes(self, request: Request, name: str, queue: str) -> Answer:
+        stats = await self.service.run(self.service.queues.stats, queue)
+        spec = self.service.specs[name]
+        side = spec.queues.sink if queue != name else spec.queues.source
+        attrs = {
+            "meta.name": queue, "meta.backend": self.service.store.kind, "meta.state": "Normal",
+            "meta.maxPayloadBytes": str(side.max_payload_size_kb * 1024 if side.max_payload_size_kb
+                                        else self.gateway.max_body_bytes),
+            "meta.header.user": wire.USER_HEADER, "meta.header.group": wire.GROUP_HEADER,
+            "meta.header.priority": wire.PRIORITY_HEADER,
+            "stream.length": str(stats.length), "stream.approxMaxLength": str(side.max_length),
+            "stream.lastEntry": str(stats.last), "stream.firstEntry": str(stats.first),
+            "stream.pending": str(stats.taken), "consumers.status.total": "1",
+            "meta.maxDelivery": str(spec.queues.max_delivery),
+        }
+        if wire.PROTOBUF in request.headers.get("accept", ""):
+            return Answer(200, wire.encode_attributes(attrs), {"Content-Type": wire.PROTOBUF})
+        return _json(attrs)
+
+    # -- WebSocket watch ----------------------------------------------------------------
+
+    async def _watch(self, ws: WebSocket, name: str, queue: str) -> None:
+        query = dict(parse_qsl(ws.url.query, keep_blank_values=True))
+        request_id = uuid.uuid4().hex
+        admitted = await self._admit(name, ws.headers, signed_path(ws), "GET",  # type: ignore[arg-type]
+                                     ws.client.host if ws.client else None, request_id)
+        try:
+            if isinstance(admitted, Answer):
+                raise _Refused(admitted)
+            if not wire.flag(query, "_watch_"):
+                raise _Refused(error_answer(400, "a WebSocket on a queue is a watch: add _watch_=true", request_id))
+            index = wire.integer(query, "_index_", 0, 0)
+            window = wire.integer(query, "_window_", 1, 1, wire.MAX_WINDOW)
+            index_only = wire.flag(query, "_index_only_")
+            auto_commit = wire.flag(query, "_auto_commit_")
+        except wire.QueueRequestError as exc:
+            await _refuse(ws, error_answer(400, str(exc), request_id))
+            return
+        except _Refused as refused:
+            await _refuse(ws, refused.answer)
+            return
+        await ws.accept()
+        taker = self.service.taker(f"watch-{uuid.uuid4().hex[:12]}")
+        gone = asyncio.ensure_future(_until_closed(ws))
+        try:
+            await self._feed(ws, queue, taker, index, window, index_only, auto_commit, wire.tags_of(query), gone)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the watcher left
+        finally:
+            gone.cancel()
+            # Sent but not committed: handed back, delivered again to the next watcher.
+            with contextlib.suppress(Exception):
+                if await self.service.run(self.service.queues.release, taker, queue):
+                    self.service.changed(queue)
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def _feed(self, ws: WebSocket, queue: str, taker: str, index: int, window: int, index_only: bool,
+                    auto_commit: bool, tags: dict[str, str], gone: asyncio.Future[None]) -> None:
+        """Send entries as they come: at most `window` sent and not committed (with
+        auto-commit, each is committed as it is sent)."""
+        queues = self.service.queues
+        while not gone.done():
+            held = 0 if auto_commit else await self.service.run(queues.held, taker, queue)
+            entries: list[QueueEntry] = []
+            if held < window:
+                entries = await self.service.run(queues.take, queue, taker, index=index, limit=window - held,
+                                                 tags=tags)
+            for e in entries:
+                await ws.send_bytes(wire.encode_frame(e.index, b"" if index_only else e.data, e.tags, e.message))
+            if auto_commit and entries:
+                await self.service.run(queues.delete, queue, [e.index for e in entries])
+            if entries and (auto_commit or held + len(entries) < window):
+                continue
+            waiter = asyncio.ensure_future(self.service.wait_change(queue, WATCH_POLL_S))
+            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+
+
+class _Refused(Exception):
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+
+async def _refuse(ws: WebSocket, answer: Answer) -> None:
+    try:
+        await ws.send_denial_response(to_response(answer))
+    except RuntimeError:
+        await ws.close(1008, answer.body[:120].decode("utf-8", "replace"))
+
+
+async def _until_closed(ws: WebSocket) -> None:
+    """Reads the client's side until it closes (a watcher sends nothing but pings and
+    the close; the WebSocket server answers pings itself)."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+def _text(text: str) -> Answer:
+    return Answer(200, text.encode(), {"Content-Type": "text/plain"})
+
+
+def _json(data: Any) -> Answer:
+    return Answer(200, json.dumps(data).encode(), {"Content-Type": "application/json"})
