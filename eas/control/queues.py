@@ -217,8 +217,9 @@ class Queues:
         return {"IsPending": pending, "WaitCount": 0 if pending else int(ahead[0]["n"])}
 
     def backlogs(self) -> dict[str, int]:
-        """Waiting (not yet taken) requests per input queue: what `queue[backlog]` scales on."""
-        rows = self.store.read("SELECT queue, COUNT(*) AS n FROM queue_entries WHERE taken_by = '' AND queue NOT LIKE ?"
+        """Requests per input queue not answered yet (waiting or being run): what
+        `queue[backlog]` scales on, so a service never scales away from work in flight."""
+        rows = self.store.read("SELECT queue, COUNT(*) AS n FROM queue_entries WHERE queue NOT LIKE ?"
                                " GROUP BY queue", ("%" + SINK,))
         return {r["queue"]: int(r["n"]) for r in rows}
 
