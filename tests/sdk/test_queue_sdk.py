@@ -183,3 +183,25 @@ def test_backlog_scales_out_then_to_zero_and_wakes_on_put(server: EasServer, tmp
     woke = drive(server, "collect", name, token, count=1, deadline_s=150, timeout=240)
     assert [f["tags"]["requestId"] for f in woke["frames"]] == [again[0][1]]
     assert json.loads(woke["frames"][0]["data"])["upper"] == "WAKE UP"
+
+
+def test_eascmd_queue_inspects_and_drains(server: EasServer, tmp_path: Path) -> None:
+    deploy(server, async_spec("q_cmd"), tmp_path)
+    put = json.loads(server.eascmd("queue", "put", "q_cmd", "-d", "from eascmd", "-t", "who=ops", "--json").stdout)
+    assert put["Index"] == 1 and put["RequestId"]
+    # The service answers it onto the sink; eascmd reads it there by request id.
+    got = wait_until("the answer on the sink", lambda: json.loads(server.eascmd(
+        "queue", "get", "q_cmd/sink", "--request-id", put["RequestId"], "--json").stdout), srv=server)
+    assert got[0]["Tags"]["who"] == "ops" and json.loads(got[0]["Data"])["upper"] == "FROM EASCMD"
+    for i in range(3):
+        assert "[OK] Put on q_cmd/sink: index" in server.eascmd("queue", "put", "q_cmd/sink", "-d", f"x{i}").stdout
+    assert "stream.lastEntry" in server.eascmd("queue", "attrs", "q_cmd/sink").stdout
+    assert json.loads(server.eascmd("queue", "attrs", "q_cmd/sink", "--json").stdout)["stream.length"] == "4"
+    desc = server.eascmd("desc", "q_cmd").stdout
+    assert "QueueLength" in desc and "SinkLength" in desc and "4 (0 pending" in desc
+    table_out = server.eascmd("queue", "get", "q_cmd/sink", "--length", "2", "--delete").stdout
+    assert "INDEX" in table_out and "[OK] 2 entries read and removed from q_cmd/sink" in table_out
+    out = server.eascmd("queue", "truncate", "q_cmd/sink", "-y").stdout
+    assert "[OK] Truncated q_cmd/sink below index 5: 0 entries left" in out
+    refused = server.eascmd("queue", "attrs", "nope_svc", check=False)
+    assert refused.returncode != 0 and refused.stderr.startswith("[ERROR]")
