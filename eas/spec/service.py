@@ -240,14 +240,16 @@ class ServiceSpec(_Strict):
     def code_version(self) -> str:
         """A digest of everything that needs new instances when it changes.
 
-        Instance count, autoscaler, cron, sleep and token changes are applied to running
-        instances; anything else (model, processor, resources, rpc settings) rolls.
+        Instance count, autoscaler, cron, sleep, token and queue changes are applied to
+        running instances; anything else (model, processor, resources, rpc settings) rolls.
         """
         data = self.to_dict()
         # Names, labels and the group change what the service is called and how it is
         # found, not what runs; fields kept without effect change nothing at all.
         for path in ("token", "generate_token", "autoscaler", "cron_scaler", "sleep", "labels", "metadata.instance",
                      "metadata.name", "metadata.workspace_id", "metadata.region", "metadata.group",
+                     # Async or not, and the queue limits: the processor runs the same either way.
+                     "metadata.type", "queue",
                      *kept_fields(self, every=True)):
             _drop(data, path)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
@@ -256,9 +258,12 @@ class ServiceSpec(_Strict):
     def kept_fields(self) -> list[str]:
         """The EAS fields set here that have no effect on this platform (dotted paths)."""
         unmeasured = self.autoscaler.unmeasured() if self.autoscaler else []
+        if self.autoscaler and not self.metadata.is_async:  # no queue of its own to measure
+            unmeasured += [f"autoscaler.scaleStrategies[{i}].metricName={s.metricName}"
+                           for i, s in enumerate(self.autoscaler.scaleStrategies) if s.metricName == "queue[backlog]"]
         other_type = ["metadata.type"] if self.metadata.type and not self.metadata.is_async else []
         unqueued = ["queue"] if self.queue is not None and not self.metadata.is_async else []
-        return kept_fields(self) + unmeasured + other_type + unqueued
+        return sorted(kept_fields(self) + unmeasured + other_type + unqueued)
 
     @property
     def queues(self) -> QueueSpec:
