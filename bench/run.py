@@ -10,6 +10,8 @@ Scenarios (all on 127.0.0.1, each bounded in time):
   wake      time from the first request to a sleeping service to its first answer
   ttfb      a streamed answer: time to first byte and to the last, through the gateway vs direct
   processors in-process framework call vs through the platform, per processor
+  queue     an Async service's queues: put and get throughput and latency, end to end
+            (put -> instance -> sink) throughput and one request's round trip
 
 Load comes from bench/loadgen (compiled Go, keep-alive), so the client is not the bottleneck.
 """
@@ -420,9 +422,82 @@ def processors(workdir: Path) -> dict[str, Any]:
     return {"results": results, "text": text, "ratios": {}}
 
 
+async def _timed_ops(make, count: int, concurrency: int) -> tuple[float, list[float]]:  # noqa: ANN001
+    """`count` calls of `make(client, i)` by `concurrency` workers: (seconds, latencies in ms)."""
+    latencies: list[float] = []
+    queue_ = asyncio.Queue()
+    for i in range(count):
+        queue_.put_nowait(i)
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker() -> None:
+            while not queue_.empty():
+                i = queue_.get_nowait()
+                started = time.perf_counter()
+                resp = await make(client, i)
+                resp.raise_for_status()
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies
+
+
+def _stats(seconds: float, latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {"rps": len(ordered) / seconds, "p50_ms": ordered[len(ordered) // 2],
+            "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
+
+
+def queue(workdir: Path, requests: int = 2000) -> dict[str, Any]:
+    """Put and get on a sink nobody drains (the store's cost alone), then `requests` put
+    on the input queue of an echo service of 1 instance x 8 workers and drained to the
+    sink (end to end), then one request at a time: put, then a long-polling get by its
+    request id on the sink (the round trip a client sees)."""
+    eas = targets.EasServer(workdir)
+    results: dict[str, Any] = {}
+    with eas.running():
+        spec = python_service("qecho", write_code(workdir, "qecho", ECHO_CODE), workers=8)
+        spec["metadata"]["type"] = "Async"
+        token = eas.create(spec)
+        auth = {"Authorization": token}
+        sink = f"{eas.url}/api/predict/qecho/sink"
+        for c in (1, 16):
+            results[f"put c={c}"] = load(sink, c, body=b'{"x": 1}', headers=auth)
+        filled = int(httpx.get(sink, params={"_attrs_": "true"}, headers=auth).json()["stream.length"])
+        count = min(filled, 4000)
+        get = {"_index_": "0", "_length_": "1", "_auto_delete_": "true", "_timeout_": "0s"}
+        results["get+delete c=16"] = _stats(*asyncio.run(_timed_ops(
+            lambda client, i: client.get(sink, params=get, headers=auth), count, 16)))
+        httpx.delete(sink, params={"_index_": str(10**12), "_trunc_": "true"}, headers=auth)
+        source = f"{eas.url}/api/predict/qecho"
+        started = time.perf_counter()
+        asyncio.run(_timed_ops(lambda client, i: client.post(source, content=b"x", headers=auth), requests, 16))
+        while int(httpx.get(sink, params={"_attrs_": "true"}, headers=auth).json()["stream.length"]) < requests:
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        results["end to end"] = {"requests": requests, "seconds": seconds, "rps": requests / seconds}
+        httpx.delete(sink, params={"_index_": str(10**12), "_trunc_": "true"}, headers=auth)
+        trips = []
+        with httpx.Client(timeout=60, headers=auth) as client:
+            for _ in range(100):
+                t0 = time.perf_counter()
+                rid = client.post(source, content=b"x").headers["X-Eas-Queueservice-Request-Id"]
+                got = client.get(sink, params={"requestId": rid, "_timeout_": "30s", "_auto_delete_": "true"},
+                                 headers={"Accept": "application/vnd.google.protobuf"})
+                assert got.status_code == 200 and got.content, got.text
+                trips.append((time.perf_counter() - t0) * 1000)
+        trips.sort()
+        results["round trip c=1"] = {"p50_ms": trips[50], "p99_ms": trips[98]}
+    rows = [[name, r.get("rps", 0.0), r.get("p50_ms", 0.0), r.get("p99_ms", 0.0)] for name, r in results.items()]
+    text = table("queue (SQLite store): requests/s and latency (ms)", ["operation", "rps", "p50", "p99"], rows)
+    ratios = {"end to end rps / put rps c=16 (the share of the store's put rate the dispatch keeps)":
+              results["end to end"]["rps"] / results["put c=16"]["rps"]}
+    return {"results": results, "ratios": ratios, "text": text}
+
+
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "echo": echo, "sklearn": sklearn, "batching": batching, "batching_torch": batching_torch, "overload": overload,
-    "mirror": mirror, "wake": wake, "processors": processors, "ttfb": ttfb,
+    "mirror": mirror, "wake": wake, "processors": processors, "ttfb": ttfb, "queue": queue,
 }
 
 

@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS queue_entries (
     PRIMARY KEY (queue, idx)
 );
 CREATE INDEX IF NOT EXISTS queue_entries_by_request ON queue_entries (queue, request_id);
+CREATE INDEX IF NOT EXISTS queue_entries_waiting ON queue_entries (queue, taken_by, priority, idx);
 CREATE TABLE IF NOT EXISTS queue_heads (
     queue       TEXT PRIMARY KEY,
     last_index  BIGINT NOT NULL
