@@ -29,6 +29,8 @@ from typing import Any
 from eas.control.store import Store
 
 SINK = "/sink"
+#: Bytes of entry data one get or take loads at most (at least one entry, whatever its size).
+MAX_READ_BYTES = 64 * 1024 * 1024
 
 
 class QueueFull(Exception):
@@ -108,21 +110,47 @@ class Queues:
         return QueueEntry(queue, int(index), request_id, tags, data, message, priority, 0, "", now)
 
     def take(self, queue: str, taker: str, *, index: int = 0, limit: int = 1,
-             tags: dict[str, str] | None = None) -> list[QueueEntry]:
+             tags: dict[str, str] | None = None, max_bytes: int = MAX_READ_BYTES) -> list[QueueEntry]:
         """Up to `limit` entries nobody holds, from `index` on (priority first, then
         oldest), now held by `taker`; each take counts a delivery (`attempts`)."""
         with self.store.transaction() as db:
-            rows = db.execute(
-                "SELECT * FROM queue_entries WHERE queue = ? AND idx >= ? AND taken_by = ''"
-                " ORDER BY priority DESC, idx LIMIT ?" + db.for_update,
-                (queue, index, limit if not tags else max(limit * 20, 200))).fetchall()
-            entries = [e for e in map(_entry, rows) if _matches(e, tags)][:limit]
+            entries = self._pick(db, "queue = ? AND idx >= ? AND taken_by = ''", (queue, index),
+                                 "priority DESC, idx", limit, tags, max_bytes)
             for e in entries:
                 e.attempts += 1
                 e.taken_by = taker
                 db.execute("UPDATE queue_entries SET taken_by = ?, attempts = ? WHERE queue = ? AND idx = ?",
                            (taker, e.attempts, queue, e.index))
         return entries
+
+    def _pick(self, db: Any, where: str, params: tuple[Any, ...], order: str, limit: int,
+              tags: dict[str, str] | None, max_bytes: int) -> list[QueueEntry]:
+        """The entries a read or a take gets: at most `limit`, matching `tags`, and at most
+        `max_bytes` of data together (always one, whatever its size), so a long GET or a
+        wide watch window of large entries never loads more than that into memory."""
+        scan = limit if not tags else max(limit * 20, 200)
+        rows = db.execute(f"SELECT {_HEAD} FROM queue_entries WHERE {where} ORDER BY {order} LIMIT ?"
+                          + db.for_update, (*params, scan)).fetchall()
+        chosen: list[QueueEntry] = []
+        total = 0
+        for row in rows:
+            entry = _entry(row)
+            if not _matches(entry, tags):
+                continue
+            if chosen and total + int(row["size"]) > max_bytes:
+                break
+            chosen.append(entry)
+            total += int(row["size"])
+            if len(chosen) == limit:
+                break
+        if chosen:
+            marks = ",".join("?" * len(chosen))
+            data = {int(r["idx"]): bytes(r["data"]) for r in db.execute(
+                f"SELECT idx, data FROM queue_entries WHERE queue = ? AND idx IN ({marks})",
+                (chosen[0].queue, *[e.index for e in chosen])).fetchall()}
+            for e in chosen:
+                e.data = data.get(e.index, b"")
+        return chosen
 
     def complete(self, entry: QueueEntry, answer: bytes, message: str = "", extra_tags: dict[str, str] | None = None,
                  sink_max: int | None = None, evict: bool = False) -> bool:
@@ -175,17 +203,15 @@ class Queues:
     # -- reading -----------------------------------------------------------------
 
     def get(self, queue: str, *, index: int = 0, length: int = 1, request_id: str | None = None,
-            tags: dict[str, str] | None = None, delete: bool = False) -> list[QueueEntry]:
+            tags: dict[str, str] | None = None, delete: bool = False,
+            max_bytes: int = MAX_READ_BYTES) -> list[QueueEntry]:
         """Up to `length` entries from `index` on (or the one with `request_id`), in index
         order; with `delete` they leave the queue in the same transaction."""
-        sql, params = "SELECT * FROM queue_entries WHERE queue = ? AND idx >= ?", [queue, index]
+        where, params = "queue = ? AND idx >= ?", (queue, index)
         if request_id:
-            sql += " AND request_id = ?"
-            params.append(request_id)
-        sql += " ORDER BY idx LIMIT ?"
-        params.append(length if not tags else max(length * 20, 200))
+            where, params = where + " AND request_id = ?", (*params, request_id)
         with self.store.transaction() as db:
-            entries = [e for e in map(_entry, db.execute(sql, tuple(params)).fetchall()) if _matches(e, tags)][:length]
+            entries = self._pick(db, where, params, "idx", length, tags, max_bytes)
             if delete and entries:
                 db.execute(f"DELETE FROM queue_entries WHERE queue = ? AND idx IN ({','.join('?' * len(entries))})",
                            (queue, *[e.index for e in entries]))
@@ -224,8 +250,13 @@ class Queues:
         return {r["queue"]: int(r["n"]) for r in rows}
 
 
+#: Columns of an entry but its data, and the data's size (read before the data is).
+_HEAD = "queue, idx, request_id, tags, message, priority, attempts, taken_by, created_at, LENGTH(data) AS size"
+
+
 def _entry(row: Any) -> QueueEntry:
-    return QueueEntry(row["queue"], int(row["idx"]), row["request_id"], json.loads(row["tags"]), bytes(row["data"]),
+    """An entry from a `_HEAD` row (its data read apart)."""
+    return QueueEntry(row["queue"], int(row["idx"]), row["request_id"], json.loads(row["tags"]), b"",
                       row["message"], int(row["priority"]), int(row["attempts"]), row["taken_by"],
                       float(row["created_at"]))
 

@@ -39,6 +39,8 @@ MAX_LENGTH = 1000
 MAX_TIMEOUT_S = 60.0
 """The longest long poll (`_timeout_`)."""
 MAX_WINDOW = 1000
+MAX_INDEXES = 1000
+"""Indexes one delete or commit names at most (`_indexes_`)."""
 
 
 class QueueRequestError(ValueError):
@@ -104,6 +106,8 @@ def indexes(query: Mapping[str, str]) -> list[int]:
         raise QueueRequestError(f"_indexes_ must be indexes separated by commas, not {raw!r}") from None
     if not found:
         raise QueueRequestError("_indexes_ names no index")
+    if len(found) > MAX_INDEXES:
+        raise QueueRequestError(f"_indexes_ names {len(found)} indexes: at most {MAX_INDEXES} at once")
     return found
 
 

@@ -88,8 +88,8 @@ class QueueFront:
         """None when the caller holds the token; else the refusal. A signed request
         returns the Content-MD5 its body must have."""
         entry = self.gateway.routes.entry(name)
-        if entry is None:
-            return error_answer(404, f"service '{name}' does not exist", request_id)
+        if entry is None or entry.closed:
+            return error_answer(404, entry.closed if entry else f"service '{name}' does not exist", request_id)
         try:
             return check_service_head(entry.token, headers, path, method=method)
         except AuthError as exc:  # the gateway's 401, with its slow-down of repeated failures

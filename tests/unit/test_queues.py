@@ -142,3 +142,14 @@ def test_backlog_scales_on_requests_per_instance() -> None:
     assert recommend(1, Load(backlog=30), spec)[0] == 3  # ceil(30 / 5) = 6, at most max
     assert recommend(0, Load(backlog=4), spec)[0] == 1  # from zero: a put wakes it
     assert recommend(2, Load(backlog=0), spec)[0] == 0  # an empty queue: down to min
+
+
+def test_a_read_loads_a_bounded_amount_of_data(queues: Queues) -> None:
+    for i in range(5):
+        queues.put("svc", bytes([i]) * 1000, {})
+    assert [len(e.data) for e in queues.get("svc", length=5, max_bytes=2500)] == [1000, 1000]
+    assert len(queues.get("svc", length=5, max_bytes=10)) == 1  # one, whatever its size
+    taken = queues.take("svc", "s:w", limit=5, max_bytes=3000)
+    assert [e.data[0] for e in taken] == [0, 1, 2]
+    with pytest.raises(wire.QueueRequestError, match="at most"):
+        wire.indexes({"_indexes_": ",".join(str(i) for i in range(wire.MAX_INDEXES + 1))})
