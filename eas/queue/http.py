@@ -133,17 +133,13 @@ class QueueFront:
             return _text("OK")
         if method == "PUT":
             chosen = wire.indexes(query)
-            if wire.flag(query, "_negative_"):  # not done: deliver them again
-                await self.service.run(self.service.queues.release, self._holder_of(request), queue, chosen)
+            if wire.flag(query, "_negative_"):  # not done: deliver them again, whichever watcher holds them
+                await self.service.run(self.service.queues.release, self.service.taker(""), queue, chosen)
                 self.service.changed(queue)
             else:
                 await self.service.run(self.service.queues.delete, queue, chosen)
             return _text("OK")
         return error_answer(405, f"{method} is not a queue operation", request_id)
-
-    def _holder_of(self, request: Request) -> str:
-        """Entries a client hands back are held by some watcher of this queue; any taker matches."""
-        return self.service.taker("")
 
     async def _put(self, request: Request, name: str, queue: str, query: dict[str, str], request_id: str,
                    expected_md5: str | None) -> Answer:

@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from tests.e2e.harness import EasServer
 from tests.sdk.harness import SDK_DIR, deploy, echo_spec
@@ -122,6 +124,13 @@ def test_queue_errors_are_clear(server: EasServer, tmp_path: Path) -> None:
     assert httpx.delete(url, params={"_indexes_": "1,x"}, headers=auth, timeout=10).status_code == 400
     assert httpx.post(url, content=b"x" * 2048, headers=auth, timeout=10).status_code == 413
     assert httpx.get(url, params={"_attrs_": "true"}, timeout=10).status_code == 401
+    ws_url = url.replace("http://", "ws://") + "/sink?_watch_=true&_window_=5"
+    with pytest.raises(InvalidStatus) as refused:  # a watch is admitted like predict: the token first
+        connect(ws_url, additional_headers={"Authorization": "wrong-token-123"}, open_timeout=10)
+    assert refused.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url.replace("_window_=5", "_window_=0"), additional_headers=auth, open_timeout=10)
+    assert refused.value.response.status_code == 400
     server.eascmd("stop", "q_errors")  # nothing takes from the queue: it fills
     assert httpx.post(url, content=b"1", headers=auth, timeout=10).status_code == 200
     assert httpx.post(url, content=b"2", headers=auth, timeout=10).status_code == 200
