@@ -214,3 +214,21 @@ def test_eascmd_queue_inspects_and_drains(server: EasServer, tmp_path: Path) -> 
     assert "[OK] Truncated q_cmd/sink below index 5: 0 entries left" in out
     refused = server.eascmd("queue", "attrs", "nope_svc", check=False)
     assert refused.returncode != 0 and refused.stderr.startswith("[ERROR]")
+
+
+def test_queues_on_a_postgresql_store(tmp_path: Path) -> None:
+    """The same protocol with the queues in PostgreSQL (what several servers share)."""
+    from tests.support.postgres import PostgresServer
+
+    pg = PostgresServer().start()
+    srv = EasServer(tmp_path / "eas-data", extra_args=("--store", pg.create_database("eas_queue")))
+    try:
+        srv.start()
+        token = deploy(srv, async_spec("q_pg"), tmp_path)
+        out = drive(srv, "roundtrip", "q_pg", token, n=5)
+        assert out["input_attrs"]["meta.backend"] == "postgresql"
+        answered_once(out["frames"], out["puts"])
+        assert out["auto_commit_data"] == [str(i) for i in range(10)] and out["wrong_token"] == 401
+    finally:
+        srv.stop()
+        pg.stop()
