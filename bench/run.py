@@ -60,12 +60,14 @@ class Slow:
 
 
 def load(url: str, concurrency: int, seconds: float = DURATION, body: bytes = b"{}",
-         headers: dict[str, str] | None = None, rate: float = 0) -> dict[str, Any]:
-    """Closed loop at `concurrency`, or open loop at `rate` requests/s when given."""
+         headers: dict[str, str] | None = None, rate: float = 0, method: str = "POST", count: int = 0,
+         warmup: str = "1s") -> dict[str, Any]:
+    """Closed loop at `concurrency`, or open loop at `rate` requests/s when given; at most
+    `count` requests when given."""
     with tempfile.NamedTemporaryFile(suffix=".body", delete=False) as fh:
         fh.write(body)
     cmd = [str(LOADGEN), "-url", url, "-c", str(concurrency), "-d", f"{seconds}s", "-body-file", fh.name,
-           "-warmup", "1s"]
+           "-warmup", warmup, "-method", method, "-n", str(count)]
     if rate:
         cmd += ["-rate", str(rate)]
     for key, value in (headers or {}).items():
@@ -422,31 +424,6 @@ def processors(workdir: Path) -> dict[str, Any]:
     return {"results": results, "text": text, "ratios": {}}
 
 
-async def _timed_ops(make, count: int, concurrency: int) -> tuple[float, list[float]]:  # noqa: ANN001
-    """`count` calls of `make(client, i)` by `concurrency` workers: (seconds, latencies in ms)."""
-    latencies: list[float] = []
-    queue_ = asyncio.Queue()
-    for i in range(count):
-        queue_.put_nowait(i)
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
-        async def worker() -> None:
-            while not queue_.empty():
-                i = queue_.get_nowait()
-                started = time.perf_counter()
-                resp = await make(client, i)
-                resp.raise_for_status()
-                latencies.append((time.perf_counter() - started) * 1000)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - started, latencies
-
-
-def _stats(seconds: float, latencies: list[float]) -> dict[str, float]:
-    ordered = sorted(latencies)
-    return {"rps": len(ordered) / seconds, "p50_ms": ordered[len(ordered) // 2],
-            "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
-
 
 def queue(workdir: Path, requests: int = 2000) -> dict[str, Any]:
     """Put and get on a sink nobody drains (the store's cost alone), then `requests` put
@@ -464,14 +441,14 @@ def queue(workdir: Path, requests: int = 2000) -> dict[str, Any]:
         for c in (1, 16):
             results[f"put c={c}"] = load(sink, c, body=b'{"x": 1}', headers=auth)
         filled = int(httpx.get(sink, params={"_attrs_": "true"}, headers=auth).json()["stream.length"])
-        count = min(filled, 4000)
-        get = {"_index_": "0", "_length_": "1", "_auto_delete_": "true", "_timeout_": "0s"}
-        results["get+delete c=16"] = _stats(*asyncio.run(_timed_ops(
-            lambda client, i: client.get(sink, params=get, headers=auth), count, 16)))
+        get_url = f"{sink}?_index_=0&_length_=1&_auto_delete_=true&_timeout_=0s"
+        # At most as many gets as entries, so every get takes one (an empty get is cheaper).
+        results["get+delete c=16"] = load(get_url, 16, seconds=60, headers=auth, method="GET",
+                                          count=filled, warmup="0s")
         httpx.delete(sink, params={"_index_": str(10**12), "_trunc_": "true"}, headers=auth)
         source = f"{eas.url}/api/predict/qecho"
         started = time.perf_counter()
-        asyncio.run(_timed_ops(lambda client, i: client.post(source, content=b"x", headers=auth), requests, 16))
+        load(source, 16, seconds=60, body=b"x", headers=auth, count=requests, warmup="0s")
         while int(httpx.get(sink, params={"_attrs_": "true"}, headers=auth).json()["stream.length"]) < requests:
             time.sleep(0.05)
         seconds = time.perf_counter() - started

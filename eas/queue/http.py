@@ -160,7 +160,10 @@ class QueueFront:
         entry = await self.service.run(self.service.queues.put, queue, body, wire.tags_of(query), priority=priority,
                                        max_length=side.max_length, evict=side.auto_evict)
         self.service.changed(queue)
-        if queue == name:
+        route = self.gateway.routes.get(name)
+        if queue == name and (route is None or not route.endpoints):
+            # No instance to take it: wake the service now (a reconcile pass; the backlog
+            # scales a running service at the controller's next pass anyway).
             self.service.on_put(name)
         return Answer(200, str(entry.index).encode(), {wire.REQUEST_ID_HEADER: entry.request_id,
                                                        "Content-Type": "text/plain"})
