@@ -138,6 +138,7 @@ class QueueFront:
                 self.service.changed(queue)
             else:
                 await self.service.run(self.service.queues.delete, queue, chosen)
+                self.service.changed(queue)  # a watcher whose window was full sends the next
             return _text("OK")
         return error_answer(405, f"{method} is not a queue operation", request_id)
 
