@@ -39,6 +39,8 @@ from eas.queue.service import POLL_S, QueueService
 
 log = logging.getLogger("eas.queue")
 PREFIX = "/api/predict/"
+#: Where the Python and Go SDKs ask for a service's instances in DIRECT mode.
+DISCOVERY_PREFIXES = ("/api/v1/servicediscovery/upstreams/", "/exported/apis/eas.alibaba-inc.k8s.io/v1/upstreams/")
 #: A watcher with nothing to send looks again after this long (changes through another server).
 WATCH_POLL_S = POLL_S
 
@@ -61,7 +63,25 @@ class QueueFront:
             return None
         return name, sink_of(name) if sub.strip("/") == "sink" else name
 
+    def _discovery(self, scope: dict[str, Any]) -> Answer | None:
+        """DIRECT-mode discovery of an Async service (or its sink): the queue service's
+        own address, since its queues are served here, not by the instances. An SDK in
+        DIRECT mode then speaks the queue protocol to this server as in DEFAULT mode."""
+        path: str = scope.get("path", "")
+        for prefix in DISCOVERY_PREFIXES:
+            if path.startswith(prefix):
+                name = path[len(prefix):].partition("/")[0]
+                server = scope.get("server")
+                if not self.service.is_async(name) or not server:
+                    return None
+                host, port = server[0], server[1]
+                return _json({"endpoints": {"items": [{"ip": host, "port": port, "weight": 100}]}})
+        return None
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (answer := self._discovery(scope)) is not None:
+            await to_response(answer)(scope, receive, send)
+            return
         target = self._target(scope) if scope["type"] in ("http", "websocket") else None
         if target is None:
             await self.app(scope, receive, send)

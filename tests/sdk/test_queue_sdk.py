@@ -114,6 +114,17 @@ def test_python_queue_client_round_trip(server: EasServer, tmp_path: Path) -> No
     assert out["wrong_token"] == 401
 
 
+def test_direct_mode_finds_the_queue_service(server: EasServer, tmp_path: Path) -> None:
+    """The SDK in DIRECT mode asks service discovery where to go: for an Async service,
+    the queue service itself (its queues are not on the instances)."""
+    token = deploy(server, async_spec("q_direct"), tmp_path)
+    found = httpx.get(f"{server.url}/api/v1/servicediscovery/upstreams/q_direct/sink", timeout=10).json()
+    assert found["endpoints"]["items"] == [{"ip": "127.0.0.1", "port": server.port, "weight": 100}]
+    out = drive(server, "roundtrip", "q_direct", token, n=4, endpoint_type="DIRECT")
+    answered_once(out["frames"], out["puts"])
+    assert out["length_after_truncate"] == 0 and out["wrong_token"] == 401
+
+
 def test_queue_errors_are_clear(server: EasServer, tmp_path: Path) -> None:
     token = deploy(server, async_spec("q_errors", source={"max_length": 2, "max_payload_size_kb": 1}), tmp_path)
     url = f"{server.url}/api/predict/q_errors"

@@ -3,7 +3,7 @@
 pytest (main venv) runs this script with one JSON object on stdin and reads one line
 starting with RESULT_MARK back:
 
-  {"scenario": "roundtrip", "endpoint", "service", "token", "n"}
+  {"scenario": "roundtrip", "endpoint", "service", "token", "n", ["endpoint_type": "DIRECT"]}
       put n requests with tags on the input queue, watch the sink with commit, then on
       the sink: get by request id and by index, attributes, search, delete, truncate,
       a watch with auto-commit, an empty long poll, a wrong token
@@ -30,6 +30,8 @@ RESULT_MARK = "SDK-RESULT "
 
 def queue(cfg: dict, name: str, token: str | None = None) -> QueueClient:
     client = QueueClient(cfg["endpoint"], name)
+    if cfg.get("endpoint_type"):  # DIRECT: the addresses from service discovery
+        client.set_endpoint_type(cfg["endpoint_type"])
     client.set_token(token if token is not None else cfg["token"])
     client.set_timeout(30000)
     client.init(uid="sdk-test", gid="eas")
