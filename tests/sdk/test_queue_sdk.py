@@ -179,6 +179,23 @@ def test_kill9_of_instance_redelivers(server: EasServer, tmp_path: Path) -> None
     assert len({json.loads(f["data"])["instance"] for f in out["frames"]}) == 2  # before and after the kill
 
 
+def test_a_request_that_kills_every_instance_goes_to_the_sink_with_an_error(server: EasServer,
+                                                                           tmp_path: Path) -> None:
+    name = "q_poison"
+    spec = async_spec(name)
+    spec["queue"]["max_delivery"] = 2
+    token = deploy(server, spec, tmp_path)
+    poison = drive(server, "put", name, token, bodies=["exit:now"])
+    out = drive(server, "collect", name, token, count=1, deadline_s=180, timeout=240)
+    [frame] = out["frames"]
+    assert frame["tags"]["requestId"] == poison[0][1] and frame["tags"]["status"] == "500"
+    assert "not answered after 2 deliveries" in frame["message"]
+    server.wait_status(name, "Running", timeout=180)  # the service itself lives on
+    fine = drive(server, "put", name, token, bodies=["still here"])
+    after = drive(server, "collect", name, token, count=1, deadline_s=120, timeout=180)
+    assert [f["tags"]["requestId"] for f in after["frames"]] == [fine[0][1]]
+
+
 def test_backlog_scales_out_then_to_zero_and_wakes_on_put(server: EasServer, tmp_path: Path) -> None:
     name = "q_scale"
     spec = async_spec(name)

@@ -8,10 +8,12 @@ Bodies:
   "fail400:<key>"    400 every time (counted)
   "count:<key>"      200 {"calls": how many calls <key> has seen on this instance}
   "sleep:<ms>:<x>"   waits <ms> milliseconds, then 200 {"instance": id, "slept": x}
+  "exit:<x>"         the instance's process exits at once (a poison request: no answer)
   anything else      200 {"instance": id, "upper": body upper-cased, "length": bytes}
 """
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -39,6 +41,8 @@ class EchoProcessor:
         if text.startswith("fail400:"):
             self._count(text.split(":")[1])
             return json.dumps({"message": "this body is refused on purpose"}), 400
+        if text.startswith("exit:"):
+            os._exit(1)
         if text.startswith("sleep:"):
             _, ms, rest = text.split(":", 2)
             time.sleep(int(ms) / 1000)
