@@ -232,7 +232,7 @@ class Controller:
             except Fenced as exc:
                 self._deposed(exc)
         self.routes.set_entries(entries)
-        self.counts = _counts(records, observed)
+        self.counts = _counts(records, observed, self.scaling.backlogs)
         self._collect_cache_garbage(records)
         self._recheck_down()
 
@@ -524,10 +524,12 @@ class Controller:
         self.routes.set(self._route(rec, spec, app, "no instance is ready yet"))
 
 
-def _counts(records: list[ServiceRecord], observed: dict[str, AppState]) -> dict[str, ServiceCounts]:
+def _counts(records: list[ServiceRecord], observed: dict[str, AppState],
+            backlogs: dict[str, int] | None = None) -> dict[str, ServiceCounts]:
     out = {}
     for rec in records:
         app = observed.get(rec.name)
         desired = rec.spec.get("metadata", {}).get("instance", 0) if rec.desired == RUNNING else 0
-        out[rec.name] = ServiceCounts(desired, len(app.replicas) if app else 0, app.running if app else 0)
+        backlog = (backlogs or {}).get(rec.name, 0) if specs.is_async(rec.spec) else None
+        out[rec.name] = ServiceCounts(desired, len(app.replicas) if app else 0, app.running if app else 0, backlog)
     return out

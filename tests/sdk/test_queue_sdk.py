@@ -240,6 +240,8 @@ def test_eascmd_queue_inspects_and_drains(server: EasServer, tmp_path: Path) -> 
     assert "INDEX" in table_out and "[OK] 2 entries read and removed from q_cmd/sink" in table_out
     out = server.eascmd("queue", "truncate", "q_cmd/sink", "-y").stdout
     assert "[OK] Truncated q_cmd/sink below index 5: 0 entries left" in out
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert 'eas_queue_backlog{service="q_cmd"} 0.0' in metrics
     refused = server.eascmd("queue", "attrs", "nope_svc", check=False)
     assert refused.returncode != 0 and refused.stderr.startswith("[ERROR]")
 
