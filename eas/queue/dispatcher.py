@@ -61,6 +61,12 @@ class Dispatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
+        # Whatever this server held before a restart (watchers' frames sent, not committed;
+        # its dispatcher's requests) goes back to be delivered again.
+        with contextlib.suppress(Exception):
+            handed = await self.service.run(self.service.queues.release, self.service.taker(""))
+            if handed:
+                log.info("handed back %d queue entries this server held before it restarted", handed)
         while True:
             try:
                 await self.service.run(self.service.refresh)

@@ -150,18 +150,44 @@ def test_queue_errors_are_clear(server: EasServer, tmp_path: Path) -> None:
 
 
 def test_kill9_of_server_with_requests_in_flight(server: EasServer, tmp_path: Path) -> None:
+    """Requests waiting, running on the instance and answered; a watcher with commit
+    connected all along (the SDK reconnects by itself): after the restart every request
+    has exactly one answer on the sink. The watcher may see an answer twice (sent, then
+    the server died before its commit): both times the same sink entry."""
     name = "q_crash"
     token = deploy(server, async_spec(name), tmp_path)
     puts = drive(server, "put", name, token, bodies=[f"sleep:300:{i}" for i in range(20)])
-    # Some answered, some running on the instance (5 workers), the rest waiting: then the power cut.
-    wait_until("first answers on the sink", lambda: int(attrs(server, f"{name}/sink", token)["stream.lastEntry"]) >= 3,
-               srv=server)
-    server.kill9()
-    server.start()
-    server.wait_status(name, "Running", timeout=180)
-    out = drive(server, "collect", name, token, count=20, window=4, deadline_s=150, timeout=240)
-    answered_once(out["frames"], puts)
-    assert out["sink_attrs"]["stream.length"] == "0" and out["input_attrs"]["stream.length"] == "0"
+    cfg = {"scenario": "collect", "endpoint": f"127.0.0.1:{server.port}", "service": name, "token": token,
+           "count": 20, "window": 4, "deadline_s": 180}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    (tmp_path / "watch.json").write_text(json.dumps(cfg))
+    with open(tmp_path / "watch.json") as stdin:
+        watcher = subprocess.Popen([str(SDK_PYTHON), str(DRIVER)], stdin=stdin, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_until("first answers on the sink",
+                   lambda: int(attrs(server, f"{name}/sink", token)["stream.lastEntry"]) >= 3, srv=server)
+        waiting = int(attrs(server, name, token)["stream.length"])
+        server.kill9()
+        assert waiting > 0, "the kill came after the work was done"
+        server.start()
+        server.wait_status(name, "Running", timeout=180)
+        stdout, stderr = watcher.communicate(timeout=240)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_MARK)]
+    assert lines, f"the watcher failed:\n{stdout}\n{stderr}\n{server.log_tail()}"
+    out = json.loads(lines[-1][len(RESULT_MARK):])
+    frames = out["frames"]
+    first: dict[str, dict[str, Any]] = {}
+    for f in frames:  # one answer per request: a repeat is the same sink entry
+        seen = first.setdefault(f["tags"]["requestId"], f)
+        assert seen["index"] == f["index"], (seen, f)
+    answered_once(list(first.values()), puts)
+    print(f"watcher saw {len(frames)} frames for {len(first)} requests across the kill")
+    assert wait_until("both queues empty", lambda: attrs(server, f"{name}/sink", token)["stream.length"] == "0"
+                      and attrs(server, name, token)["stream.length"] == "0", timeout=30, srv=server)
 
 
 def test_kill9_of_instance_redelivers(server: EasServer, tmp_path: Path) -> None:

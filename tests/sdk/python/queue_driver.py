@@ -56,7 +56,7 @@ def watch_frames(sink: QueueClient, count: int, window: int, commit: bool, auto_
             frames.append(frame(df))
             seen.add(df.tags.get("requestId", ""))
             if commit:
-                sink.commit(df.index)
+                commit_until_done(sink, int(df.index))
             if (len(seen) if distinct else len(frames)) >= count:
                 break
         done.set()
@@ -65,6 +65,20 @@ def watch_frames(sink: QueueClient, count: int, window: int, commit: bool, auto_
     done.wait(deadline_s)
     watcher.close()
     return frames
+
+
+def commit_until_done(sink: QueueClient, index: int, deadline_s: float = 120) -> None:
+    """A commit, retried while the server is away (what a client that must not lose its
+    place does); a frame whose commit never arrived is sent again after the restart."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            sink.commit(index)
+            return
+        except PredictException:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.5)
 
 
 def wait_length(q: QueueClient, length: int, deadline_s: float = 10) -> int:
