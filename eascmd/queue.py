@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from eas.client.queue import Frame, QueueClient, QueueError, queue_url
 from eascmd import table
 from eascmd.common import Settings, confirm, echo, json_option, ok, pass_settings, print_json, yes_option
+
+T = TypeVar("T")
 
 
 def _client(settings: Settings, queue: str) -> QueueClient:
@@ -148,7 +152,7 @@ def truncate_command(settings: Settings, queue: str, index: int | None, yes: boo
     ok(f"Truncated {queue} below index {below}: {left} entries left")
 
 
-def _call(fn, *args):  # noqa: ANN001, ANN002, ANN202
+def _call(fn: Callable[..., T], *args: Any) -> T:
     """A queue call; its failure as eascmd's one-line error."""
     try:
         return fn(*args)

@@ -66,7 +66,7 @@ def sink_of(service: str) -> str:
 
 
 def service_of(queue: str) -> str:
-    return queue[: -len(SINK)] if queue.endswith(SINK) else queue
+    return queue.removesuffix(SINK)
 
 
 def new_request_id() -> str:

@@ -12,8 +12,9 @@ the operations do is eas/queue/.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 from processors import protobuf
 

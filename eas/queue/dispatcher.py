@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Callable
+from collections.abc import Callable
 
-from eas.control.queues import QueueEntry, QueueFull
+from eas.control.queues import QueueEntry, QueueFull, sink_of
 from eas.gateway.core import Call, Gateway
 from eas.queue.service import POLL_S, REFRESH_S, QueueService
 from eas.ratelog import BurstLog
+from eas.spec.queue import QueueSide
 
 log = logging.getLogger("eas.queue.dispatcher")
 failures = BurstLog(log)
@@ -158,11 +159,11 @@ class Dispatcher:
         message = "" if answer.status < 400 else body.decode("utf-8", "replace")[:1000]
         await self._answer(entry, body, {"status": str(answer.status)}, sink, message)
 
-    async def _answer(self, entry: QueueEntry, body: bytes, tags: dict[str, str], sink: object,
+    async def _answer(self, entry: QueueEntry, body: bytes, tags: dict[str, str], sink: QueueSide | None,
                       message: str) -> None:
         extra = {**tags, "sourceIndex": str(entry.index)}
-        max_length = getattr(sink, "max_length", None)
-        evict = bool(getattr(sink, "auto_evict", False))
+        max_length = sink.max_length if sink else None
+        evict = sink.auto_evict if sink else False
         while True:
             try:
                 done = await self.service.run(self.service.queues.complete, entry, body, message, extra,
@@ -172,7 +173,7 @@ class Dispatcher:
                 await asyncio.sleep(POLL_S)
         if done:
             self.delivered += 1
-            self.service.changed(entry.queue + "/sink")
+            self.service.changed(sink_of(entry.queue))
 
     async def _hand_back(self, name: str, entry: QueueEntry) -> None:
         await self.service.run(self.service.queues.release, self.taker, name, [entry.index])

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from eas.control.queues import Queues
 from eas.control.store import Store
@@ -35,11 +35,9 @@ class QueueService:
         """Takers from this server are named `{server_id}:...`: a restart hands back all of them."""
         self.specs: dict[str, ServiceSpec] = {}
         """The Async services the store holds (desired Running or not), by name."""
-        self.tokens: dict[str, str] = {}
         self.on_put: Callable[[str], None] = lambda name: None
         """Called when a request is put on a service's input queue (wakes a service at zero)."""
         self._changed: dict[str, asyncio.Event] = {}
-        self._refreshed = 0.0
 
     def taker(self, kind: str) -> str:
         return f"{self.server_id}:{kind}"
@@ -59,7 +57,6 @@ class QueueService:
             except ValueError:
                 continue
         self.specs = specs
-        self._refreshed = time.monotonic()
 
     def is_async(self, name: str) -> bool:
         return name in self.specs
@@ -77,5 +74,5 @@ class QueueService:
         event = self._changed.setdefault(queue, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +68,7 @@ def attrs(srv: EasServer, queue: str, token: str) -> dict[str, str]:
     return resp.json()
 
 
-def wait_until(what: str, check, timeout: float = 120, srv: EasServer | None = None) -> Any:  # noqa: ANN001
+def wait_until(what: str, check, timeout: float = 120, srv: EasServer | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()

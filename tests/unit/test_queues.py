@@ -6,8 +6,8 @@ real PostgreSQL (tests/support/postgres.py); the queue wire codec; the `queue` b
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
