@@ -14,6 +14,7 @@ checked exactly as on predict, before the body is read.
 | DELETE | `_indexes_` / `_index_ _trunc_` | delete entries / everything before an index |
 | PUT | `_indexes_` [`_negative_`] | commit (done with them) / hand back for redelivery |
 | WebSocket | `_watch_ _index_ _window_ _index_only_ _auto_commit_` tags | one `DataFrameProto` per frame |
+| GET | `_watch_` and the same | the same frames, each after its 4-byte length, streamed (the Go SDK without WebSocket) |
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from eas.control.queues import QueueEntry, QueueFull, sink_of
 from eas.gateway.core import Call, Gateway
@@ -143,7 +146,7 @@ class QueueFront:
                 return _json(found) if found is not None else \
                     error_answer(404, f"index {query.get('_index_')} is not in queue '{queue}'", request_id)
             if wire.flag(query, "_watch_"):
-                return error_answer(400, "a watch needs a WebSocket (the SDKs' default)", request_id)
+                return self._http_watch(queue, query)
             return await self._get(queue, query)
         if method == "DELETE":
             if wire.flag(query, "_trunc_"):
@@ -234,62 +237,88 @@ class QueueFront:
         request_id = uuid.uuid4().hex
         admitted = await self._admit(name, ws.headers, signed_path(ws), "GET",  # type: ignore[arg-type]
                                      ws.client.host if ws.client else None, request_id)
+        if isinstance(admitted, Answer):
+            await _refuse(ws, admitted)
+            return
         try:
-            if isinstance(admitted, Answer):
-                raise _Refused(admitted)
             if not wire.flag(query, "_watch_"):
-                raise _Refused(error_answer(400, "a WebSocket on a queue is a watch: add _watch_=true", request_id))
-            index = wire.integer(query, "_index_", 0, 0)
-            window = wire.integer(query, "_window_", 1, 1, wire.MAX_WINDOW)
-            index_only = wire.flag(query, "_index_only_")
-            auto_commit = wire.flag(query, "_auto_commit_")
+                raise wire.QueueRequestError("a WebSocket on a queue is a watch: add _watch_=true")
+            watch = Watch.of(query, queue, self.service)
         except wire.QueueRequestError as exc:
             await _refuse(ws, error_answer(400, str(exc), request_id))
             return
-        except _Refused as refused:
-            await _refuse(ws, refused.answer)
-            return
         await ws.accept()
-        taker = self.service.taker(f"watch-{uuid.uuid4().hex[:12]}")
         gone = asyncio.ensure_future(_until_closed(ws))
+
+        async def send_all() -> None:
+            async for frame in watch.frames():
+                await ws.send_bytes(frame)
+
+        feed = asyncio.ensure_future(send_all())
         try:
-            await self._feed(ws, queue, taker, index, window, index_only, auto_commit, wire.tags_of(query), gone)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass  # the watcher left
+            await asyncio.wait({feed, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            gone.cancel()
-            # Sent but not committed: handed back, delivered again to the next watcher.
-            with contextlib.suppress(Exception):
-                if await self.service.run(self.service.queues.release, taker, queue):
-                    self.service.changed(queue)
+            for task in (feed, gone):
+                task.cancel()
+            await asyncio.gather(feed, gone, return_exceptions=True)  # the feed's finally hands back
             with contextlib.suppress(Exception):
                 await ws.close()
 
-    async def _feed(self, ws: WebSocket, queue: str, taker: str, index: int, window: int, index_only: bool,
-                    auto_commit: bool, tags: dict[str, str], gone: asyncio.Future[None]) -> None:
-        """Send entries as they come: at most `window` sent and not committed (with
-        auto-commit, each is committed as it is sent)."""
-        queues = self.service.queues
-        while not gone.done():
-            held = 0 if auto_commit else await self.service.run(queues.held, taker, queue)
-            entries: list[QueueEntry] = []
-            if held < window:
-                entries = await self.service.run(queues.take, queue, taker, index=index, limit=window - held,
-                                                 tags=tags)
-            for e in entries:
-                await ws.send_bytes(wire.encode_frame(e.index, b"" if index_only else e.data, e.tags, e.message))
-            if auto_commit and entries:
-                await self.service.run(queues.delete, queue, [e.index for e in entries])
-            if entries and (auto_commit or held + len(entries) < window):
-                continue
-            waiter = asyncio.ensure_future(self.service.wait_change(queue, WATCH_POLL_S))
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
+    def _http_watch(self, queue: str, query: dict[str, str]) -> Answer:
+        """The Go SDK's watch over plain HTTP (`WebsocketWatch = false`): the same frames
+        as a WebSocket's, each after its length (4 bytes, big-endian), in one streamed answer."""
+        watch = Watch.of(query, queue, self.service)
+
+        async def body() -> AsyncIterator[bytes]:
+            async for frame in watch.frames():
+                yield struct.pack(">I", len(frame)) + frame
+
+        return Answer(200, b"", {"Content-Type": wire.PROTOBUF}, body())
 
 
-class _Refused(Exception):
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
+@dataclass
+class Watch:
+    """One watcher: sends entries as they come, at most `window` sent and not committed
+    (with auto-commit, each is committed as it is sent); when it ends, what it was sent
+    and did not commit is handed back, to be delivered to the next watcher."""
+
+    service: QueueService
+    queue: str
+    index: int
+    window: int
+    index_only: bool
+    auto_commit: bool
+    tags: dict[str, str]
+    taker: str
+
+    @classmethod
+    def of(cls, query: Mapping[str, str], queue: str, service: QueueService) -> Watch:
+        return cls(service, queue, wire.integer(query, "_index_", 0, 0),
+                   wire.integer(query, "_window_", 1, 1, wire.MAX_WINDOW), wire.flag(query, "_index_only_"),
+                   wire.flag(query, "_auto_commit_"), wire.tags_of(query),
+                   service.taker(f"watch-{uuid.uuid4().hex[:12]}"))
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """Encoded `DataFrameProto`s, forever (the transport stops it when the client leaves)."""
+        queues, queue = self.service.queues, self.queue
+        try:
+            while True:
+                held = 0 if self.auto_commit else await self.service.run(queues.held, self.taker, queue)
+                entries: list[QueueEntry] = []
+                if held < self.window:
+                    entries = await self.service.run(queues.take, queue, self.taker, index=self.index,
+                                                     limit=self.window - held, tags=self.tags)
+                for e in entries:
+                    yield wire.encode_frame(e.index, b"" if self.index_only else e.data, e.tags, e.message)
+                if self.auto_commit and entries:
+                    await self.service.run(queues.delete, queue, [e.index for e in entries])
+                if entries and (self.auto_commit or held + len(entries) < self.window):
+                    continue
+                await self.service.wait_change(queue, WATCH_POLL_S)
+        finally:
+            with contextlib.suppress(Exception):
+                if await self.service.run(queues.release, self.taker, queue):
+                    self.service.changed(queue)
 
 
 async def _refuse(ws: WebSocket, answer: Answer) -> None:

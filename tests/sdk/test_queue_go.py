@@ -3,7 +3,7 @@ real eas-server (issue 16).
 
 The Go tests live in tests/sdk/goqueue (queue_test.go): put with tags, a WebSocket watch
 of the sink with commit, attributes (protobuf), get by request id and by index, delete,
-truncate, priority and auto-commit. The SDK comes from the module proxy or the local
+truncate, priority, auto-commit, and the watch over plain HTTP. The SDK comes from the module proxy or the local
 official source, as for tests/sdk/test_go_sdk.py (`build_module`).
 """
 
@@ -22,7 +22,7 @@ from tests.sdk.test_queue_sdk import async_spec, server  # noqa: F401 (the modul
 
 pytestmark = pytest.mark.e2e
 
-GO_TESTS = {"TestQueueAnswersReachTheSink", "TestQueueOperations"}
+GO_TESTS = {"TestQueueAnswersReachTheSink", "TestQueueOperations", "TestQueueHttpWatch"}
 
 
 def test_official_go_queue_client(server, tmp_path):  # noqa: F811

@@ -164,8 +164,13 @@ def test_kill9_of_server_with_requests_in_flight(server: EasServer, tmp_path: Pa
         watcher = subprocess.Popen([str(SDK_PYTHON), str(DRIVER)], stdin=stdin, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, env=env)
     try:
-        wait_until("first answers on the sink",
-                   lambda: int(attrs(server, f"{name}/sink", token)["stream.lastEntry"]) >= 3, srv=server)
+        def watched() -> bool:
+            """Answers on the sink and the watcher committing them: it is connected (the
+            SDK retries a connection that breaks, not its first one)."""
+            sink = attrs(server, f"{name}/sink", token)
+            return int(sink["stream.lastEntry"]) >= 3 and int(sink["stream.length"]) < int(sink["stream.lastEntry"])
+
+        wait_until("first answers on the sink, committed by the watcher", watched, srv=server)
         waiting = int(attrs(server, name, token)["stream.length"])
         server.kill9()
         assert waiting > 0, "the kill came after the work was done"

@@ -172,3 +172,28 @@ func TestQueueOperations(t *testing.T) {
 	}
 	waitLength(t, sink, "0")
 }
+
+// The watch over plain HTTP (WebsocketWatch = false): length-delimited frames.
+func TestQueueHttpWatch(t *testing.T) {
+	_, sink := queues(t)
+	sink.WebsocketWatch = false
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		if _, _, err := sink.Put(ctx, []byte(fmt.Sprintf("http-%d", i)), types.Tags{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	watcher, err := sink.Watch(ctx, 0, 5, false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := frames(t, watcher, 3, func(types.DataFrame) {})
+	watcher.Close()
+	for i, df := range seen {
+		if string(df.Data) != fmt.Sprintf("http-%d", i) {
+			t.Fatalf("frame %d: %s", i, df.Data)
+		}
+	}
+	waitLength(t, sink, "0")
+}
