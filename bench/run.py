@@ -10,6 +10,8 @@ Scenarios (all on 127.0.0.1, each bounded in time):
   wake      time from the first request to a sleeping service to its first answer
   ttfb      a streamed answer: time to first byte and to the last, through the gateway vs direct
   processors in-process framework call vs through the platform, per processor
+  queue     an Async service's queues: put and get throughput and latency, end to end
+            (put -> instance -> sink) throughput and one request's round trip
 
 Load comes from bench/loadgen (compiled Go, keep-alive), so the client is not the bottleneck.
 """
@@ -58,12 +60,14 @@ class Slow:
 
 
 def load(url: str, concurrency: int, seconds: float = DURATION, body: bytes = b"{}",
-         headers: dict[str, str] | None = None, rate: float = 0) -> dict[str, Any]:
-    """Closed loop at `concurrency`, or open loop at `rate` requests/s when given."""
+         headers: dict[str, str] | None = None, rate: float = 0, method: str = "POST", count: int = 0,
+         warmup: str = "1s") -> dict[str, Any]:
+    """Closed loop at `concurrency`, or open loop at `rate` requests/s when given; at most
+    `count` requests when given."""
     with tempfile.NamedTemporaryFile(suffix=".body", delete=False) as fh:
         fh.write(body)
     cmd = [str(LOADGEN), "-url", url, "-c", str(concurrency), "-d", f"{seconds}s", "-body-file", fh.name,
-           "-warmup", "1s"]
+           "-warmup", warmup, "-method", method, "-n", str(count)]
     if rate:
         cmd += ["-rate", str(rate)]
     for key, value in (headers or {}).items():
@@ -420,9 +424,57 @@ def processors(workdir: Path) -> dict[str, Any]:
     return {"results": results, "text": text, "ratios": {}}
 
 
+
+def queue(workdir: Path, requests: int = 2000) -> dict[str, Any]:
+    """Put and get on a sink nobody drains (the store's cost alone), then `requests` put
+    on the input queue of an echo service of 1 instance x 8 workers and drained to the
+    sink (end to end), then one request at a time: put, then a long-polling get by its
+    request id on the sink (the round trip a client sees)."""
+    eas = targets.EasServer(workdir)
+    results: dict[str, Any] = {}
+    with eas.running():
+        spec = python_service("qecho", write_code(workdir, "qecho", ECHO_CODE), workers=8)
+        spec["metadata"]["type"] = "Async"
+        token = eas.create(spec)
+        auth = {"Authorization": token}
+        sink = f"{eas.url}/api/predict/qecho/sink"
+        for c in (1, 16):
+            results[f"put c={c}"] = load(sink, c, body=b'{"x": 1}', headers=auth)
+        filled = int(httpx.get(sink, params={"_attrs_": "true"}, headers=auth).json()["stream.length"])
+        get_url = f"{sink}?_index_=0&_length_=1&_auto_delete_=true&_timeout_=0s"
+        # At most as many gets as entries, so every get takes one (an empty get is cheaper).
+        results["get+delete c=16"] = load(get_url, 16, seconds=60, headers=auth, method="GET",
+                                          count=filled, warmup="0s")
+        httpx.delete(sink, params={"_index_": str(10**12), "_trunc_": "true"}, headers=auth)
+        source = f"{eas.url}/api/predict/qecho"
+        started = time.perf_counter()
+        load(source, 16, seconds=60, body=b"x", headers=auth, count=requests, warmup="0s")
+        while int(httpx.get(sink, params={"_attrs_": "true"}, headers=auth).json()["stream.length"]) < requests:
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        results["end to end"] = {"requests": requests, "seconds": seconds, "rps": requests / seconds}
+        httpx.delete(sink, params={"_index_": str(10**12), "_trunc_": "true"}, headers=auth)
+        trips = []
+        with httpx.Client(timeout=60, headers=auth) as client:
+            for _ in range(100):
+                t0 = time.perf_counter()
+                rid = client.post(source, content=b"x").headers["X-Eas-Queueservice-Request-Id"]
+                got = client.get(sink, params={"requestId": rid, "_timeout_": "30s", "_auto_delete_": "true"},
+                                 headers={"Accept": "application/vnd.google.protobuf"})
+                assert got.status_code == 200 and got.content, got.text
+                trips.append((time.perf_counter() - t0) * 1000)
+        trips.sort()
+        results["round trip c=1"] = {"p50_ms": trips[50], "p99_ms": trips[98]}
+    rows = [[name, r.get("rps", 0.0), r.get("p50_ms", 0.0), r.get("p99_ms", 0.0)] for name, r in results.items()]
+    text = table("queue (SQLite store): requests/s and latency (ms)", ["operation", "rps", "p50", "p99"], rows)
+    ratios = {"end to end rps / put rps c=16 (the share of the store's put rate the dispatch keeps)":
+              results["end to end"]["rps"] / results["put c=16"]["rps"]}
+    return {"results": results, "ratios": ratios, "text": text}
+
+
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "echo": echo, "sklearn": sklearn, "batching": batching, "batching_torch": batching_torch, "overload": overload,
-    "mirror": mirror, "wake": wake, "processors": processors, "ttfb": ttfb,
+    "mirror": mirror, "wake": wake, "processors": processors, "ttfb": ttfb, "queue": queue,
 }
 
 

@@ -52,6 +52,9 @@ from eas.gateway.oip_http import OipHttp
 from eas.gateway.route_table import RouteTable
 from eas.instance import container
 from eas.protocols.http import ListenerLimits, PredictFastPath, uvicorn_config
+from eas.queue.dispatcher import Dispatcher
+from eas.queue.http import QueueFront
+from eas.queue.service import QueueService
 
 log = logging.getLogger("eas.server")
 
@@ -176,8 +179,8 @@ class Platform:
     api: ApiContext
     app: Starlette
     """The HTTP application: management API (unless apart), gateway, metrics, health."""
-    asgi: PredictFastPath
-    """`app` behind the predict fast path: what uvicorn serves."""
+    asgi: QueueFront
+    """`app` behind the predict fast path and the queue service of Async services: what uvicorn serves."""
     console: Console | None = None
     """The web console at /console (its metrics sampler starts with the controller)."""
     admin: Starlette | None = None
@@ -186,12 +189,14 @@ class Platform:
     """Writes the gateway's data backflow copies into the store (started by `main`)."""
     jobs: JobRunner | None = None
     """Runs batch prediction jobs through this server's gateway (started by `main`)."""
+    dispatcher: Dispatcher | None = None
+    """Feeds Async services' instances from their input queues (started with the gateway)."""
 
 
 def compose(store: Store, backend: Backend, data_dir: Path, endpoint: str, *, region: str = "local",
             access_id: str, access_key: str, leader: LeaderLease | None = None,
             grpc: tuple[str, int] | None = None, interval_s: float = 1.0, admin_apart: bool = False,
-            limits: ListenerLimits = ListenerLimits()) -> Platform:
+            limits: ListenerLimits = ListenerLimits(), server_id: str = "local") -> Platform:
     """Wire store, controller, gateway and API over a backend; nothing starts yet.
 
     `main` composes over Ray; tests compose over an in-memory backend. With
@@ -209,12 +214,17 @@ def compose(store: Store, backend: Backend, data_dir: Path, endpoint: str, *, re
                       endpoint=endpoint)
     grpc_gateway = GrpcGateway(gateway, *grpc, max_concurrent_rpcs=limits.concurrency,
                                handshake_timeout_s=limits.head_timeout_s) if grpc else None
-    app = build_app(api, gateway, grpc_gateway, console, admin_apart)
+    queues = QueueService(store, server_id)
+    queues.on_put = controller.demand  # a put wakes a service scaled to zero
+    dispatcher = Dispatcher(queues, gateway, lambda: controller.leading)
+    app = build_app(api, gateway, grpc_gateway, console, admin_apart, dispatcher)
     admin = build_admin_app(api, console) if admin_apart else None
-    return Platform(store, controller, gateway, api, app, PredictFastPath(app, EasHttp(gateway).predict), console,
-                    admin, BackflowWriter(store, gateway.capture),
+    asgi = QueueFront(PredictFastPath(app, EasHttp(gateway).predict), queues, gateway)
+    return Platform(store, controller, gateway, api, app, asgi, console, admin,
+                    BackflowWriter(store, gateway.capture),
                     JobRunner(store, endpoint, leading=lambda: controller.leading, reconcile=controller.retry,
-                              work_dir=data_dir / "jobs"))
+                              work_dir=data_dir / "jobs"),
+                    dispatcher)
 
 
 def _healthz(api: ApiContext):  # noqa: ANN202
@@ -243,7 +253,8 @@ def _served_apart(request):  # noqa: ANN001, ANN202
 
 
 def build_app(api: ApiContext, gateway: Gateway, grpc: GrpcGateway | None = None,
-              console: Console | None = None, admin_apart: bool = False) -> Starlette:
+              console: Console | None = None, admin_apart: bool = False,
+              dispatcher: Dispatcher | None = None) -> Starlette:
     """Health, metrics and the predict gateway; the management API too unless it is apart
     (then its paths answer 404 here, whatever the credentials)."""
     healthz = _healthz(api)
@@ -261,16 +272,21 @@ def build_app(api: ApiContext, gateway: Gateway, grpc: GrpcGateway | None = None
             *([Route("/api/v2/{rest:path}", _served_apart, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])]
               if admin_apart else management_routes(api, console)),
         ],
-        lifespan=gateway_lifespan(gateway, grpc),
+        lifespan=gateway_lifespan(gateway, grpc, dispatcher),
     )
 
 
-def gateway_lifespan(gateway: Gateway, grpc: GrpcGateway | None = None):  # noqa: ANN202
+def gateway_lifespan(gateway: Gateway, grpc: GrpcGateway | None = None,  # noqa: ANN202
+                     dispatcher: Dispatcher | None = None):
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if grpc is not None:  # on the HTTP server's loop: both share the gateway's connections
             await grpc.start()
+        if dispatcher is not None:  # on the same loop: it forwards through the gateway
+            dispatcher.start()
         yield
+        if dispatcher is not None:
+            await dispatcher.stop()
         if grpc is not None:
             await grpc.stop()
         await gateway.close()
@@ -319,8 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     num_cpus = args.num_cpus or (None if args.ray_address else 4 * (os.cpu_count() or 1))
     log.info("starting Ray (%s)", args.ray_address or f"local, {num_cpus} logical CPUs")
     ray_serve.start_ray(args.ray_address, num_cpus)
-    platform = compose(store, ray_serve.RayBackend(container_owner=owner), data_dir, endpoint, region=args.region, access_id=access_id,
-                       access_key=access_key, leader=LeaderLease(store, server_identity(data_dir), args.lease_ttl),
+    server_id = server_identity(data_dir)
+    platform = compose(store, ray_serve.RayBackend(container_owner=owner), data_dir, endpoint, region=args.region,
+                       access_id=access_id, access_key=access_key, leader=LeaderLease(store, server_id, args.lease_ttl),
+                       server_id=server_id,
                        grpc=(args.host, args.grpc_port) if args.grpc_port else None,
                        admin_apart=args.admin_port is not None, limits=limits)
     platform.controller.allow_cpu_fallback = args.allow_cpu_fallback

@@ -31,6 +31,7 @@ from eascmd.lifecycle import (
     stop_command,
 )
 from eascmd import bml, release
+from eascmd.queue import queue_command
 from eascmd.upload import upload_command
 from eascmd.views import desc_command, events_command, logs_command, ls_command, w_command
 
@@ -247,8 +248,8 @@ def accesskey_rm(settings: Settings, access_key_id: str, yes: bool) -> None:
 
 for _command in (
     create_command, modify_command, start_command, stop_command, delete_command, dw_command,
-    ls_command, desc_command, w_command, events_command, logs_command, upload_command, *release.COMMANDS,
-    *bml.COMMANDS,
+    ls_command, desc_command, w_command, events_command, logs_command, upload_command, queue_command,
+    *release.COMMANDS, *bml.COMMANDS,
 ):  # fmt: skip
     cli.add_command(_command)
 # EAS's long names for the short ones.

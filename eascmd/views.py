@@ -113,6 +113,12 @@ def desc_command(settings: Settings, name: str, json_output: bool) -> None:
         return
     pairs = [(f, _desc_value(service, f)) for f in DESC_FIELDS]
     pairs.append(("IntranetEndpoint", intranet_url(service)))
+    queues = (service.get("Ext") or {}).get("Queue")
+    if isinstance(queues, dict):  # an Async service: its two queues
+        for key, label in (("Source", "QueueLength"), ("Sink", "SinkLength")):
+            q = queues.get(key) or {}
+            pairs.append((label, f"{q.get('Length', 0)} ({q.get('Pending', 0)} pending, "
+                                 f"last index {q.get('LastIndex', 0)})"))
     pairs.append(("ServiceConfig", pretty_config(service.get("ServiceConfig"))))
     echo(table.render_pairs(pairs))
 

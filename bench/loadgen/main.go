@@ -46,6 +46,7 @@ func main() {
 	duration := flag.Duration("d", 5*time.Second, "how long to send")
 	maxRequests := flag.Int("n", 0, "stop after this many requests (0: no limit)")
 	warmup := flag.Duration("warmup", time.Second, "send this long first, unrecorded")
+	method := flag.String("method", "POST", "HTTP method (GET and DELETE send no body)")
 	rate := flag.Float64("rate", 0, "open loop: send this many requests per second whatever the answers (0: closed loop)")
 	var headers headerList
 	flag.Var(&headers, "H", "header 'Name: value' (repeatable)")
@@ -70,7 +71,11 @@ func main() {
 	}
 	client := &http.Client{Transport: transport, Timeout: 60 * time.Second}
 	send := func() (int, time.Duration) {
-		req, _ := http.NewRequest("POST", *url, bytes.NewReader(payload))
+		var reader io.Reader
+		if *method != "GET" && *method != "DELETE" {
+			reader = bytes.NewReader(payload)
+		}
+		req, _ := http.NewRequest(*method, *url, reader)
 		for _, h := range headers {
 			if k, v, ok := strings.Cut(h, ":"); ok {
 				req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))

@@ -30,6 +30,7 @@ from eas.api.base import (
     query_time,
 )
 from eas.control import store as st
+from eas.control.queues import sink_of
 from eas.control.backend import Replica
 from eas.control.store import Status
 from eas.control.traffic import add_partner, group_conflict, join_group, partner_name
@@ -439,8 +440,18 @@ class ServicesApi:
                 "Cpu": cpu,
                 "DesiredInstance": view.desired,
                 "LastScaling": _decision(self.ctx.controller.scaler.last.get(rec.name)),
+                **({"Queue": self._queues(rec.name)} if specs.is_async(spec) else {}),
             },
         }
+
+    def _queues(self, name: str) -> dict[str, Any]:
+        """An Async service's queues: entries held, taken (running or sent, not committed)
+        and the last index given out, for the input queue and the sink."""
+        out = {}
+        for key, queue in (("Source", name), ("Sink", sink_of(name))):
+            stats = self.ctx.controller.queues.stats(queue)
+            out[key] = {"Length": stats.length, "Pending": stats.taken, "LastIndex": stats.last}
+        return out
 
     def routes(self) -> list[Route]:
         svc = "/api/v2/services/{region}/{name}"

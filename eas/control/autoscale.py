@@ -26,6 +26,8 @@ from eas.spec.elastic import AutoscalerSpec, CronJob, CronScalerSpec, OnZero, Sl
 TOLERANCE = 0.1
 #: Earlier firings of a cron job looked at, when ExcludeDates match the latest ones.
 CRON_EXCLUDE_LOOKBACK = 1000
+#: EAS metric names that are not a `Load` field name as they are.
+METRIC_FIELDS = {"queue[backlog]": "backlog"}
 
 
 @dataclass
@@ -36,6 +38,8 @@ class Load:
     cpu: float = 0.0
     """Utilisation in percent of the instance's `metadata.cpu`."""
     inflight: float = 0.0
+    backlog: float = 0.0
+    """Requests waiting in the service's input queue per instance (an Async service)."""
 
 
 @dataclass
@@ -52,7 +56,7 @@ def recommend(current: int, load: Load, spec: AutoscalerSpec) -> tuple[int, str]
     for strategy in spec.scaleStrategies:
         if not strategy.measured:  # an EAS metric not measured here (kept, named in an event)
             continue
-        value = getattr(load, strategy.metricName)
+        value = getattr(load, METRIC_FIELDS.get(strategy.metricName, strategy.metricName))
         ratio = value / strategy.threshold
         wanted = current if abs(ratio - 1) <= TOLERANCE else math.ceil(base * ratio)
         if value == 0 and current == 0:

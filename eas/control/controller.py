@@ -33,6 +33,7 @@ from eas.control.backend import AppState, Backend
 from eas.control.keys import service_key
 from eas.control.leader import LeaderLease
 from eas.control.autoscale import Scaler
+from eas.control.queues import Queues
 from eas.control.scaling import Scaling, Scraper
 from eas.control.store import DELETED, RUNNING, STOPPED, Fence, Fenced, ServiceRecord, Status, Store
 from eas.gateway.metrics import InstanceStats, ServiceCounts
@@ -110,6 +111,8 @@ class Controller:
         self.counts: dict[str, ServiceCounts] = {}
         """Instances per service as of the last pass (what /metrics reports; no store read)."""
         self.scaling = Scaling(routes)
+        self.queues = Queues(store)
+        """The queues of Async services (their backlog scales them: `queue[backlog]`)."""
         self.scraper = Scraper(routes, self.scaling, interval_s)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -198,6 +201,8 @@ class Controller:
         observed = self.backend.observe()
         self.last_observed = observed
         records = self.store.list()
+        if any(specs.is_async(r.spec) for r in records):
+            self.scaling.backlogs = self.queues.backlogs()
         for rec in records:
             if not self.leading:
                 try:
@@ -228,7 +233,7 @@ class Controller:
             except Fenced as exc:
                 self._deposed(exc)
         self.routes.set_entries(entries)
-        self.counts = _counts(records, observed)
+        self.counts = _counts(records, observed, self.scaling.backlogs)
         self._collect_cache_garbage(records)
         self._recheck_down()
 
@@ -524,10 +529,12 @@ class Controller:
         self.routes.set(self._route(rec, spec, app, "no instance is ready yet"))
 
 
-def _counts(records: list[ServiceRecord], observed: dict[str, AppState]) -> dict[str, ServiceCounts]:
+def _counts(records: list[ServiceRecord], observed: dict[str, AppState],
+            backlogs: dict[str, int] | None = None) -> dict[str, ServiceCounts]:
     out = {}
     for rec in records:
         app = observed.get(rec.name)
         desired = rec.spec.get("metadata", {}).get("instance", 0) if rec.desired == RUNNING else 0
-        out[rec.name] = ServiceCounts(desired, len(app.replicas) if app else 0, app.running if app else 0)
+        backlog = (backlogs or {}).get(rec.name, 0) if specs.is_async(rec.spec) else None
+        out[rec.name] = ServiceCounts(desired, len(app.replicas) if app else 0, app.running if app else 0, backlog)
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -43,6 +44,8 @@ class Scaling:
         self.cpus: dict[str, float] = {}
         """`metadata.cpu` per service, kept by the controller (the scraper's CPU share base)."""
         self.sleeping: set[str] = set()
+        self.backlogs: dict[str, int] = {}
+        """Requests waiting in each Async service's input queue (the controller reads them per pass)."""
         self._activity: dict[str, float] = {}
         self._counts: dict[str, int] = {}
 
@@ -79,8 +82,13 @@ class Scaling:
             self._counts.pop(name, None)  # metadata.instance decides again (what desc shows)
             return spec, None
         current = app.running if app is not None else 0
+        load = self.loads.get(name, Load())
+        backlog = self.backlogs.get(name, 0)
+        if backlog:  # waiting requests are demand: no scale-down to zero, a wake from zero
+            self.demand(name)
+            load = replace(load, backlog=backlog / max(current, 1))
         decision = self.scaler.decide(name, time.time(), current, spec.metadata.instance,
-                                      self.loads.get(name, Load()), spec.autoscaler, spec.cron_scaler,
+                                      load, spec.autoscaler, spec.cron_scaler,
                                       spec.sleep, self.idle_s(name))
         previous = self._counts.get(name)
         event = None

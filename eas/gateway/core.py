@@ -222,7 +222,7 @@ class Gateway:
         try:
             expected_md5 = check_service_head(entry.token, headers, call.path, method=call.method)
         except AuthError as exc:
-            return await self._unauthorized(call, str(exc))
+            return await self.unauthorized(call, str(exc))
         if call.reader is not None:
             try:
                 body = await call.reader(self.max_body_bytes)
@@ -237,7 +237,7 @@ class Gateway:
             try:
                 check_body_md5(expected_md5, await body_md5(call.body))  # off the loop when large
             except AuthError as exc:
-                return await self._unauthorized(call, str(exc))
+                return await self.unauthorized(call, str(exc))
         admitted = self._pick(entry, call)
         if isinstance(admitted, Answer):
             return admitted
@@ -265,8 +265,9 @@ class Gateway:
             return error_answer(404, entry.closed, call.request_id)
         return None
 
-    async def _unauthorized(self, call: Call, why: str) -> Answer:
-        """A 401, slowed down when this address keeps failing (`AuthFailures`)."""
+    async def unauthorized(self, call: Call, why: str) -> Answer:
+        """A 401, slowed down when this address keeps failing (`AuthFailures`); also
+        what the queue service (eas/queue/http.py) answers a caller without the token."""
         delay = self.auth_failures.failed(call.client)
         if delay is None:
             retry = self.auth_failures.retry_after(call.client)
@@ -484,7 +485,7 @@ class Gateway:
             if expected_md5 is not None:
                 check_body_md5(expected_md5, await body_md5(b""))
         except AuthError as exc:
-            return await self._unauthorized(call, str(exc))
+            return await self.unauthorized(call, str(exc))
         admitted = self._pick(entry, call)
         if isinstance(admitted, Answer):
             return admitted
@@ -550,7 +551,7 @@ class Gateway:
             if expected_md5 is not None:
                 check_body_md5(expected_md5, await body_md5(b""))
         except AuthError as exc:
-            refused = await self._unauthorized(Call(name, headers, path, method="GET", client=client), str(exc))
+            refused = await self.unauthorized(Call(name, headers, path, method="GET", client=client), str(exc))
             return refused.status, str(exc)
         for backend, _ in entry.backends:
             route = self.routes.get(backend)

@@ -49,6 +49,8 @@ class ServiceCounts:
     desired: int
     current: int
     ready: int
+    backlog: int | None = None
+    """An Async service's requests not answered yet (its input queue); None for the others."""
 
 
 class GatewayMetrics:
@@ -165,6 +167,12 @@ class _StateCollector(Collector):
             counts.add_metric([name, "current"], c.current)
             counts.add_metric([name, "ready"], c.ready)
         yield counts
+        backlog = GaugeMetricFamily("eas_queue_backlog", "Requests of an Async service's input queue not answered yet",
+                                    labels=["service"])
+        for name, c in sorted(self.services().items()):
+            if c.backlog is not None:
+                backlog.add_metric([name], c.backlog)
+        yield backlog
         in_flight = GaugeMetricFamily("eas_instance_in_flight", "Requests running or queued at an instance",
                                       labels=["service", "instance"])
         queued = GaugeMetricFamily("eas_instance_queue_depth", "Requests waiting for a worker",

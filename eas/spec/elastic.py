@@ -18,7 +18,7 @@ class _Model(BaseModel):
 
 
 #: Metrics this platform measures per instance (eas/control/autoscale.py `Load`).
-MEASURED_METRICS = ("qps", "cpu", "inflight")
+MEASURED_METRICS = ("qps", "cpu", "inflight", "queue[backlog]")
 #: EAS metric names: a family, with a qualifier in brackets for some (`gpu[util]`,
 #: `queue[backlog]`). Matched so a typo (`qpx`) is still refused.
 _EAS_METRIC = re.compile(r"(qps|cpu|inflight|gpu|memory|rt|queue)(\[[a-z0-9_.]+\])?")
@@ -27,7 +27,8 @@ _EAS_METRIC = re.compile(r"(qps|cpu|inflight|gpu|memory|rt|queue)(\[[a-z0-9_.]+\
 class ScaleStrategy(_Model):
     """One EAS scaling strategy. Every EAS metric family is accepted (`gpu[util]`,
     `queue[backlog]` with its `service`, ...); only `MEASURED_METRICS` act here, the
-    others are kept and named like any field without effect."""
+    others are kept and named like any field without effect. `queue[backlog]` is the
+    backlog of the service's own input queue (an Async service; `service` may name it)."""
 
     metricName: str  # noqa: N815 - EAS field names
     threshold: float = Field(..., gt=0)
@@ -38,7 +39,7 @@ class ScaleStrategy(_Model):
     def _metric(cls, v: str) -> str:
         if not _EAS_METRIC.fullmatch(v):
             raise ValueError(f"'{v}' is not an EAS metric: {', '.join(MEASURED_METRICS)} act here; gpu[util], "
-                             "memory, rt, queue[backlog] (with service) are kept without effect")
+                             "memory, rt are kept without effect")
         return v
 
     @property

@@ -26,6 +26,7 @@ from eas.spec.cloud import CloudSpec, NetworkingSpec, RuntimeSpec, UnitSpec
 from eas.spec.container import ContainerSpec, check_containers, check_docker_auth
 from eas.spec.elastic import AutoscalerSpec, CronScalerSpec, SleepSpec
 from eas.spec.kept import kept_fields
+from eas.spec.queue import QueueSpec
 from eas.spec.storage import StorageSpec, check_unique
 
 #: A service or group name, matched whole: `\Z`, not `$` (which also matches before a
@@ -85,7 +86,8 @@ class Metadata(_Strict):
     group: str | None = Field(None, description="the service group this service joins")
     qos: Literal["", "BestEffort"] | None = Field(None, description="BestEffort: no CPU reserved")
     shm_size: int | None = Field(None, ge=1, description="GB of /dev/shm each instance needs")
-    type: str | None = kept()
+    type: str | None = Field(None, description='"Async": an asynchronous service with input and sink queues '
+                             "(the `queue` block); other EAS types are kept without effect")
     gpu_core_percentage: int | None = kept(None, ge=1, le=100)
     resource_burstable: bool | None = kept()
     rdma: int | None = kept(None, ge=0)
@@ -104,6 +106,11 @@ class Metadata(_Strict):
     def wants_gpu(self) -> bool:
         """Whether instances ask for a GPU: whole cards (`gpu`) or a share by memory (`gpu_memory`)."""
         return self.gpu > 0 or bool(self.gpu_memory)
+
+    @property
+    def is_async(self) -> bool:
+        """An asynchronous service: requests go through its queues (docs/async.md)."""
+        return (self.type or "").lower() == "async"
 
     @property
     def concurrency(self) -> int:
@@ -140,7 +147,7 @@ class ServiceSpec(_Strict):
     cloud: CloudSpec | None = kept()
     networking: NetworkingSpec | None = kept()
     features: dict[str, Any] | None = kept()
-    queue: dict[str, Any] | None = kept()
+    queue: QueueSpec | None = Field(None, description="the queues of an Async service (eas/spec/queue.py)")
     sinker: dict[str, Any] | None = kept()
     unit: UnitSpec | None = kept()
     runtime: RuntimeSpec | None = kept()
@@ -246,14 +253,16 @@ class ServiceSpec(_Strict):
     def code_version(self) -> str:
         """A digest of everything that needs new instances when it changes.
 
-        Instance count, autoscaler, cron, sleep and token changes are applied to running
-        instances; anything else (model, processor, resources, rpc settings) rolls.
+        Instance count, autoscaler, cron, sleep, token and queue changes are applied to
+        running instances; anything else (model, processor, resources, rpc settings) rolls.
         """
         data = self.to_dict()
         # Names, labels and the group change what the service is called and how it is
         # found, not what runs; fields kept without effect change nothing at all.
         for path in ("token", "generate_token", "autoscaler", "backflow", "cron_scaler", "sleep", "labels", "metadata.instance",
                      "metadata.name", "metadata.workspace_id", "metadata.region", "metadata.group",
+                     # Async or not, and the queue limits: the processor runs the same either way.
+                     "metadata.type", "queue",
                      *kept_fields(self, every=True)):
             _drop(data, path)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
@@ -262,7 +271,17 @@ class ServiceSpec(_Strict):
     def kept_fields(self) -> list[str]:
         """The EAS fields set here that have no effect on this platform (dotted paths)."""
         unmeasured = self.autoscaler.unmeasured() if self.autoscaler else []
-        return kept_fields(self) + unmeasured
+        if self.autoscaler and not self.metadata.is_async:  # no queue of its own to measure
+            unmeasured += [f"autoscaler.scaleStrategies[{i}].metricName={s.metricName}"
+                           for i, s in enumerate(self.autoscaler.scaleStrategies) if s.metricName == "queue[backlog]"]
+        other_type = ["metadata.type"] if self.metadata.type and not self.metadata.is_async else []
+        unqueued = ["queue"] if self.queue is not None and not self.metadata.is_async else []
+        return sorted(kept_fields(self) + unmeasured + other_type + unqueued)
+
+    @property
+    def queues(self) -> QueueSpec:
+        """The queue settings of an Async service (EAS's defaults when no `queue` block)."""
+        return self.queue or QueueSpec()
 
     def model_version_fields(self) -> dict[str, Any]:
         """Fields whose change makes a new service version (model or processor)."""

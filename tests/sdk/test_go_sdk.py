@@ -41,10 +41,11 @@ def _go(args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None =
                           env={**os.environ, **(env or {}), "GOFLAGS": "-mod=mod"})
 
 
-def build_module(workdir: Path) -> tuple[Path, str]:
-    """A copy of the Go test module wired to the SDK; returns it and where the SDK came from."""
-    build = workdir / "go"
-    shutil.copytree(GO_DIR, build)
+def build_module(workdir: Path, module: Path = GO_DIR) -> tuple[Path, str]:
+    """A copy of a Go test module (tests/sdk/go, tests/sdk/goqueue) wired to the SDK;
+    returns it and where the SDK came from."""
+    build = workdir / module.name
+    shutil.copytree(module, build)
     fetched = _go(["get", f"{MODULE}@latest"], build, timeout=120)
     if fetched.returncode == 0:
         return build, "the Go module proxy"

@@ -7,11 +7,15 @@ Bodies:
   "flaky:<key>:<n>"  500 for the first n calls with that key, then 200 {"attempts": calls}
   "fail400:<key>"    400 every time (counted)
   "count:<key>"      200 {"calls": how many calls <key> has seen on this instance}
+  "sleep:<ms>:<x>"   waits <ms> milliseconds, then 200 {"instance": id, "slept": x}
+  "exit:<x>"         the instance's process exits at once (a poison request: no answer)
   anything else      200 {"instance": id, "upper": body upper-cased, "length": bytes}
 """
 
 import json
+import os
 import threading
+import time
 import uuid
 
 
@@ -37,6 +41,12 @@ class EchoProcessor:
         if text.startswith("fail400:"):
             self._count(text.split(":")[1])
             return json.dumps({"message": "this body is refused on purpose"}), 400
+        if text.startswith("exit:"):
+            os._exit(1)
+        if text.startswith("sleep:"):
+            _, ms, rest = text.split(":", 2)
+            time.sleep(int(ms) / 1000)
+            return json.dumps({"instance": self.instance_id, "slept": rest}), 200
         if text.startswith("count:"):
             with self.lock:
                 return json.dumps({"calls": self.calls.get(text.split(":")[1], 0)}), 200
