@@ -140,11 +140,16 @@ def _state_word(text: str) -> str:
 
 
 def remove(ids: Sequence[str]) -> None:
-    """Stop and remove containers by id or name; one already gone is no error."""
+    """Kill and remove containers by id or name; one already gone is no error.
+
+    At once (podman's `-t 0`; docker's `rm -f` kills at once too): the replica has drained
+    before it gets here, and podman's default 10 s SIGTERM wait (a PID 1 such as python
+    ignores SIGTERM) outlasted the replica's shutdown, so Ray killed `podman rm` midway and
+    left the container running with podman's record of it gone, where no reaper sees it."""
     ids = [i for i in ids if i]
     if ids:
         try:
-            cli(["rm", "-f", *ids], timeout=60)
+            cli(["rm", "-f", *(["-t", "0"] if runtime_cli() == "podman" else []), *ids], timeout=60)
         except ContainerError as exc:
             if "no such container" not in str(exc).lower():
                 log.warning("could not remove containers %s: %s", ", ".join(ids), exc)
