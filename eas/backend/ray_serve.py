@@ -25,7 +25,15 @@ import tempfile
 import time
 from typing import Any
 
-from eas.backend.replica import DRAIN_S, KV_NAMESPACE, KV_PREFIX, ServiceReplica, secrets_key
+from eas.backend.replica import (
+    DRAIN_S,
+    KV_NAMESPACE,
+    KV_PREFIX,
+    Address,
+    ServiceReplica,
+    parse_endpoint_value,
+    secrets_key,
+)
 from eas.control.backend import AppState, Replica
 from eas.instance import container
 from eas.protocols.wire import INTERNAL_KEY_HEADER
@@ -234,7 +242,7 @@ class RayBackend:
         self._stale_containers = orphans - self._stale_containers
 
 
-    def _forget_dead_endpoints(self, endpoints: dict[tuple[str, str], tuple[str, int]],
+    def _forget_dead_endpoints(self, endpoints: dict[tuple[str, str], Any],
                                apps: dict[str, AppState]) -> None:
         """Drop the KV entries of instances that died without unpublishing (a lost node).
 
@@ -361,9 +369,10 @@ def _enum_value(v: Any) -> Any:
     return getattr(v, "value", v)
 
 
-def _replica(r: dict[str, Any], endpoint: tuple[str, int] | None) -> Replica:
+def _replica(r: dict[str, Any], published: tuple[Address, Address | None] | None) -> Replica:
     return Replica(
-        endpoint=endpoint,
+        endpoint=published[0] if published else None,
+        grpc=published[1] if published else None,
         replica_id=r.get("replica_id", ""),
         actor_name=r.get("actor_name", ""),
         state=str(_enum_value(r.get("state"))),
@@ -466,16 +475,16 @@ def publish_secrets(name: str, secrets: dict[str, str]) -> dict[str, str]:
     return {"service": name, "secrets_digest": digest}
 
 
-def published_endpoints() -> dict[tuple[str, str], tuple[str, int]]:
-    """(service, replica id) -> (host, port) for every instance that published one."""
+def published_endpoints() -> dict[tuple[str, str], tuple[Address, Address | None]]:
+    """(service, replica id) -> (HTTP (host, port), container gRPC (host, port) or None)
+    for every instance that published one."""
     from ray.experimental import internal_kv
 
-    out: dict[tuple[str, str], tuple[str, int]] = {}
+    out: dict[tuple[str, str], tuple[Address, Address | None]] = {}
     for key in internal_kv._internal_kv_list(KV_PREFIX, namespace=KV_NAMESPACE):
         value = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
         if not value:
             continue
         service, _, replica_id = key[len(KV_PREFIX):].decode().rpartition("/")
-        host, _, port = value.decode().rpartition(":")
-        out[(service, replica_id)] = (host, int(port))
+        out[(service, replica_id)] = parse_endpoint_value(value)
     return out

@@ -32,6 +32,29 @@ def secrets_key(service: str) -> bytes:
     return SECRETS_PREFIX + service.encode()
 
 
+Address = tuple[str, int]
+
+
+def endpoint_value(http: Address, grpc: Address | None = None) -> bytes:
+    """What an instance publishes under its KV key: "host:port" of its HTTP server, then,
+    for a container service with `metadata.enable_grpc`, " host:port" of its serving
+    container's gRPC server (the gateway relays gRPC calls there, not through the
+    instance's HTTP server). One value, so both appear and vanish together."""
+    text = f"{http[0]}:{http[1]}" + (f" {grpc[0]}:{grpc[1]}" if grpc else "")
+    return text.encode()
+
+
+def parse_endpoint_value(value: bytes) -> tuple[Address, Address | None]:
+    """`endpoint_value` read back: (HTTP address, gRPC address or None)."""
+    first, _, second = value.decode().partition(" ")
+
+    def address(text: str) -> Address:
+        host, _, port = text.rpartition(":")
+        return host, int(port)
+
+    return address(first), address(second) if second else None
+
+
 class ServiceReplica:
     """A Serve replica: one ServiceRuntime behind its own HTTP server (eas/instance/http.py)."""
 
@@ -74,7 +97,8 @@ class ServiceReplica:
         self.creds.token = secrets["token"]
         self.creds.internal_key = secrets["internal_key"]
         # Published only once credentials are set, so no request arrives before them.
-        internal_kv._internal_kv_put(self._key, f"{self.server.host}:{self.server.port}".encode(),
+        grpc = self.runtime.container_endpoint if self.runtime.spec.metadata.enable_grpc else None
+        internal_kv._internal_kv_put(self._key, endpoint_value((self.server.host, self.server.port), grpc),
                                      namespace=KV_NAMESPACE)
 
     def _unpublish(self) -> None:
@@ -102,7 +126,10 @@ class ServiceReplica:
         self._unpublish()
         deadline = time.monotonic() + DRAIN_S + self.runtime.spec.metadata.rpc.keepalive / 1000
         time.sleep(DRAIN_S)
-        while self.server.app.in_flight and time.monotonic() < deadline:
+        # gRPC calls relayed by the gateway go straight to the container, unseen here:
+        # they get the whole keepalive to finish before the container goes.
+        relayed = self.runtime.spec.metadata.enable_grpc and self.runtime.container_endpoint is not None
+        while (relayed or self.server.app.in_flight) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.server.stop()
         self.runtime.close()

@@ -42,6 +42,9 @@ class Replica:
     start_time: float
     endpoint: tuple[str, int] | None = None
     """(host, port) of the instance's own HTTP server, once it has published it."""
+    grpc: tuple[str, int] | None = None
+    """(host, port) of its serving container's gRPC server as published on the node
+    (`metadata.enable_grpc`), published with `endpoint`; None otherwise."""
     container: str | None = None
     """A container service's instance: its serving container's state as the runtime says
     it (running, exited, ...), None for processors or where it is not known."""

@@ -27,7 +27,7 @@ def service_route(rec: ServiceRecord, spec: ServiceSpec, app: AppState | None, r
     this service's instances, which accept no other.
     """
     endpoints = tuple(
-        Endpoint(f"{rec.name}-{r.replica_id}", *r.endpoint)
+        Endpoint(f"{rec.name}-{r.replica_id}", *r.endpoint, grpc=r.grpc)
         for r in (app.replicas if app is not None else [])
         if r.state == "RUNNING" and r.endpoint
     )
@@ -44,7 +44,15 @@ def service_route(rec: ServiceRecord, spec: ServiceSpec, app: AppState | None, r
     return Route(rec.name, rec.token, endpoints, reason, rpc.keepalive / 1000, rpc.rate_limit, hold,
                  wake_on_demand=asleep, max_held=max_held, internal_key=internal_key,
                  retry_in_flight=retries_in_flight(spec), pass_headers=spec.serving_container is not None,
+                 enable_grpc=grpc_passthrough(spec),
                  backflow=(spec.backflow.ratio, spec.backflow.max_body_bytes) if spec.backflow else None)
+
+
+def grpc_passthrough(spec: ServiceSpec) -> bool:
+    """Whether the gateway relays any gRPC method to the service's container: a container
+    serves and `metadata.enable_grpc` says it is a gRPC server. For processors the flag
+    changes nothing (their gRPC services are always served)."""
+    return spec.metadata.enable_grpc and spec.serving_container is not None
 
 
 def retries_in_flight(spec: ServiceSpec) -> bool:

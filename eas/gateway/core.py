@@ -294,7 +294,7 @@ class Gateway:
 
     # -- forwarding -----------------------------------------------------------------
 
-    async def _wait_for_instance(self, route: Route, request_id: str) -> Route | Answer:
+    async def wait_for_instance(self, route: Route, request_id: str) -> Route | Answer:
         """A route with no instance: while one is coming (deploying, restarting, waking),
         the call waits up to the route's hold time for it."""
         if route.wake_on_demand:
@@ -324,7 +324,7 @@ class Gateway:
         self.routes.touch(route.name)
         started = time.monotonic()
         if not route.endpoints:
-            ready = await self._wait_for_instance(route, request_id)
+            ready = await self.wait_for_instance(route, request_id)
             if isinstance(ready, Answer):
                 return ready
             route = ready
@@ -492,7 +492,7 @@ class Gateway:
         route = admitted
         self.routes.touch(route.name)
         if not route.endpoints:
-            ready = await self._wait_for_instance(route, request_id)
+            ready = await self.wait_for_instance(route, request_id)
             if isinstance(ready, Answer):
                 return ready
             route = ready

@@ -1,9 +1,10 @@
 """The gRPC face of the gateway (`eas-server --grpc-port`, default 8081).
 
-Two services on one grpc.aio server, running on the same event loop as the HTTP
-gateway (it is started from the app's lifespan), so both share one `Gateway`: its
-route table, token checks, rate limits, pooled connections to instances and metrics.
-An adapter only: each RPC becomes a `Call` to `Gateway.handle` (eas/gateway/core.py).
+Two services and a pass-through on one grpc.aio server, running on the same event loop
+as the HTTP gateway (it is started from the app's lifespan), so both share one
+`Gateway`: its route table, token checks, rate limits, pooled connections to instances
+and metrics. An adapter only: each RPC of its own services becomes a `Call` to
+`Gateway.handle` (eas/gateway/core.py).
 
 - `inference.GRPCInferenceService` (KServe's Open Inference Protocol, what `tritonclient`
   and KServe clients call): ServerLive, ServerReady, ServerMetadata, ModelReady,
@@ -19,6 +20,8 @@ An adapter only: each RPC becomes a `Call` to `Gateway.handle` (eas/gateway/core
   token, content_type}`), answered with `PredictReply{status, body, content_type,
   request_id}` exactly as `POST /api/predict/{service}` would answer. The RPC itself
   succeeds whatever the EAS status; the status is in the reply.
+- Any other method: relayed as bytes to a container service with `metadata.enable_grpc`
+  (grpc_relay.py), the call named by `:authority` or the `x-eas-service` metadata.
 
 HTTP statuses from the data plane map to gRPC codes (401 UNAUTHENTICATED, 404
 NOT_FOUND, 503 UNAVAILABLE, ...); the EAS status and request id also travel in the
@@ -44,6 +47,7 @@ from starlette.datastructures import Headers
 
 from eas import __version__
 from eas.gateway.core import Call, Gateway
+from eas.gateway.grpc_relay import RelayHandler
 from eas.protocols import grpc_messages as messages
 from eas.protocols.oip import EXTENSIONS, INFER_PATH, INFER_REQUEST_TYPE, METADATA_PATH, SERVER_NAME
 from eas.protocols.wire import REQUEST_ID_HEADER, Answer
@@ -174,6 +178,7 @@ class GrpcGateway:
         self.max_concurrent_rpcs = max_concurrent_rpcs or None
         self.handshake_timeout_s = handshake_timeout_s
         self.server: grpc.aio.Server | None = None
+        self.relay: RelayHandler | None = None
 
     async def start(self) -> int:
         """Bind and start serving; returns the port (useful with port 0)."""
@@ -184,7 +189,9 @@ class GrpcGateway:
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
             ("grpc.server_handshake_timeout_ms", int(self.handshake_timeout_s * 1000)),
         ], maximum_concurrent_rpcs=self.max_concurrent_rpcs)
-        self.server.add_generic_rpc_handlers((self._inference_handler(), self._predict_handler()))
+        # Last: any other method is relayed to a container service with enable_grpc (grpc_relay.py).
+        self.relay = RelayHandler(self.gateway, limit)
+        self.server.add_generic_rpc_handlers((self._inference_handler(), self._predict_handler(), self.relay))
         try:
             self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as exc:
@@ -198,6 +205,9 @@ class GrpcGateway:
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
+        if self.relay is not None:
+            await self.relay.close()
+            self.relay = None
 
     # ------------------------------------------------------------------ wiring
 

@@ -28,6 +28,9 @@ class Endpoint:
     instance: str
     host: str
     port: int
+    grpc: tuple[str, int] | None = None
+    """A container service with `metadata.enable_grpc`: (host, port) of its serving
+    container's gRPC server, where the gateway relays gRPC calls (grpc_relay.py)."""
 
     @property
     def url(self) -> str:
@@ -62,6 +65,9 @@ class Route:
     pass_headers: bool = False
     """A container serves: the client's headers (cookies, Accept, its own) go on to it,
     all but its credentials and the hop-by-hop ones."""
+    enable_grpc: bool = False
+    """A container service with `metadata.enable_grpc`: any gRPC method reaches its
+    container (eas/gateway/grpc_relay.py), at its endpoints' `grpc` addresses."""
 
 
 @dataclass(frozen=True)

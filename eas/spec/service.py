@@ -76,7 +76,9 @@ class Metadata(_Strict):
     workers: int = Field(5, ge=1, le=1024)
     resource: str | None = None
     warm_up_count: int = Field(5, ge=1, le=100, description="times each warm-up request is replayed")
-    enable_grpc: bool = Field(False, description="gRPC is always served here (eas-server --grpc-port)")
+    enable_grpc: bool = Field(False, description="a container service's containers[0].port is a gRPC server: any "
+                              "method reaches it through eas-server's gRPC port (docs/containers.md); processors' "
+                              "gRPC services are always served")
     enable_webservice: bool = kept(False, description="a container service gets every method and sub-path anyway")
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     rolling_strategy: RollingStrategy = Field(default_factory=RollingStrategy)
