@@ -212,6 +212,16 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
     with httpx.stream("GET", f"{srv.url}/api/predict/web/stream", headers={"Authorization": token}, timeout=30) as sse:
         assert sse.headers["content-type"].startswith("text/event-stream")
         assert "".join(sse.iter_text()) == "data: token1\n\ndata: token2\n\ndata: token3\n\n"
+    # An LLM-style stream: 20 events 100 ms apart reach the client as they are made.
+    started, arrivals = time.perf_counter(), []
+    with httpx.stream("GET", f"{srv.url}/api/predict/web/stream?n=20&gap_ms=100", headers={"Authorization": token},
+                      timeout=30) as sse:
+        for line in sse.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append((time.perf_counter() - started, line[6:]))
+    assert [event for _, event in arrivals] == [f"token{i}" for i in range(1, 21)]
+    assert arrivals[0][0] < 0.3, f"first event after {arrivals[0][0]:.3f} s"
+    assert arrivals[-1][0] - arrivals[0][0] > 1.5, "the events came together: the answer was buffered somewhere"
 
     # DIRECT mode: the SDKs call the instance itself (token checked there), which forwards.
     upstreams = httpx.get(f"{srv.url}/api/v1/servicediscovery/upstreams/web", timeout=10).json()
