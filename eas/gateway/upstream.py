@@ -36,6 +36,8 @@ from urllib.parse import quote
 
 import httptools
 
+from eas.protocols.wire import add_header
+
 IDLE_S = 30.0
 """Idle connections older than this are closed, well inside the instances' keep-alive
 (eas/protocols/wire.py INSTANCE_KEEPALIVE_S) so that the instance never closes a
@@ -146,7 +148,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        add_header(self._headers, name.decode("latin-1").lower(), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         if not self._stream_ok:

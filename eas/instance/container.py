@@ -35,6 +35,7 @@ from eas.protocols.wire import (
     INTERNAL_KEY_HEADER,
     PROCESSOR_TIME_HEADER,
     REQUEST_ID_HEADER,
+    add_header,
 )
 from eas.spec import ServiceSpec
 from eas.spec.container import ContainerSpec, HealthCheck
@@ -465,7 +466,10 @@ class ContainerProcessor(Processor):
             return Response(error_body(502, f"the container did not answer: {type(exc).__name__}: {exc}",
                                        request.request_id), 502)
         content_type = answer.headers.get("content-type") or "application/octet-stream"
-        passed = {k: v for k, v in answer.headers.items() if k.lower() not in ANSWER_HOP_HEADERS}
+        passed: dict[str, str] = {}
+        for name, value in answer.headers.multi_items():  # one line each: Set-Cookie may repeat
+            if name not in ANSWER_HOP_HEADERS:
+                add_header(passed, name, value)
         if "content-length" in answer.headers and not content_type.startswith("text/event-stream"):
             try:
                 return Response(answer.read(), answer.status_code, content_type, passed)

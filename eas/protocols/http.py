@@ -30,7 +30,7 @@ from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from eas.protocols.wire import Answer, BodyStream
+from eas.protocols.wire import REPEATED_SEPARATOR, Answer, BodyStream
 
 log = logging.getLogger("eas.http")
 PREFIX = "/api/predict/"
@@ -61,8 +61,19 @@ class PredictFastPath:
 
 def to_response(answer: Answer) -> Response:
     if answer.stream is not None:
-        return StreamedResponse(answer.stream, answer.status, answer.headers)
-    return Response(answer.body, answer.status, headers=answer.headers)
+        response: Response = StreamedResponse(answer.stream, answer.status, answer.headers)
+    else:
+        response = Response(answer.body, answer.status, headers=answer.headers)
+    if any(REPEATED_SEPARATOR in v for v in answer.headers.values()):
+        response.raw_headers = split_repeated(response.raw_headers)
+    return response
+
+
+def split_repeated(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """One header line per value of a header kept joined by REPEATED_SEPARATOR
+    (eas/protocols/wire.py: several Set-Cookie)."""
+    sep = REPEATED_SEPARATOR.encode()
+    return [(name, part) for name, value in raw for part in (value.split(sep) if sep in value else (value,))]
 
 
 class StreamedResponse(Response):

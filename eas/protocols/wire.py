@@ -64,6 +64,23 @@ class Answer:
     chunked or server-sent events from an instance, chunks a processor yields."""
 
 
+#: Headers are str -> str maps on every hop; a header an app sends several times that
+#: cannot be comma-joined (Set-Cookie: its Expires holds a comma) keeps its values
+#: joined by a line break, which no header value can hold, and is written back as one
+#: line per value (eas/protocols/http.py).
+REPEATED_SEPARATOR = "\n"
+UNJOINABLE_HEADERS = frozenset({"set-cookie"})
+
+
+def add_header(headers: dict[str, str], name: str, value: str) -> None:
+    """Add one received header line to a map (`name` lower-case): a repeated header is
+    joined as HTTP allows (comma), Set-Cookie by REPEATED_SEPARATOR."""
+    if name in headers:
+        headers[name] += (REPEATED_SEPARATOR if name in UNJOINABLE_HEADERS else ", ") + value
+    else:
+        headers[name] = value
+
+
 def error_answer(status: int, message: str, request_id: str, extra: Mapping[str, str] | None = None) -> Answer:
     """The error answer every data-plane layer gives: EAS's JSON error body plus the request id."""
     headers = {REQUEST_ID_HEADER: request_id, "Content-Type": "application/json", **(extra or {})}

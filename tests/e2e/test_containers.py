@@ -208,7 +208,7 @@ def test_container_service_lifecycle(srv: EasServer, images: dict[str, str], tmp
         assert session.recv(timeout=30) == "echo: again"
     login = get(srv, "web", "/login", token)  # not followed: the client sees the app's redirect and cookie
     assert login.status_code == 302 and login.headers["location"] == "/home", login.headers
-    assert login.cookies["session"] == "abc123"
+    assert login.cookies["session"] == "abc123" and login.cookies["theme"] == "dark"  # two Set-Cookie lines
     with httpx.stream("GET", f"{srv.url}/api/predict/web/stream", headers={"Authorization": token}, timeout=30) as sse:
         assert sse.headers["content-type"].startswith("text/event-stream")
         assert "".join(sse.iter_text()) == "data: token1\n\ndata: token2\n\ndata: token3\n\n"

@@ -12,6 +12,8 @@ import pytest
 
 from eas.gateway import upstream
 from eas.gateway.upstream import UpstreamFailed, UpstreamPool, UpstreamRefused, UpstreamTimeout
+from eas.protocols.http import to_response
+from eas.protocols.wire import Answer
 
 # request bytes -> raw answer (None: hang up), or a coroutine giving it (a late answer)
 Reply = Callable[[bytes], "bytes | None | Awaitable[bytes | None]"]
@@ -49,6 +51,29 @@ async def serve(reply: Reply) -> tuple[asyncio.Server, int, list[bytes], list[in
 def ok(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Eas-Instance: i-1\r\n" + extra + \
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+
+
+def test_repeated_answer_headers_reach_the_client_one_line_each() -> None:
+    """A web app's two Set-Cookie lines (one holding a comma, in its Expires) come back as
+    two lines, not one joined line; other repeated headers are comma-joined as HTTP allows."""
+    async def go() -> None:
+        extra = (b"Set-Cookie: session=abc; Path=/\r\n"
+                 b"Set-Cookie: theme=dark; Expires=Wed, 21 Oct 2037 07:28:00 GMT\r\n"
+                 b"Vary: Accept\r\nVary: Origin\r\n")
+        server, port, _, _ = await serve(lambda _: ok(b"{}", extra))
+        pool = UpstreamPool()
+        try:
+            answer = await pool.request("GET", "127.0.0.1", port, "/p", {}, b"", 5)
+        finally:
+            pool.close()
+            server.close()
+        assert answer.headers["vary"] == "Accept, Origin"
+        raw = to_response(Answer(200, answer.body, dict(answer.headers))).raw_headers
+        assert [v for k, v in raw if k == b"set-cookie"] == [
+            b"session=abc; Path=/", b"theme=dark; Expires=Wed, 21 Oct 2037 07:28:00 GMT"]
+        assert [v for k, v in raw if k == b"vary"] == [b"Accept, Origin"]
+
+    asyncio.run(go())
 
 
 def test_keep_alive_chunked_and_connection_close() -> None:
