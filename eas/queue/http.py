@@ -279,7 +279,7 @@ class QueueFront:
 @dataclass
 class Watch:
     """One watcher: sends entries as they come, at most `window` sent and not committed
-    (with auto-commit, each is committed as it is sent); when it ends, what it was sent
+    (with auto-commit, each is committed as it is taken, just before it is sent); when it ends, what it was sent
     and did not commit is handed back, to be delivered to the next watcher."""
 
     service: QueueService
@@ -308,10 +308,15 @@ class Watch:
                 if held < self.window:
                     entries = await self.service.run(queues.take, queue, self.taker, index=self.index,
                                                      limit=self.window - held, tags=self.tags)
+                if self.auto_commit and entries:
+                    # Committed before they are sent: a client that closes the moment it has
+                    # its frames cancels this generator wherever it is, and a commit after the
+                    # send could be cut off, handing the entries back to be delivered twice.
+                    # Auto-commit is at most once by choice (what is in flight when the
+                    # connection breaks is gone); watch without it to have every entry acked.
+                    await self.service.run(queues.delete, queue, [e.index for e in entries])
                 for e in entries:
                     yield wire.encode_frame(e.index, b"" if self.index_only else e.data, e.tags, e.message)
-                if self.auto_commit and entries:
-                    await self.service.run(queues.delete, queue, [e.index for e in entries])
                 if entries and (self.auto_commit or held + len(entries) < self.window):
                     continue
                 await self.service.wait_change(queue, WATCH_POLL_S)

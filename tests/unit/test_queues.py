@@ -153,3 +153,30 @@ def test_a_read_loads_a_bounded_amount_of_data(queues: Queues) -> None:
     assert [e.data[0] for e in taken] == [0, 1, 2]
     with pytest.raises(wire.QueueRequestError, match="at most"):
         wire.indexes({"_indexes_": ",".join(str(i) for i in range(wire.MAX_INDEXES + 1))})
+
+
+def test_an_auto_commit_watcher_that_leaves_at_once_gets_nothing_twice(tmp_path: Path) -> None:
+    """A client that closes its watch the moment it has its frames (the SDKs' Close())
+    stops the watch wherever it is; the entries it was sent must stay committed, not be
+    handed back and sent to the next watcher (seen once in a Go SDK run)."""
+    import asyncio
+
+    from eas.queue.http import Watch
+    from eas.queue.service import QueueService
+
+    store = st.Store(str(tmp_path / "eas.db"))
+    try:
+        service = QueueService(store, "server-a")
+        for i in range(2):
+            service.queues.put("svc/sink", f"r{i}".encode(), {})
+
+        async def watch_and_leave() -> int:
+            frames = Watch.of({"_window_": "5", "_auto_commit_": "true"}, "svc/sink", service).frames()
+            got = [await anext(frames) for _ in range(2)]
+            await frames.aclose()  # the client leaves right after its last frame
+            return len(got)
+
+        assert asyncio.run(watch_and_leave()) == 2
+        assert service.queues.stats("svc/sink").length == 0
+    finally:
+        store.close()
