@@ -16,8 +16,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 USER = "eas"
 
@@ -103,3 +107,22 @@ class PostgresServer:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+@pytest.fixture(name="pg", scope="module")
+def pg_fixture() -> Iterator[PostgresServer]:
+    """One real PostgreSQL per test module (import this name to register the fixture)."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(name="target", params=["sqlite", "postgresql"])
+def target_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind (what two servers would share)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "eas.db")
+    server: PostgresServer = request.getfixturevalue("pg")
+    return server.create_database(f"t_{uuid.uuid4().hex[:10]}")

@@ -15,9 +15,7 @@ Both dialects: SQLite (a file two stores share) and a real PostgreSQL
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from starlette.testclient import TestClient
@@ -29,24 +27,7 @@ from eas.gateway.route_table import RouteTable
 from eas.server import compose
 from tests.support.backend import MemoryBackend, MemoryCluster
 from tests.support.platform import ACCESS_ID, ACCESS_KEY, REGION, basic_auth, wait_until, write_echo_code
-from tests.support.postgres import PostgresServer
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "eas.db")
-    server: PostgresServer = request.getfixturevalue("pg")
-    return server.create_database(f"t_{uuid.uuid4().hex[:10]}")
+from tests.support.postgres import pg_fixture, target_fixture  # noqa: F401 - fixtures
 
 
 def test_the_store_refuses_writes_of_a_term_that_is_not_current(target: str) -> None:

@@ -5,7 +5,6 @@ real PostgreSQL (tests/support/postgres.py); the queue wire codec; the `queue` b
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,24 +16,11 @@ from eas.control.autoscale import Load, recommend
 from eas.control.queues import QueueFull, Queues, sink_of
 from eas.protocols import queue_wire as wire
 from eas.spec.elastic import AutoscalerSpec
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import pg_fixture, target_fixture  # noqa: F401 - fixtures
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def queues(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Queues]:
-    if request.param == "sqlite":
-        target = str(tmp_path / "eas.db")
-    else:
-        target = request.getfixturevalue("pg").create_database(f"q_{uuid.uuid4().hex[:10]}")
+@pytest.fixture
+def queues(target: str) -> Iterator[Queues]:
     store = st.Store(target)
     yield Queues(store)
     store.close()

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -20,25 +18,7 @@ from eas.control.controller import Controller
 from eas.control.leader import LeaderLease
 from eas.gateway.route_table import RouteTable
 from tests.support.backend import MemoryBackend, MemoryCluster
-from tests.support.postgres import PostgresServer
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database of each kind (what two servers would share)."""
-    if request.param == "sqlite":
-        return str(tmp_path / "eas.db")
-    server: PostgresServer = request.getfixturevalue("pg")
-    return server.create_database(f"t_{uuid.uuid4().hex[:10]}")
+from tests.support.postgres import pg_fixture, target_fixture  # noqa: F401 - fixtures
 
 
 def test_services_versions_events_settings_on_both_dialects(target: str) -> None:
