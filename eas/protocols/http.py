@@ -30,7 +30,7 @@ from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from eas.protocols.wire import REPEATED_SEPARATOR, Answer, BodyStream
+from eas.protocols.wire import REPEATED_SEPARATOR, UNJOINABLE_HEADERS, Answer, BodyStream
 
 log = logging.getLogger("eas.http")
 PREFIX = "/api/predict/"
@@ -64,7 +64,7 @@ def to_response(answer: Answer) -> Response:
         response: Response = StreamedResponse(answer.stream, answer.status, answer.headers)
     else:
         response = Response(answer.body, answer.status, headers=answer.headers)
-    if any(REPEATED_SEPARATOR in v for v in answer.headers.values()):
+    if any(REPEATED_SEPARATOR in answer.headers.get(name, "") for name in UNJOINABLE_HEADERS):
         response.raw_headers = split_repeated(response.raw_headers)
     return response
 
